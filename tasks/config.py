@@ -1,0 +1,233 @@
+"""The run configuration: a TOML file validated with pydantic.
+
+Every problem becomes a one-line :class:`ConfigError` naming the file and the key, e.g.
+``config/demo.toml: [explain] num_sample: unknown key (did you mean 'num_samples'?)``.
+Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError
+from tasks.report_config import ReportConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    decisions: Path = Field(description="decisions Parquet file or (hive-partitioned) dataset directory")
+    reference: Path = Field(description="population Parquet that LIME draws its feature statistics from")
+    id_column: str = "customer_id"
+
+
+class ModelConfig(_Strict):
+    path: Path | None = Field(default=None, description="TorchScript (.pt) or torch.export (.pt2) file")
+    entrypoint: str | None = Field(default=None, description="'package.module:function' returning a callable")
+    classes: list[str] = Field(min_length=1)
+    explain: str = Field(description="the class whose probability is explained")
+    output: Literal["probabilities", "logits"] = "probabilities"
+    cpu_chunk_rows: int = Field(default=200_000, gt=0, description="rows per call of an entrypoint model")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.entrypoint is None):
+            raise ValueError("set exactly one of 'path' and 'entrypoint'")
+        if self.explain not in self.classes:
+            raise ValueError(f"explain={self.explain!r} is not one of classes {self.classes}")
+        if self.entrypoint is not None and ":" not in self.entrypoint:
+            raise ValueError(f"entrypoint={self.entrypoint!r} must look like 'package.module:function'")
+        return self
+
+    @property
+    def explain_index(self) -> int:
+        return self.classes.index(self.explain)
+
+
+class ExplainConfig(_Strict):
+    engine: Literal["batched", "lime"] = "batched"
+    num_samples: int = Field(default=5000, ge=10, le=1_000_000)
+    top_k: int = Field(default=3, ge=1, le=4, description="factors per decision (regulators: at most four)")
+    seed: int = Field(default=20261122, ge=0, lt=2**63)
+    kernel_width: float | None = Field(default=None, gt=0, description="default 0.75*sqrt(d), as lime")
+    feature_selection: Literal["auto", "forward_selection", "highest_weights"] = "auto"
+    memory_budget_mb: int = Field(default=1024, ge=16, description="device memory one chunk may use")
+
+
+class ReviewConfig(_Strict):
+    min_fidelity: float = Field(default=0.3, ge=0.0, le=1.0, description="below this: human review")
+
+
+class RunConfig(_Strict):
+    devices: str = Field(default="auto", description="'auto', 'cpu:N' or 'cuda:0,1,...'")
+    shard_size: int = Field(default=256, gt=0, description="decisions per shard")
+    torch_threads: int = Field(default=1, ge=1, description="torch threads per CPU worker")
+
+
+class FeatureConfig(_Strict):
+    name: str = Field(min_length=1)
+    label: str = Field(min_length=1)
+    kind: Literal["numeric", "categorical"]
+    categories: list[str] | None = None
+    unit: str | None = Field(default=None, description="shown after values in reports, e.g. '%' or 'GBP'")
+    decimals: int = Field(default=2, ge=0, le=6)
+
+    @model_validator(mode="after")
+    def _categories_match_kind(self) -> FeatureConfig:
+        if self.kind == "categorical":
+            if not self.categories:
+                raise ValueError(f"feature {self.name!r}: categorical features need 'categories'")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"feature {self.name!r}: 'categories' has duplicates")
+        elif self.categories is not None:
+            raise ValueError(f"feature {self.name!r}: 'categories' is only for kind = 'categorical'")
+        return self
+
+
+class Config(_Strict):
+    data: DataConfig
+    model: ModelConfig
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    features: list[FeatureConfig] = Field(min_length=1)
+
+    # Not from the TOML: where it came from, for hashing and error messages.
+    source: Path | None = Field(default=None, exclude=True)
+    source_sha256: str | None = Field(default=None, exclude=True)
+
+    @field_validator("features")
+    @classmethod
+    def _unique_names(cls, features: list[FeatureConfig]) -> list[FeatureConfig]:
+        names = [f.name for f in features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate feature names {duplicates}")
+        return features
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def categorical_indices(self) -> list[int]:
+        return [i for i, f in enumerate(self.features) if f.kind == "categorical"]
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "explain": ExplainConfig,
+    "review": ReviewConfig,
+    "run": RunConfig,
+    "report": ReportConfig,
+    "features": FeatureConfig,
+}
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys at the place an unknown key was found, for a 'did you mean' hint."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        inner = _SECTION_MODELS.get(str(part))
+        if inner is None:
+            annotation = field.annotation
+            inner = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if inner is None:
+            return []
+        model = inner
+    return [name for name in model.model_fields if name not in ("source", "source_sha256")]
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    """('explain', 'num_samples') -> "[explain] num_samples"; ('features', 2, 'kind') -> "[[features]] #3 kind"."""
+    if not loc:
+        return "(top level)"
+    head, *rest = loc
+    if head == "features" and rest and isinstance(rest[0], int):
+        prefix = f"[[features]] #{rest[0] + 1}"
+        rest = rest[1:]
+    elif head in _SECTION_MODELS:
+        prefix = f"[{head}]"
+    else:
+        return ".".join(str(p) for p in loc)
+    return " ".join([prefix, ".".join(str(p) for p in rest)]).strip()
+
+
+def _one_line(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    where = _format_location(loc)
+    if first["type"] == "extra_forbidden":
+        known = _known_keys(loc)
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known keys: {', '.join(known)})"
+        message = f"unknown key{hint}"
+    elif first["type"] == "missing":
+        message = "missing required key"
+    else:
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if "input" in first and first["type"] not in ("model_type",) and not isinstance(first["input"], dict):
+            message += f" (got {first['input']!r})"
+    more = error.error_count() - 1
+    suffix = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
+    return f"{path}: {where}: {message}{suffix}"
+
+
+def _resolve(base: Path, value: Path | None) -> Path | None:
+    if value is None:
+        return None
+    value = Path(value).expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def parse_config(raw: dict[str, Any], path: Path, sha256: str | None = None) -> Config:
+    """Validate an already-parsed TOML document; relative paths resolve against ``path``'s folder."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(path, error)) from None
+    base = path.resolve().parent
+    data = config.data.model_copy(
+        update={"decisions": _resolve(base, config.data.decisions), "reference": _resolve(base, config.data.reference)}
+    )
+    model = config.model.model_copy(update={"path": _resolve(base, config.model.path)})
+    report = config.report.model_copy(
+        update={
+            "reasons": str(_resolve(base, Path(config.report.reasons))) if config.report.reasons else None,
+            "notices": str(_resolve(base, Path(config.report.notices))) if config.report.notices else None,
+        }
+    )
+    return config.model_copy(
+        update={"data": data, "model": model, "report": report, "source": path, "source_sha256": sha256}
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file, raising a one-line :class:`ConfigError` on any problem."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    try:
+        raw = tomllib.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return parse_config(raw, path, hashlib.sha256(blob).hexdigest())

@@ -1,0 +1,66 @@
+"""The `[report]` section of the config: what the PDF reports say and in which language."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lender(_Strict):
+    name: str = "Example Bank plc"
+    address: list[str] = Field(default_factory=lambda: ["1 Example Street", "London EC1A 1AA"])
+    contact: list[str] = Field(
+        default_factory=lambda: ["Telephone 0800 000 0000", "credit.review@example.co.uk"],
+        description="how customers reach the lender (shown in the header and in the rights notice)",
+    )
+    regulator: list[str] = Field(
+        default_factory=list,
+        description="name and address of the authority supervising the lender (required by the 'us' notice)",
+    )
+
+
+class ReportConfig(_Strict):
+    """Settings of the customer reports and the run summary."""
+
+    enabled: bool = True
+    language: Literal["en", "zh-CN"] = "en"
+    jurisdiction: str = Field(default="uk", description="which rights notice to print: uk, eu, us, cn, ...")
+    lender: Lender = Field(default_factory=Lender)
+    title: str | None = Field(default=None, description="report title; default from the translation catalog")
+    applicant_fields: list[str] = Field(
+        default_factory=list, description="decision columns shown in the report header (e.g. name)"
+    )
+    date_column: str | None = Field(default=None, description="decision column holding the decision date")
+    decision_column: str | None = Field(
+        default=None,
+        description="decision column holding the decision taken (a class name); default: derived from the "
+        "model's probability and decision_threshold (two classes only)",
+    )
+    decision_threshold: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="probability of the explained class at which it is decided"
+    )
+    reasons: str | None = Field(
+        default=None,
+        description="reason catalog TOML (relative to the config file; '{language}' is replaced); "
+        "default: the bundled config/reasons/<language>.toml",
+    )
+    notices: str | None = Field(
+        default=None,
+        description="rights/notice texts TOML, one table per jurisdiction (relative to the config; "
+        "'{language}' is replaced); default: [notices.*] of the bundled config/texts/<language>.toml",
+    )
+    pdf_variant: Literal["pdf/a-3b", "pdf/a-3u", "pdf/a-3a"] = Field(
+        default="pdf/a-3b", description="archival PDF variant; PDF/A-3 keeps the embedded explanation JSON"
+    )
+    pdf_tags: bool = Field(default=True, description="tagged PDF structure (accessibility); pdf/a-3a forces it")
+    batch_size: int = Field(
+        default=32, ge=1, le=512, description="reports laid out together, then split into one PDF each"
+    )
+    review_list_limit: int = Field(
+        default=500, ge=0, description="decisions listed by id in the run summary's review list"
+    )
