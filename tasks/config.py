@@ -60,6 +60,11 @@ class ExplainConfig(_Strict):
     kernel_width: float | None = Field(default=None, gt=0, description="default 0.75*sqrt(d), as lime")
     feature_selection: Literal["auto", "forward_selection", "highest_weights"] = "auto"
     memory_budget_mb: int = Field(default=1024, ge=16, description="device memory one chunk may use")
+    compile: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="fuse the sampler with torch.compile: 'auto' where a compiler is available (first use costs"
+        " ~20 s per worker process, cached on disk after)",
+    )
 
 
 class ReviewConfig(_Strict):

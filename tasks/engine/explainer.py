@@ -8,8 +8,11 @@ no decision is lost.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,9 +21,9 @@ import torch
 
 from tasks.config import Config, ExplainConfig
 from tasks.engine.rng import decision_keys
-from tasks.engine.sampler import QuartileSampler, lime_kernel
+from tasks.engine.sampler import QuartileSampler
 from tasks.engine.stats import ReferenceStats
-from tasks.engine.surrogate import FINAL_ALPHA, ridge_on, select_features, weighted_moments
+from tasks.engine.surrogate import FINAL_ALPHA, WeightedMoments, kernel_moments, ridge_on, select_features
 from tasks.errors import ModelError
 from tasks.model import LoadedModel
 
@@ -77,13 +80,15 @@ class BatchedLime:
     memory_budget_mb: int = 1024
     with_all_weights: bool = True
     model_rows: int | None = None  # rows per model call; default: cache-sized on CPU, the whole chunk on CUDA
+    compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (see compile_mode)
     on_oom: Callable[[int], None] | None = None  # called with the new chunk size after a halving
     _sampler: QuartileSampler = field(init=False, repr=False)
     _chunk: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.device = self.model.device
-        self._sampler = QuartileSampler(self.stats, self.device)
+        self._sampler = QuartileSampler(self.stats, self.device, compile=self.compile)
+        self._moments = torch.compile(kernel_moments, dynamic=True) if self.compile else kernel_moments
         self._chunk = self.decisions_per_chunk()
 
     def decisions_per_chunk(self) -> int:
@@ -103,6 +108,12 @@ class BatchedLime:
             stop = min(start + self._chunk, len(x))
             try:
                 parts.append(self._explain_chunk(x[start:stop], list(ids[start:stop])))
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                log.warning("torch.compile failed on %s (%s): continuing without it", self.device, error)
+                self.compile = False
+                self._sampler = QuartileSampler(self.stats, self.device, compile=False)
+                self._moments = kernel_moments
+                continue
             except torch.OutOfMemoryError:
                 if self._chunk == 1:
                     raise
@@ -129,8 +140,7 @@ class BatchedLime:
         _check_finite(target, ids, self.model.description)
         del perturbed.inputs
 
-        _, weights = lime_kernel(perturbed.same_bin, self.stats.kernel_width)
-        moments = weighted_moments(perturbed.same_bin, target, weights)
+        moments = WeightedMoments(*self._moments(perturbed.same_bin, target, self.stats.kernel_width))
         del perturbed
         selected = select_features(moments, self.top_k, self.feature_selection)
         fit = ridge_on(moments, selected, FINAL_ALPHA)
@@ -194,6 +204,20 @@ def default_kernel_width(num_features: int) -> float:
     return 0.75 * math.sqrt(num_features)
 
 
+@functools.cache
+def _compiler_available(device_type: str) -> bool:
+    if device_type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return device_type == "cpu" and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def compile_enabled(setting: str, device: torch.device) -> bool:
+    """Whether to fuse the engine's kernels: 'always', 'never', or 'auto' = where a compiler is available."""
+    if setting == "auto":
+        return _compiler_available(device.type)
+    return setting == "always"
+
+
 def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  # -> BatchedLime | LimeReference
     """The configured engine: the batched engine (default) or the reference ``lime`` package."""
     settings: ExplainConfig = config.explain
@@ -210,4 +234,5 @@ def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  
         seed=settings.seed,
         feature_selection=settings.feature_selection,
         memory_budget_mb=settings.memory_budget_mb,
+        compile=compile_enabled(settings.compile, model.device),
     )

@@ -32,9 +32,8 @@ def decision_keys(seed: int, ids: Sequence[str]) -> np.ndarray:
 
 
 def _logical_shift_xor(z: torch.Tensor, shift: int, scratch: torch.Tensor) -> None:
-    """z ^= z >>> shift (logical shift on int64, in place)."""
-    torch.bitwise_right_shift(z, shift, out=scratch)
-    scratch.bitwise_and_((1 << (64 - shift)) - 1)
+    """z ^= z >>> shift (logical shift on int64, in place; ``scratch`` is a buffer of z's shape)."""
+    torch.bitwise_right_shift(z, shift, out=scratch).bitwise_and_((1 << (64 - shift)) - 1)
     z.bitwise_xor_(scratch)
 
 
@@ -50,27 +49,27 @@ UNIFORM_BITS = 24
 """Resolution of the uniforms: ``u = bits / 2**24``."""
 
 
-def uniform_bits(keys: torch.Tensor, num_samples: int, num_features: int, stream: int = 0) -> torch.Tensor:
-    """Random integers in [0, 2**24), int64 [B, num_samples, num_features]; ``u = bits / 2**24``.
+def uniform_bits(keys: torch.Tensor, offsets: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Random integers in [0, 2**24), int64 [B, num_samples, d]; ``u = bits / 2**24``.
 
-    Element (b, i, j) is half ``i % 2`` (24 high or 24 low bits) of the SplitMix64 output for key ``keys[b]``
-    at counter ``j * ceil(S / 2) + i // 2 + 1`` of stream ``stream``: a definition that does not depend on the
-    layout, the batch or the device. ``stream`` selects an independent sequence for the same key.
+    ``offsets`` is :func:`stream_offsets` for (num_samples, d, stream). Element (b, i, j) is half ``i % 2``
+    (24 high or 24 low bits) of the SplitMix64 output for key ``keys[b]`` at counter ``j * ceil(S / 2) + i // 2
+    + 1`` of the stream: a definition that does not depend on the layout, the batch or the device.
     """
-    half = (num_samples + 1) // 2
-    z = keys.to(torch.int64).view(-1, 1, 1) + stream_offsets(num_samples, num_features, stream, keys.device)
+    z = keys.to(torch.int64).view(-1, 1, 1) + offsets.unsqueeze(0)  # [B, H, d]
     scratch = torch.empty_like(z)
     _logical_shift_xor(z, 30, scratch)
     z.mul_(_MIX1)
     _logical_shift_xor(z, 27, scratch)
     z.mul_(_MIX2)
     _logical_shift_xor(z, 31, scratch)
-    bits = torch.empty((z.shape[0], half, 2, num_features), dtype=torch.int64, device=keys.device)
-    torch.bitwise_right_shift(z, 64 - UNIFORM_BITS, out=bits[:, :, 0]).bitwise_and_(_MASK24)
-    torch.bitwise_right_shift(z, 32 - UNIFORM_BITS, out=bits[:, :, 1]).bitwise_and_(_MASK24)
-    return bits.view(z.shape[0], 2 * half, num_features)[:, :num_samples]
+    high = torch.bitwise_right_shift(z, 64 - UNIFORM_BITS).bitwise_and_(_MASK24)
+    low = z.bitwise_right_shift_(32 - UNIFORM_BITS).bitwise_and_(_MASK24)
+    bits = torch.stack((high, low), dim=2)  # [B, H, 2, d]
+    return bits.view(z.shape[0], -1, z.shape[2])[:, :num_samples]
 
 
 def uniforms(keys: torch.Tensor, num_samples: int, num_features: int, stream: int = 0) -> torch.Tensor:
     """float32 uniforms in [0, 1), [B, num_samples, num_features]: ``uniform_bits / 2**24``."""
-    return uniform_bits(keys, num_samples, num_features, stream).to(torch.float32).mul_(2.0**-UNIFORM_BITS)
+    offsets = stream_offsets(num_samples, num_features, stream, keys.device)
+    return uniform_bits(keys, offsets, num_samples).to(torch.float32).mul_(2.0**-UNIFORM_BITS)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.engine.rng import UNIFORM_BITS, uniform_bits
+from tasks.engine.rng import UNIFORM_BITS, stream_offsets, uniform_bits
 from tasks.engine.stats import GRID_INTERVALS, ReferenceStats
 
 
@@ -34,45 +34,50 @@ class Perturbations:
 class QuartileSampler:
     """Draws lime's default (quartile-discretised) perturbations from fitted :class:`ReferenceStats`.
 
-    Internally every (feature, sampled value) pair is a *row* of flat tables; a uniform's 24 random bits,
-    offset by ``feature << 24``, are bucketed against all features' integer frequency edges in one
-    ``bucketize`` call, which gives the row directly and compares exactly (no float rounding at the edges).
+    Internally every (feature, sampled value) pair is a *row* of flat tables. A uniform's 24 random bits are
+    compared, as integers, with the feature's frequency edges ``ceil(F * 2**24)`` (exact: no float rounding
+    at the edges); the count of edges passed is the sampled value's slot. With ``compile=True`` the whole
+    draw is one fused kernel (``torch.compile``); the result is the same to float32 rounding.
     """
 
-    def __init__(self, stats: ReferenceStats, device: torch.device | str) -> None:
+    def __init__(self, stats: ReferenceStats, device: torch.device | str, compile: bool = False) -> None:
         self.device = torch.device(device)
         self.num_features = d = stats.num_features
         values, cumulative, inverse_cdf = stats.sampling_tables()
         counts = [len(f.values) for f in stats.features]
-        self._row_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # first row per feature
+        self._row_start_host = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self._values = values
         scale = float(1 << UNIFORM_BITS)
-        edges, lower, width, curves = [], [], [], []
+        edges = np.full((max(max(counts) - 1, 1), d), 1 << (UNIFORM_BITS + 1), dtype=np.int64)  # never reached
+        lower, width, curves = [], [], []
         for j, count in enumerate(counts):
             cum = np.minimum(cumulative[j, :count], 1.0)
             low = np.concatenate([[0.0], cum[:-1]])
-            # bits >= ceil(cum * 2**24)  <=>  bits / 2**24 >= cum: the edges between this feature's values
-            edges.extend((j << UNIFORM_BITS) + np.ceil(cum[:-1] * scale).astype(np.int64))
-            edges.append((j + 1) << UNIFORM_BITS)  # closes the feature: the next feature's rows start after it
+            edges[: count - 1, j] = np.ceil(cum[:-1] * scale)  # bits >= ceil(F * 2**24)  <=>  u >= F
             lower.extend(low * scale)
             width.extend((cum - low) * scale)
             curves.append(inverse_cdf[j, :count])
-        self._edges = torch.as_tensor(np.asarray(edges, dtype=np.int64), device=self.device)
-        self._lower = torch.as_tensor(np.asarray(lower), dtype=torch.float32, device=self.device)
         # position inside the bin on the inverse-CDF grid = (bits - lower) * G / width
         grid_per_bit = np.where(np.asarray(width) > 0, GRID_INTERVALS / np.maximum(width, 1e-300), 0.0)
-        self._grid_per_bit = torch.as_tensor(grid_per_bit, dtype=torch.float32, device=self.device)
         table = np.concatenate(curves, axis=0)  # [rows, G + 1]
-        pairs = np.stack([table[:, :-1], np.diff(table, axis=1)], axis=-1)  # value and slope per grid cell
-        self._curve = torch.as_tensor(pairs.reshape(-1, 2), dtype=torch.float32, device=self.device)
-        self._feature_shift = torch.arange(d, device=self.device) << UNIFORM_BITS
+        on = self.device
+        self.tables = SamplingTables(
+            edges=torch.as_tensor(edges, device=on),
+            row_start=torch.as_tensor(self._row_start_host, device=on),
+            lower=torch.as_tensor(np.asarray(lower), dtype=torch.float32, device=on),
+            grid_per_bit=torch.as_tensor(grid_per_bit, dtype=torch.float32, device=on),
+            curve_value=torch.as_tensor(table[:, :-1].reshape(-1), dtype=torch.float32, device=on),
+            curve_slope=torch.as_tensor(np.diff(table, axis=1).reshape(-1), dtype=torch.float32, device=on),
+        )
+        self._offsets: dict[tuple[int, int], torch.Tensor] = {}
+        self._draw = torch.compile(draw_perturbations, dynamic=True) if compile else draw_perturbations
 
     def own_rows(self, own_bins: np.ndarray) -> np.ndarray:
         """Table row of each decision's own bin/code, -1 where the reference lacks it (never sampled)."""
         rows = np.full(own_bins.shape, -1, dtype=np.int64)
         for j in range(self.num_features):
             hit = self._values[j][None, :] == own_bins[:, j][:, None]
-            rows[:, j] = np.where(hit.any(1), self._row_start[j] + hit.argmax(1), -1)
+            rows[:, j] = np.where(hit.any(1), self._row_start_host[j] + hit.argmax(1), -1)
         return rows
 
     def sample(
@@ -83,30 +88,46 @@ class QuartileSampler:
         ``keys`` (int64 [B]) are the decisions' stream keys: the result for a decision depends only on its
         own row of ``x``, ``own_rows`` and ``keys``.
         """
-        bits = uniform_bits(keys, num_samples, self.num_features, stream=stream)  # [B, S, d]
-        # edges <= value = all edges of earlier features (one per row) + this feature's edges <= bits
-        row = torch.bucketize(bits + self._feature_shift, self._edges, right=True)
-        position = bits.to(torch.float32).sub_(self._lower.take(row)).mul_(self._grid_per_bit.take(row))
-        cell = position.floor().clamp_(0, GRID_INTERVALS - 1)
-        fraction = position.sub_(cell)
-        flat = row * GRID_INTERVALS + cell.to(torch.int64)
-        curve = self._curve.index_select(0, flat.view(-1)).view(*flat.shape, 2)
-        inputs = torch.addcmul(curve[..., 0], fraction, curve[..., 1])
-        inputs[:, 0] = x.to(torch.float32)
-
-        same_bin = row == own_rows.unsqueeze(1)
-        same_bin[:, 0] = True
+        offsets = self._offsets.get((num_samples, stream))
+        if offsets is None:
+            offsets = stream_offsets(num_samples, self.num_features, stream, self.device)
+            self._offsets[(num_samples, stream)] = offsets
+        inputs, same_bin = self._draw(keys, offsets, x.to(torch.float32), own_rows, self.tables, num_samples)
         return Perturbations(inputs=inputs, same_bin=same_bin)
 
 
-def lime_kernel(same_bin: torch.Tensor, kernel_width: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances and weights exactly as lime computes them in its default (discretised) path.
+@dataclass(frozen=True)
+class SamplingTables:
+    """Flat per-row tables on the device (row = a feature's sampled bin or category)."""
 
-    The scaled data is the binary matrix, so the euclidean distance to row 0 (all ones) is
-    ``sqrt(#features whose bin differs)``; the kernel is ``sqrt(exp(-d**2 / width**2))``. float64 [B, S].
-    """
-    d = same_bin.shape[-1]
-    differing = d - same_bin.sum(-1, dtype=torch.float64)
-    distance = differing.sqrt()
-    weights = torch.sqrt(torch.exp(-(distance**2) / kernel_width**2))
-    return distance, weights
+    edges: torch.Tensor  # int64 [K - 1, d]: integer frequency edges per feature (padding never reached)
+    row_start: torch.Tensor  # int64 [d]: first row of each feature
+    lower: torch.Tensor  # float32 [rows]: the row's lower frequency edge, in bits
+    grid_per_bit: torch.Tensor  # float32 [rows]: inverse-CDF grid cells per bit inside the row
+    curve_value: torch.Tensor  # float32 [rows * G]: inverse CDF at the grid points
+    curve_slope: torch.Tensor  # float32 [rows * G]: its increase to the next grid point
+
+
+def draw_perturbations(
+    keys: torch.Tensor,
+    offsets: torch.Tensor,
+    x: torch.Tensor,
+    own_rows: torch.Tensor,
+    tables: SamplingTables,
+    num_samples: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's inputs (float32 [B, S, d]) and the binary representation (bool [B, S, d])."""
+    bits = uniform_bits(keys, offsets, num_samples)
+    slot = (bits >= tables.edges[0]).to(torch.int64)
+    for k in range(1, tables.edges.shape[0]):
+        slot += bits >= tables.edges[k]
+    row = slot.add_(tables.row_start)
+    position = bits.to(torch.float32).sub_(tables.lower[row]).mul_(tables.grid_per_bit[row])
+    cell = position.floor().clamp_(0, GRID_INTERVALS - 1)
+    fraction = position.sub_(cell)
+    flat = cell.to(torch.int64).add_(row * GRID_INTERVALS)
+    inputs = tables.curve_value[flat].addcmul_(fraction, tables.curve_slope[flat])
+    inputs[:, 0] = x
+    same_bin = row == own_rows.unsqueeze(1)
+    same_bin[:, 0] = True
+    return inputs, same_bin

@@ -40,11 +40,13 @@ class WeightedMoments:
 
 
 def weighted_moments(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> WeightedMoments:
-    """Moments of binary data ``z`` [B, S, d], targets ``y`` [B, S] and sample weights ``w`` [B, S].
+    """Moments of binary data ``z`` [B, S, d], targets ``y`` [B, S] and sample weights ``w`` [B, S]."""
+    return WeightedMoments(*_moments(z, y, w))
 
-    Raw weighted sums are centred afterwards (``Σw zzᵀ - (Σw z)(Σw z)ᵀ / Σw``): exact enough in float64 for
-    0/1 data, and one pass over the samples instead of three.
-    """
+
+def _moments(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Raw weighted sums, centred afterwards (``Σw zzᵀ - (Σw z)(Σw z)ᵀ / Σw``): exact enough in float64 for
+    0/1 data, and one pass over the samples instead of three. A tuple, so ``torch.compile`` can fuse it."""
     y = y.to(torch.float64)
     w = w.to(torch.float64)
     z = z.to(torch.float64)
@@ -57,7 +59,18 @@ def weighted_moments(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> Weigh
     czz = torch.bmm(zw.transpose(1, 2), z) - sum_z.unsqueeze(2) * mean_z.unsqueeze(1)
     czy = torch.bmm(zw.transpose(1, 2), yc.unsqueeze(-1)).squeeze(-1)  # Σ w z (y - ȳ) is already centred
     syy = (w * yc * yc).sum(1)
-    return WeightedMoments(total, mean_z, mean_y, czz, czy, syy)
+    return total, mean_z, mean_y, czz, czy, syy
+
+
+def kernel_moments(same_bin: torch.Tensor, y: torch.Tensor, kernel_width: float) -> tuple[torch.Tensor, ...]:
+    """lime's kernel weights of the samples and the weighted moments, in one (compilable) step.
+
+    The scaled data is the binary matrix, so the euclidean distance to row 0 (all ones) is
+    ``sqrt(#features whose bin differs)``; lime's kernel is ``sqrt(exp(-d**2 / width**2))``.
+    """
+    differing = same_bin.shape[-1] - same_bin.sum(-1, dtype=torch.float64)
+    weights = torch.sqrt(torch.exp(-(differing.sqrt() ** 2) / kernel_width**2))
+    return _moments(same_bin, y, weights)
 
 
 def forward_selection(m: WeightedMoments, k: int) -> torch.Tensor:

@@ -201,3 +201,19 @@ def test_cpu_and_cuda_give_the_same_explanations(demo) -> None:
     np.testing.assert_array_equal(on_gpu.feature_index, on_cpu.feature_index)
     np.testing.assert_allclose(on_gpu.weights, on_cpu.weights, atol=1e-5)
     np.testing.assert_allclose(on_gpu.fidelity, on_cpu.fidelity, atol=1e-5)
+
+
+def test_compiled_kernels_give_the_same_explanations(demo) -> None:
+    """torch.compile fuses the sampler and the moments; results match eager to float32 rounding."""
+    from tasks.engine.explainer import compile_enabled
+
+    if not compile_enabled("auto", torch.device("cpu")):
+        pytest.skip("no C++ compiler for torch.compile on this machine")
+    x, ids = demo.decisions[:40], demo.ids[:40]
+    eager = engine(demo, num_samples=1000).explain(x, ids)
+    fused = engine(demo, num_samples=1000, compile=True)
+    first = fused.explain(x[:13], ids[:13])  # another batch size: shapes are dynamic
+    rest = fused.explain(x[13:], ids[13:])
+    np.testing.assert_array_equal(np.concatenate([first.feature_index, rest.feature_index]), eager.feature_index)
+    np.testing.assert_allclose(np.concatenate([first.weights, rest.weights]), eager.weights, atol=1e-6)
+    assert fused.compile  # it did not fall back to eager
