@@ -59,7 +59,9 @@ class ExplainConfig(_Strict):
     seed: int = Field(default=20261122, ge=0, lt=2**63)
     kernel_width: float | None = Field(default=None, gt=0, description="default 0.75*sqrt(d), as lime")
     feature_selection: Literal["auto", "forward_selection", "highest_weights"] = "auto"
-    memory_budget_mb: int = Field(default=1024, ge=16, description="device memory one chunk may use")
+    memory_budget_mb: int | None = Field(
+        default=None, ge=16, description="memory one chunk may use; default 1024 on CPU, 1/4 of free GPU memory"
+    )
     compile: Literal["auto", "always", "never"] = Field(
         default="auto",
         description="fuse the sampler with torch.compile: 'auto' where a compiler is available (first use costs"

@@ -31,6 +31,7 @@ log = logging.getLogger("limelight.engine")
 
 _BYTES_PER_SAMPLE_FEATURE = 96  # sampler and surrogate temporaries per (sample, feature): an upper bound
 _MODEL_BYTES_PER_ROW = 2048  # activations of a small tabular model per input row (a conservative default)
+_CPU_BUDGET_MB = 1024
 _CPU_MODEL_ROWS = 8192  # a small MLP runs ~2x faster per row in calls that keep activations in cache
 
 
@@ -77,7 +78,7 @@ class BatchedLime:
     top_k: int = 3
     seed: int = 0
     feature_selection: str = "auto"
-    memory_budget_mb: int = 1024
+    memory_budget_mb: int | None = None  # default: 1 GiB on CPU, a quarter of the free memory on CUDA
     with_all_weights: bool = True
     model_rows: int | None = None  # rows per model call; default: cache-sized on CPU, the whole chunk on CUDA
     compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (see compile_mode)
@@ -94,8 +95,16 @@ class BatchedLime:
     def decisions_per_chunk(self) -> int:
         """How many decisions fit the memory budget in one pass."""
         per_row = self.stats.num_features * _BYTES_PER_SAMPLE_FEATURE + _MODEL_BYTES_PER_ROW
-        rows = self.memory_budget_mb * 2**20 // per_row
+        rows = self.budget_bytes() // per_row
         return max(1, rows // self.num_samples)
+
+    def budget_bytes(self) -> int:
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb * 2**20
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return free // 4
+        return _CPU_BUDGET_MB * 2**20
 
     def explain(self, x: np.ndarray, ids: Sequence[str]) -> Explanations:
         """Explain decisions ``x`` (float64 [B, d], categoricals as codes) with ids ``ids``."""
