@@ -58,9 +58,6 @@ class ReportConfig(_Strict):
         default="pdf/a-3b", description="archival PDF variant; PDF/A-3 keeps the embedded explanation JSON"
     )
     pdf_tags: bool = Field(default=True, description="tagged PDF structure (accessibility); pdf/a-3a forces it")
-    batch_size: int = Field(
-        default=32, ge=1, le=512, description="reports laid out together, then split into one PDF each"
-    )
     review_list_limit: int = Field(
         default=500, ge=0, description="decisions listed by id in the run summary's review list"
     )

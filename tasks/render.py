@@ -1,0 +1,508 @@
+"""Customer reports and the run summary as archival PDFs (PDF/A-3 with the explanation as JSON attachment).
+
+Public API (docs/CONTRACTS.md): :func:`render_customer_reports`, :func:`render_run_summary`,
+:func:`report_filename`, :func:`missing_catalog_entries`, :class:`RenderedReport`.
+
+Everything that reaches a template is plain text (autoescaped) or a number; every fixed text comes from
+config/texts/<language>.toml, every reason sentence from the reason catalog. The same run re-rendered
+gives byte-identical PDFs: all dates come from ``RunInfo.generated_at`` and WeasyPrint's document
+identifier is a hash of the content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.config import Config, FeatureConfig
+from tasks.errors import InputError, LimelightError
+from tasks.render_pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
+from tasks.render_summary import summary_document
+from tasks.render_text import (
+    Band,
+    Notice,
+    ReasonCatalog,
+    audit_rows,
+    clean_text,
+    describe_band,
+    display_value,
+    fidelity_text,
+    fill,
+    load_notice,
+    load_reason_catalog,
+    load_texts,
+    missing_catalog_entries,
+    parse_band,
+    strip_accents_ascii,
+    threshold_text,
+    w3c_utc,
+)
+from tasks.runinfo import RunInfo
+
+__all__ = [
+    "ROW_COLUMNS",
+    "RenderedReport",
+    "missing_catalog_entries",
+    "render_customer_reports",
+    "render_run_summary",
+    "report_filename",
+]
+
+ROW_COLUMNS = (
+    "rank", "feature", "label", "condition", "value", "weight", "share", "direction",
+    "fidelity", "local_pred", "model_pred", "intercept", "needs_review",
+)
+ATTACHMENT_NAME = "explanation.json"
+EXPLANATION_SCHEMA = "limelight.explanation/1"
+_SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_BETWEEN_TAGS = re.compile(r">\n\s*<")  # template indentation only: text never starts a line there
+
+
+@dataclass(frozen=True)
+class RenderedReport:
+    decision_id: str
+    path: Path
+    sha256: str
+    needs_review: bool
+
+
+def report_filename(decision_id: str) -> str:
+    """``<slug>-<16 hex of sha256(id)>.pdf``: safe on every filesystem, distinct ids never collide in practice.
+
+    The slug (ASCII letters, digits, ``.``, ``_``, ``-``; at most 48 characters; no leading dot) is only
+    for humans; the hash of the exact id (UTF-8) makes the name unique, so ids that differ only in case,
+    accents or odd characters still get different files, and no id can name a path outside the folder.
+    """
+    digest = hashlib.sha256(str(decision_id).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    slug = _SLUG_UNSAFE.sub("-", strip_accents_ascii(str(decision_id))).strip("-._")[:48].strip("-._")
+    return f"{slug or 'decision'}-{digest}.pdf"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NaT:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _format_date(value: Any) -> str:
+    """Decision dates as ISO 8601 (YYYY-MM-DD): unambiguous in every language."""
+    if isinstance(value, pd.Timestamp | datetime | date):
+        return value.strftime("%Y-%m-%d")
+    text = clean_text(value, limit=64)
+    try:
+        return pd.Timestamp(text).strftime("%Y-%m-%d")
+    except (ValueError, TypeError):
+        return text
+
+
+def _pct(value: float, decimals: int = 1) -> str:
+    return f"{value * 100:.{decimals}f}%"
+
+
+def _fidelity_percent(fidelity: str) -> str:
+    """The printed fidelity as a share of variation, as precise as the number printed (0.299 -> 29.9%)."""
+    decimals = max(len(fidelity.partition(".")[2]) - 2, 0)
+    return f"{max(float(fidelity), 0.0) * 100:.{decimals}f}%"
+
+
+def _humanize(name: str) -> str:
+    text = name.replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def _in_sentence(label: str, language: str) -> str:
+    """'Debt-to-income ratio' -> 'debt-to-income ratio' inside an English sentence (not 'DTI')."""
+    if language == "en" and len(label) > 1 and label[0].isupper() and label[1].islower():
+        return label[0].lower() + label[1:]
+    return label
+
+
+def _outcome(texts: Mapping[str, Any], cls: str) -> tuple[str, str]:
+    entry = texts.get("outcomes", {}).get(cls, {})
+    return clean_text(entry.get("label", cls)), clean_text(entry.get("noun", cls))
+
+
+def _float(value: Any, column: str, decision_id: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"explanations: decision {decision_id[:80]!r}: column {column!r} is not a number "
+                         f"({value!r})") from None
+    if not math.isfinite(number):
+        raise InputError(f"explanations: decision {decision_id[:80]!r}: column {column!r} is not finite")
+    return number
+
+
+# ---------------------------------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every customer report of one call shares."""
+
+    config: Config
+    run: RunInfo
+    texts: Mapping[str, Any]
+    catalog: ReasonCatalog
+    notice: Notice
+    features: Mapping[str, FeatureConfig]
+    outcome_label: str
+    outcome_noun: str
+    title: str
+    statement_date: str
+
+
+def _factor(row: Mapping[str, Any], shared: _Shared, decision_id: str) -> dict[str, Any]:
+    language = shared.config.report.language
+    texts = shared.texts
+    name = str(row["feature"])
+    feature = shared.features.get(name)
+    if feature is None:
+        raise InputError(f"explanations: decision {decision_id[:80]!r}: feature {name[:80]!r} is not in the "
+                         "config's [[features]]")
+    direction = str(row["direction"])
+    if direction not in ("raises", "lowers"):
+        raise InputError(f"explanations: decision {decision_id[:80]!r}: direction {direction[:20]!r} is not "
+                         "'raises' or 'lowers'")
+    entry = shared.catalog.features.get(name)
+    label = clean_text(entry.label if entry is not None and entry.label else row["label"], limit=120)
+    condition = clean_text(row["condition"], limit=300)
+    value = display_value(row["value"], feature, entry)
+    band: Band | None = None
+    if feature.kind == "numeric":
+        band = parse_band(condition, (feature.name, feature.label, str(row["label"])))
+    range_text = (describe_band(band, feature, texts["ranges"]) if band is not None
+                  else fill(texts["ranges"]["raw"], condition=condition))
+    template = getattr(entry, direction) if entry is not None else None
+    if template is not None:
+        sentence = fill(template, value=value, range=range_text, label=label)
+    else:
+        key = direction if feature.kind == "numeric" else f"{direction}_category"
+        sentence = fill(texts["fallback"][key], label=_in_sentence(label, language), value=value,
+                        range=range_text, outcome=shared.outcome_noun)
+    weight = _float(row["weight"], "weight", decision_id)
+    share = _float(row["share"], "share", decision_id)
+    return {
+        "rank": int(row["rank"]),
+        "feature": clean_text(name, limit=120),
+        "label": label,
+        "condition": condition,
+        "value": value,
+        "raw_value": clean_text(row["value"], limit=200),
+        "sentence": clean_text(sentence, limit=1200),
+        "direction": direction,
+        "direction_word": texts["customer"][f"direction_{direction}"],
+        "effect": fill(texts["customer"][f"effect_{direction}"], outcome=shared.outcome_noun),
+        "weight": weight,
+        "share_value": share,
+        "share": f"{share:.0f}%",
+        "share_width": f"{min(max(share, 0.0), 100.0):.1f}",
+        "weight_signed": f"{weight:+.3f}",
+        "weight_exact": f"{weight:+.6f}",
+        "share_exact": f"{share:.2f}%",
+    }
+
+
+def _chart(factors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Geometry of the signed bar chart: numbers only (labels are HTML text beside it)."""
+    width, row, bar = 300, 16, 10
+    axis = width / 2
+    biggest = max((abs(f["weight"]) for f in factors), default=0.0) or 1.0
+    bars = []
+    for i, f in enumerate(factors):
+        length = abs(f["weight"]) / biggest * (axis - 4)
+        x = axis if f["weight"] >= 0 else axis - length
+        bars.append({"x": f"{x:.2f}", "y": f"{i * row + (row - bar) / 2:.2f}", "width": f"{length:.2f}",
+                     "height": f"{bar}", "positive": f["weight"] >= 0})
+    return {"width": width, "height": max(len(factors), 1) * row, "axis": f"{axis:.2f}", "bars": bars}
+
+
+def _decision_label(config: Config, shared: _Shared, applicant: Mapping[str, Any] | None,
+                    model_pred: float) -> str | None:
+    report = config.report
+    classes = config.model.classes
+    if report.decision_column:
+        raw = None if applicant is None else applicant.get(report.decision_column)
+        if _is_missing(raw):
+            return shared.texts["customer"]["not_recorded"]
+        return _outcome(shared.texts, clean_text(raw, limit=80))[0]
+    if len(classes) == 2:
+        other = classes[1 - config.model.explain_index]
+        cls = config.model.explain if model_pred >= report.decision_threshold else other
+        return _outcome(shared.texts, cls)[0]
+    return None
+
+
+def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applicant: Mapping[str, Any] | None,
+                    shared: _Shared) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The template context of one report and the JSON document attached to it."""
+    config, run, texts = shared.config, shared.run, shared.texts
+    tc = texts["customer"]
+    first = rows[0]
+    fidelity = _float(first["fidelity"], "fidelity", decision_id)
+    model_pred = _float(first["model_pred"], "model_pred", decision_id)
+    local_pred = _float(first["local_pred"], "local_pred", decision_id)
+    intercept = _float(first["intercept"], "intercept", decision_id)
+    needs_review = bool(first["needs_review"])
+    factors = [_factor(row, shared, decision_id) for row in rows]
+    min_fid = threshold_text(run.min_fidelity)
+    fid = fidelity_text(fidelity, run.min_fidelity)
+    fields = []
+    for name in config.report.applicant_fields:
+        value = None if applicant is None else applicant.get(name)
+        if not _is_missing(value):
+            label = texts["applicant_fields"].get(name) or _humanize(name)
+            fields.append({"label": clean_text(label, limit=80), "value": clean_text(value, limit=200)})
+    decision_date = None
+    if config.report.date_column:
+        raw_date = None if applicant is None else applicant.get(config.report.date_column)
+        decision_date = tc["not_recorded"] if _is_missing(raw_date) else _format_date(raw_date)
+    decision = _decision_label(config, shared, applicant, model_pred)
+    items = "; ".join(f"{f['label']} {f['weight_signed']}" for f in factors)
+    context = {
+        "decision_id": clean_text(decision_id),
+        "footer_id": clean_text(decision_id, limit=48),
+        "footer_ref": fill(tc["footer_ref"], id="\u2068" + clean_text(decision_id, limit=48) + "\u2069"),
+        "title": shared.title,
+        "fields": fields,
+        "decision_date": decision_date,
+        "statement_date": shared.statement_date,
+        "decision": decision,
+        "probability": _pct(model_pred),
+        "probability_label": fill(tc["probability"], outcome=shared.outcome_noun),
+        "probability_note": fill(tc["probability_note"], outcome=shared.outcome_noun),
+        "needs_review": needs_review,
+        "review_note": fill(tc["status_review_note"], fidelity=fid, min=min_fid),
+        "status_note": fill(tc["status_ok_note"], min=min_fid),
+        "factors": factors,
+        "chart": _chart(factors),
+        "chart_alt": fill(tc["chart_alt"], outcome=shared.outcome_noun, items=items),
+        "chart_key": fill(tc["chart_key"], outcome=shared.outcome_noun),
+        "fidelity": fid,
+        "fidelity_line": fill(tc["fidelity_value"], fidelity=fid),
+        "fidelity_meaning": fill(tc["fidelity_meaning"], percent=_fidelity_percent(fid)),
+        "surrogate": [
+            {"label": tc["intercept"], "value": f"{intercept:+.6f}", "css": "num-left"},
+            {"label": tc["local_pred"], "value": f"{local_pred:.6f}", "css": "num-left"},
+            {"label": tc["model_pred"], "value": f"{model_pred:.6f}", "css": "num-left"},
+            {"label": tc["fidelity"], "value": f"{fidelity:.6f}", "css": "num-left"},
+            {"label": tc["needs_review"], "value": tc["yes"] if needs_review else tc["no"], "css": ""},
+        ],
+    }
+    attachment = {
+        "schema": EXPLANATION_SCHEMA,
+        "decision_id": str(decision_id),
+        "decision": decision,
+        "decision_date": decision_date if config.report.date_column else None,
+        "explained_class": config.model.explain,
+        "model_pred": model_pred,
+        "local_pred": local_pred,
+        "intercept": intercept,
+        "fidelity": fidelity,
+        "needs_review": needs_review,
+        "min_fidelity": run.min_fidelity,
+        "language": config.report.language,
+        "factors": [
+            {"rank": f["rank"], "feature": f["feature"], "label": f["label"], "condition": f["condition"],
+             "value": f["raw_value"], "weight": f["weight"], "share": f["share_value"],
+             "direction": f["direction"], "reason": f["sentence"]}
+            for f in factors
+        ],
+        "run": _run_json(run),
+    }
+    return context, attachment
+
+
+def _run_json(run: RunInfo) -> dict[str, Any]:
+    data = run.to_dict()
+    return {key: data[key] for key in sorted(data)}
+
+
+def _versions(run: RunInfo) -> str:
+    return " · ".join(f"{clean_text(k, limit=60)} {clean_text(v, limit=120)}" for k, v in sorted(run.versions.items()))
+
+
+def _shared(config: Config, run: RunInfo) -> _Shared:
+    texts = load_texts(config.report.language)
+    label, noun = _outcome(texts, config.model.explain)
+    return _Shared(
+        config=config,
+        run=run,
+        texts=texts,
+        catalog=load_reason_catalog(config),
+        notice=load_notice(config),
+        features={f.name: f for f in config.features},
+        outcome_label=label,
+        outcome_noun=noun,
+        title=clean_text(config.report.title or texts["customer"]["title"], limit=200),
+        statement_date=w3c_utc(run.generated_at)[0][:10],
+    )
+
+
+def _lender(config: Config) -> dict[str, Any]:
+    lender = config.report.lender
+    return {
+        "name": clean_text(lender.name, limit=200),
+        "address": [clean_text(line, limit=200) for line in lender.address],
+        "contact": " · ".join(clean_text(line, limit=200) for line in lender.contact),
+    }
+
+
+def _pdf_settings(config: Config, run: RunInfo) -> PdfSettings:
+    return PdfSettings(variant=config.report.pdf_variant, tags=config.report.pdf_tags,
+                       lang=config.report.language, generated_at=run.generated_at)
+
+
+def _attachment_bytes(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _check_columns(frame: pd.DataFrame, needed: Iterable[str], what: str) -> None:
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise InputError(f"{what}: missing column(s) {', '.join(repr(c) for c in missing)}")
+
+
+def _group_rows(rows: pd.DataFrame, id_column: str) -> dict[str, list[dict[str, Any]]]:
+    """Rows per decision (in order of first appearance), sorted by rank; ranks must be 1..k without gaps."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in rows.to_dict("records"):
+        groups.setdefault(str(record[id_column]), []).append(record)
+    for decision_id, records in groups.items():
+        records.sort(key=lambda r: int(r["rank"]))
+        ranks = [int(r["rank"]) for r in records]
+        if ranks != list(range(1, len(ranks) + 1)) or len(ranks) > 4:
+            raise InputError(f"explanations: decision {decision_id[:80]!r}: ranks {ranks[:8]} are not 1..k "
+                             "(k at most 4)")
+    return groups
+
+
+def _applicant_index(applicants: pd.DataFrame, config: Config) -> dict[str, dict[str, Any]]:
+    id_column = config.data.id_column
+    report = config.report
+    wanted = [*report.applicant_fields, *(c for c in (report.date_column, report.decision_column) if c)]
+    _check_columns(applicants, [id_column, *wanted], "applicants")
+    keep = list(dict.fromkeys([id_column, *wanted]))
+    index: dict[str, dict[str, Any]] = {}
+    for record in applicants[keep].to_dict("records"):
+        key = str(record[id_column])
+        if key in index:
+            raise InputError(f"applicants: decision id {key[:80]!r} appears more than once")
+        index[key] = record
+    return index
+
+
+# ---------------------------------------------------------------------------------------------- customer
+
+
+@dataclass(frozen=True)
+class CustomerDocument:
+    """One report ready for WeasyPrint: its HTML, PDF metadata and attachment, and where it goes."""
+
+    decision_id: str
+    filename: str
+    html: str
+    part: PdfPart
+    needs_review: bool
+
+
+def customer_documents(rows: pd.DataFrame, applicants: pd.DataFrame, config: Config,
+                       run: RunInfo) -> list[CustomerDocument]:
+    """Validate the inputs and build each decision's HTML and attachment (no layout yet).
+
+    Raises :class:`InputError` for rows or applicants that break the contract and :class:`ConfigError` for
+    catalog or notice problems, so nothing is written when an input is bad.
+    """
+    id_column = config.data.id_column
+    _check_columns(rows, [id_column, *ROW_COLUMNS], "explanations")
+    if rows.empty:
+        return []
+    require_fonts(config.report.language)
+    shared = _shared(config, run)
+    groups = _group_rows(rows, id_column)
+    people = _applicant_index(applicants, config)
+    filenames = {decision_id: report_filename(decision_id) for decision_id in groups}
+    if len(set(filenames.values())) != len(filenames):
+        raise LimelightError("two decision ids map to the same report file name (sha256 prefix collision)")
+    template = document_kind("customer_report").template
+    common = {
+        "lang": config.report.language,
+        "t": shared.texts,
+        "lender": _lender(config),
+        "notice": shared.notice,
+        "versions": _versions(run),
+        "audit": audit_rows(run, shared.texts["customer"]),
+        "doc_title": shared.title,
+    }
+    documents = []
+    for decision_id, records in groups.items():
+        context, attachment = _report_context(decision_id, records, people.get(decision_id), shared)
+        part = PdfPart(
+            title=f"{shared.title} – {context['footer_id']}",
+            author=common["lender"]["name"],
+            subject=shared.title,
+            attachment=_attachment_bytes(attachment),
+            attachment_name=ATTACHMENT_NAME,
+            attachment_description="Explanation of this decision (limelight, JSON)",
+        )
+        html = _BETWEEN_TAGS.sub("><", template.render(r=context, **common))
+        documents.append(CustomerDocument(decision_id, filenames[decision_id], html, part,
+                                          bool(context["needs_review"])))
+    return documents
+
+
+def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config: Config, run: RunInfo,
+                            out_dir: Path) -> list[RenderedReport]:
+    """One PDF per decision in ``rows`` (explanations.parquet rows), written to ``out_dir/report_filename(id)``.
+
+    Returns the reports in the order the decisions first appear in ``rows``. Bad inputs raise before any
+    file is written (see :func:`customer_documents`); each file is written atomically.
+    """
+    documents = customer_documents(rows, applicants, config, run)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not documents:
+        return []
+    kind = document_kind("customer_report")
+    settings = _pdf_settings(config, run)
+    results = []
+    for doc in documents:
+        pdf = write(layout(kind, doc.html, settings), doc.part, settings, kind)
+        path = out_dir / doc.filename
+        _write_atomic(path, pdf)
+        results.append(RenderedReport(doc.decision_id, path, hashlib.sha256(pdf).hexdigest(), doc.needs_review))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def render_run_summary(explanations: pd.DataFrame, counts: dict[str, int], review_ids: list[str],
+                       config: Config, run: RunInfo, out_path: Path) -> Path:
+    """The run summary PDF (counts, fidelity histogram, reason frequencies, review list, parameters)."""
+    return summary_document(explanations, counts, review_ids, config, run, Path(out_path))

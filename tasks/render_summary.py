@@ -1,0 +1,175 @@
+"""The run summary PDF: counts, fidelity histogram, reason frequencies, review list, parameters and hashes.
+
+Called through :func:`tasks.render.render_run_summary`. One document per run, so clarity beats speed here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import Config
+from tasks.errors import InputError
+from tasks.render_pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
+from tasks.render_text import (
+    audit_rows,
+    clean_text,
+    fidelity_text,
+    fill,
+    load_reason_catalog,
+    load_texts,
+    threshold_text,
+    w3c_utc,
+)
+from tasks.runinfo import RunInfo
+
+COUNT_KEYS = ("decisions_in", "reports_made", "needs_review", "failed")
+SUMMARY_SCHEMA = "limelight.run-summary/1"
+_BINS = 10
+
+
+def _fidelity_histogram(fidelity: np.ndarray, min_fidelity: float) -> dict[str, Any]:
+    """Ten bands of width 0.1 over [0, 1] (negative R² counts in the first); SVG geometry as numbers."""
+    clipped = np.clip(fidelity, 0.0, 1.0)
+    index = np.minimum((clipped * _BINS).astype(int), _BINS - 1)
+    counts = np.bincount(index, minlength=_BINS).tolist() if len(index) else [0] * _BINS
+    width, height, left, bottom, top = 480, 150, 34, 22, 14
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    biggest = max(counts) or 1
+    step = plot_w / _BINS
+    bars = []
+    for i, count in enumerate(counts):
+        h = count / biggest * plot_h
+        bars.append({
+            "x": f"{left + i * step + 2:.2f}", "y": f"{top + plot_h - h:.2f}", "width": f"{step - 4:.2f}",
+            "height": f"{h:.2f}", "count": count, "cx": f"{left + i * step + step / 2:.2f}",
+            "cy": f"{top + plot_h - h - 3:.2f}", "below": (i + 1) / _BINS <= min_fidelity + 1e-12,
+        })
+    ticks = [{"x": f"{left + i * step:.2f}", "label": f"{i / _BINS:.1f}"} for i in range(_BINS + 1)]
+    threshold_x = left + min(max(min_fidelity, 0.0), 1.0) * plot_w
+    bands = [f"{i / _BINS:.1f}–{(i + 1) / _BINS:.1f}" for i in range(_BINS)]
+    return {
+        "width": width, "height": height, "bars": bars, "ticks": ticks, "axis_y": f"{top + plot_h:.2f}",
+        "label_y": f"{top + plot_h + 13:.2f}", "left": left, "right": f"{left + plot_w:.2f}",
+        "threshold_x": f"{threshold_x:.2f}", "top": top, "counts": counts, "bands": bands,
+    }
+
+
+def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: str) -> list[dict[str, Any]]:
+    catalog = load_reason_catalog(config)
+    labels = {f.name: f.label for f in config.features}
+    if explanations.empty:
+        return []
+    table = explanations.groupby(["feature", "direction"])[id_column].nunique().unstack(fill_value=0)
+    first = explanations[explanations["rank"] == 1].groupby("feature")[id_column].nunique()
+    rows = []
+    for feature, row in table.iterrows():
+        entry = catalog.features.get(str(feature))
+        raises, lowers = int(row.get("raises", 0)), int(row.get("lowers", 0))
+        rows.append({
+            "feature": str(feature),
+            "label": clean_text(entry.label if entry and entry.label else labels.get(str(feature), feature), 120),
+            "raises": raises, "lowers": lowers, "total": raises + lowers, "first": int(first.get(feature, 0)),
+        })
+    rows.sort(key=lambda r: (-r["total"], r["feature"]))
+    width = 200
+    biggest = max((r["total"] for r in rows), default=0) or 1
+    for r in rows:
+        r["w_raises"] = f"{r['raises'] / biggest * width:.2f}"
+        r["x_lowers"] = r["w_raises"]
+        r["w_lowers"] = f"{r['lowers'] / biggest * width:.2f}"
+    return rows
+
+
+def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
+                     config: Config, run: RunInfo, out_path: Path) -> Path:
+    id_column = config.data.id_column
+    needed = [id_column, "rank", "feature", "direction", "fidelity"]
+    missing = [c for c in needed if c not in explanations.columns]
+    if missing:
+        raise InputError(f"explanations: missing column(s) {', '.join(repr(c) for c in missing)}")
+    absent = [k for k in COUNT_KEYS if k not in counts]
+    if absent:
+        raise InputError(f"run summary counts: missing {', '.join(absent)} (expected {', '.join(COUNT_KEYS)})")
+    require_fonts(config.report.language)
+    texts = load_texts(config.report.language)
+    ts, tc = texts["summary"], texts["customer"]
+    outcome_noun = texts.get("outcomes", {}).get(config.model.explain, {}).get("noun", config.model.explain)
+    per_decision = explanations.drop_duplicates(id_column)
+    fidelity = per_decision["fidelity"].to_numpy(dtype=float)
+    fidelity = fidelity[np.isfinite(fidelity)]
+    histogram = _fidelity_histogram(fidelity, run.min_fidelity)
+    reasons = _reason_frequencies(explanations, config, id_column)
+    for r in reasons:
+        r["alt"] = fill(ts["reasons_alt"], label=r["label"], raises=r["raises"], lowers=r["lowers"])
+    fid_by_id = dict(zip(per_decision[id_column].astype(str), per_decision["fidelity"], strict=True))
+    limit = config.report.review_list_limit
+    shown = [{"id": clean_text(i, limit=120),
+              "fidelity": fidelity_text(fid_by_id[str(i)], run.min_fidelity)
+              if str(i) in fid_by_id and math.isfinite(fid_by_id[str(i)])
+              else "—"}
+             for i in review_ids[:limit]]
+    min_fid = threshold_text(run.min_fidelity)
+    below = int((fidelity < run.min_fidelity).sum())
+    lender = config.report.lender
+    count_rows = [{"label": ts.get(k, k.replace("_", " ").capitalize()), "value": f"{int(counts[k]):,}"}
+                  for k in [*COUNT_KEYS, *sorted(set(counts) - set(COUNT_KEYS))]]
+    context = {
+        "lang": config.report.language,
+        "t": texts,
+        "title": ts["title"],
+        "lender": clean_text(lender.name, limit=200),
+        "run_id": clean_text(run.run_id, limit=200),
+        "generated_at": w3c_utc(run.generated_at)[0],
+        "counts": count_rows,
+        "histogram": histogram,
+        "fidelity_intro": fill(ts["fidelity_intro"], min=min_fid),
+        "fidelity_alt": fill(ts["fidelity_alt"], min=min_fid, items="; ".join(
+            f"{b} {c}" for b, c in zip(histogram["bands"], histogram["counts"], strict=True))),
+        "fidelity_stats": fill(ts["fidelity_stats"], median=f"{np.median(fidelity):.2f}" if len(fidelity) else "—",
+                               lowest=f"{fidelity.min():.2f}" if len(fidelity) else "—", below=f"{below:,}",
+                               total=f"{len(fidelity):,}"),
+        "reasons": reasons,
+        "reasons_key": fill(ts["reasons_key"], outcome=outcome_noun),
+        "col_raises": fill(ts["col_raises"], outcome=outcome_noun),
+        "col_lowers": fill(ts["col_lowers"], outcome=outcome_noun),
+        "review_intro": fill(ts["review_intro"], min=min_fid),
+        "review": shown,
+        "review_more": fill(ts["review_more"], count=f"{len(review_ids) - len(shown):,}")
+        if len(review_ids) > len(shown) else None,
+        "params": audit_rows(run, tc),
+        "versions": " · ".join(f"{clean_text(k, 60)} {clean_text(v, 120)}" for k, v in sorted(run.versions.items())),
+    }
+    kind = document_kind("run_summary", "summary.html")
+    html = kind.template.render(**context)
+    settings = PdfSettings(variant=config.report.pdf_variant, tags=config.report.pdf_tags,
+                           lang=config.report.language, generated_at=run.generated_at)
+    attachment = {
+        "schema": SUMMARY_SCHEMA,
+        "counts": {k: int(v) for k, v in sorted(counts.items())},
+        "fidelity_histogram": dict(zip(histogram["bands"], histogram["counts"], strict=True)),
+        "reason_frequency": [{k: r[k] for k in ("feature", "raises", "lowers", "total", "first")} for r in reasons],
+        "review_ids": [str(i) for i in review_ids],
+        "run": {k: v for k, v in sorted(run.to_dict().items())},
+    }
+    part = PdfPart(
+        title=f"{ts['title']} – {context['run_id']}",
+        author=context["lender"],
+        subject=ts["title"],
+        attachment=json.dumps(attachment, sort_keys=True, ensure_ascii=False, indent=1).encode("utf-8"),
+        attachment_name="run-summary.json",
+        attachment_description="Run summary (limelight, JSON)",
+    )
+    pdf = write(layout(kind, html, settings), part, settings, kind)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_bytes(pdf)
+    tmp.replace(out_path)
+    return out_path
+

@@ -1,0 +1,78 @@
+"""Helpers shared by the tests/test_render*.py modules (no tests here)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pikepdf
+
+from tasks.render_samples import demo_config, demo_run, synthetic_inputs
+
+__all__ = ["decoded_pdf", "demo_config", "demo_run", "embedded_files", "flat", "has_sentence", "pdf_text",
+           "synthetic_inputs"]
+
+
+def pdf_text(path: Path, first: int | None = None, last: int | None = None) -> str:
+    """Text of a PDF as pdftotext (poppler) extracts it."""
+    args = ["pdftotext", "-enc", "UTF-8"]
+    if first:
+        args += ["-f", str(first)]
+    if last:
+        args += ["-l", str(last)]
+    out = subprocess.run([*args, str(path), "-"], check=True, capture_output=True)
+    return out.stdout.decode("utf-8")
+
+
+def flat(text: str) -> str:
+    """Whitespace collapsed (lines wrap anywhere in a PDF); bidi isolates removed."""
+    return " ".join(text.replace("\u2068", "").replace("\u2069", "").split())
+
+
+def has_sentence(text: str, sentence: str, slack: int = 4) -> bool:
+    """``sentence`` appears in ``text`` word by word, allowing a few words of a neighbouring table cell in
+    between (pdftotext reads a table row line by line across its cells)."""
+    if any("\u4e00" <= ch <= "\u9fff" for ch in sentence):  # no spaces in Chinese: compare characters
+        words, wanted, slack = list("".join(flat(text).split())), list("".join(flat(sentence).split())), 16
+    else:
+        words, wanted = flat(text).split(" "), flat(sentence).split(" ")
+    for start, word in enumerate(words):
+        if word != wanted[0]:
+            continue
+        position, extra = start + 1, 0
+        for target in wanted[1:]:
+            while position < len(words) and words[position] != target and extra <= slack:
+                position, extra = position + 1, extra + 1
+            if position >= len(words) or words[position] != target:
+                break
+            position += 1
+        else:
+            return True
+    return False
+
+
+def decoded_pdf(path: Path) -> bytes:
+    """Every string and every decoded stream of a PDF, concatenated: what a byte-level leak check searches."""
+    chunks: list[bytes] = []
+    with pikepdf.open(path) as pdf:
+        for obj in pdf.objects:
+            if isinstance(obj, pikepdf.Stream):
+                try:
+                    chunks.append(obj.read_bytes())
+                except pikepdf.PdfError:
+                    chunks.append(obj.read_raw_bytes())
+            chunks.append(repr(obj).encode("utf-8", "replace"))
+    return b"\n".join(chunks)
+
+
+def embedded_files(path: Path) -> dict[str, bytes]:
+    """Name -> bytes of every embedded file (document-level and file-attachment annotations)."""
+    files: dict[str, bytes] = {}
+    with pikepdf.open(path) as pdf:
+        for name, spec in pdf.attachments.items():
+            files[name] = spec.get_file().read_bytes()
+        for page in pdf.pages:
+            for annot in page.get("/Annots", []):
+                if annot.get("/Subtype") == "/FileAttachment":
+                    files[f"annot:{annot.FS.get('/F')}"] = annot.FS.EF.F.read_bytes()
+    return files
