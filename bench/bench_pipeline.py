@@ -1,0 +1,111 @@
+"""Explanation throughput of the whole pipeline with 1 and 2 CPU workers on the demo (one run of this script).
+
+    .venv/bin/python bench/bench_pipeline.py [--workers 1,2] [--shard-size 50] [--samples N] [--decisions N]
+
+Each worker count runs the real flow (``mode="explain"``: no PDFs) against one Prefect server, on a
+fresh Dask cluster. Printed per run:
+
+- ``explain wall``: from the workers being up to the last shard explained (includes each worker
+  importing torch and loading the model and reference once), and decisions/s over it;
+- ``compute``: the busiest worker's time inside the explain step, and decisions/s over that;
+- whether the explanations are identical to the first run's (they must be).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def variant_config(source: Path, folder: Path, shard_size: int, samples: int | None, decisions: int | None) -> Path:
+    """The demo config with absolute paths and the benchmark's shard size (and optional sample/decision counts)."""
+    import pyarrow.parquet as pq
+
+    from tasks.config import load_config
+    from tasks.io import dump_toml
+
+    config = load_config(source)
+    raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    decisions_path = Path(config.data.decisions)
+    if decisions:
+        decisions_path = folder / "decisions.parquet"
+        pq.write_table(pq.read_table(config.data.decisions).slice(0, decisions), decisions_path)
+    raw["data"].update({"decisions": str(decisions_path), "reference": str(config.data.reference)})
+    raw["model"]["path"] = str(config.model.path)
+    raw.setdefault("run", {})["shard_size"] = shard_size
+    if samples:
+        raw.setdefault("explain", {})["num_samples"] = samples
+    target = folder / "bench.toml"
+    target.write_text(dump_toml(raw), encoding="utf-8")
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "demo.toml")
+    parser.add_argument("--workers", default="1,2", help="CPU worker counts to compare, e.g. 1,2")
+    parser.add_argument("--shard-size", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=None, help="LIME samples per decision (default: config)")
+    parser.add_argument("--decisions", type=int, default=None, help="first N decisions (default: all)")
+    args = parser.parse_args()
+
+    from flows.server import apply_quiet_env
+
+    apply_quiet_env()
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "ERROR")
+    import pandas as pd
+
+    from flows.pipeline import limelight_flow
+    from flows.server import prefect_server
+    from tasks.config import load_config
+    from tasks.demo import build_demo
+
+    build_demo(Path(load_config(args.config).data.decisions).parent)
+    counts = [int(n) for n in args.workers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="limelight-bench-") as tmp:
+        folder = Path(tmp)
+        config = variant_config(args.config, folder, args.shard_size, args.samples, args.decisions)
+        loaded = load_config(config)
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; torch threads per worker: "
+              f"{loaded.run.torch_threads}; engine {loaded.explain.engine}, {loaded.explain.num_samples} samples, "
+              f"shard size {args.shard_size}")
+        rows, first = [], None
+        clock = time.perf_counter()
+        with prefect_server():
+            print(f"prefect server ready in {time.perf_counter() - clock:.1f} s")
+            for n in counts:
+                target = folder / f"explanations-{n}.parquet"
+                summary = limelight_flow(config_path=str(config), out=str(target), devices=f"cpu:{n}", mode="explain")
+                table = pd.read_parquet(target)
+                first = table if first is None else first
+                decisions = summary["counts"]["decisions_in"]
+                busiest = max(w["seconds"] for w in summary["workers"])
+                rows.append({
+                    "workers": n,
+                    "decisions": decisions,
+                    "shards": summary["counts"]["shards"],
+                    "workers start s": summary["seconds"]["workers_start"],
+                    "explain wall s": summary["seconds"]["explain"],
+                    "decisions/s (wall)": summary["decisions_per_second"],
+                    "busiest worker s": round(busiest, 2),
+                    "decisions/s (compute)": round(decisions / busiest, 1),
+                    "identical": bool(table.equals(first)),
+                })
+    frame = pd.DataFrame(rows).set_index("workers")
+    print(frame.to_string())
+    if len(rows) > 1:
+        base = rows[0]["decisions/s (wall)"]
+        for row in rows[1:]:
+            speedup = row["decisions/s (wall)"] / base
+            print(f"speed-up {rows[0]['workers']} -> {row['workers']} workers (wall): {speedup:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

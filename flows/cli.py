@@ -1,0 +1,228 @@
+"""The ``limelight`` command line.
+
+    limelight run CONFIG [--out DIR] [--devices SPEC] [--cluster ADDRESS] [--limit N] [--ids FILE]
+    limelight explain CONFIG --out FILE      explanations Parquet only, no PDFs
+    limelight validate CONFIG                check config, inputs and model; list every problem
+    limelight demo [--out DIR]               build the demo inputs if needed, then run config/demo.toml
+
+A problem the user must fix (:class:`LimelightError`) prints one red line and exits 2; anything else
+exits 1. Prefect runs against one server: ``PREFECT_API_URL`` when set, else a temporary local one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.server import ServerError, apply_quiet_env
+from tasks.errors import InputError, LimelightError
+
+# Before anything imports prefect: quiet console, no analytics. Prefect's own console handler is
+# silenced in the CLI (the CLI prints its own lines; the logs still go to the Prefect server), so a
+# failing run prints one line instead of Prefect's traceback.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # e.g. no "task cancelled" noise after a failure
+apply_quiet_env()
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "config" / "demo.toml"
+
+app = typer.Typer(
+    name="limelight",
+    help="Batched LIME explanations and PDF reports for credit decisions.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigArg = Annotated[Path, typer.Argument(help="the run's TOML config", show_default=False)]
+DevicesOpt = Annotated[
+    str | None, typer.Option("--devices", help="'auto', 'cpu:N' or 'cuda:0,1,...' (default: [run] devices)")
+]
+ClusterOpt = Annotated[
+    str | None, typer.Option("--cluster", help="existing Dask scheduler, e.g. tcp://host:8786")
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="explain only the first N decisions")]
+IdsOpt = Annotated[Path | None, typer.Option("--ids", help="file of ids (one per line): explain only those")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] [red]{escape(message)}[/]", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """LimelightError: one red line, exit 2. Anything else: the traceback, exit 1."""
+    try:
+        return action()
+    except LimelightError as error:
+        raise _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, 2) from None
+    except ServerError as error:
+        raise _fail(str(error), 1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def _progress_bar() -> Iterator[None]:
+    """A Rich progress bar fed by the flow's progress hook (shards explained, reports rendered)."""
+    from flows.pipeline import progress_hook
+
+    labels = {"explain": "explaining decisions", "render": "rendering reports"}
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as progress:
+        bars: dict[str, Any] = {}
+
+        def hook(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(labels.get(stage, stage), total=total)
+            progress.update(bars[stage], completed=done, total=total)
+
+        with progress_hook(hook):
+            yield
+
+
+def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, Any]:
+    from flows.cluster import resolve_devices
+    from flows.pipeline import limelight_flow
+    from flows.server import prefect_server
+    from tasks.config import load_config
+
+    # Cheap checks first, so a typo fails in a second instead of after starting a server.
+    loaded = load_config(config)
+    if not options.get("cluster"):
+        resolve_devices(options.get("devices") or loaded.run.devices, None, loaded.run.torch_threads)
+    if options.get("ids") and not Path(options["ids"]).is_file():
+        raise InputError(f"{options['ids']}: ids file not found")
+    # A batch scheduler's SIGTERM unwinds like Ctrl-C: the workers and the temporary server are stopped.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with prefect_server(), _progress_bar():
+            return limelight_flow(
+                config_path=str(config), out=str(out), mode=mode,
+                devices=options.get("devices"), cluster=options.get("cluster"), limit=options.get("limit"),
+                ids_file=str(options["ids"]) if options.get("ids") else None,
+            )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    for warning in summary.get("warnings", []):
+        errors.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    counts = summary["counts"]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("run", summary["run_id"])
+    table.add_row("decisions", f"{counts['decisions_in']} on {summary['devices']}")
+    rate = summary.get("decisions_per_second")
+    table.add_row("explanations", f"{summary['seconds']['explain']:.1f} s" + (f" ({rate} decisions/s)" if rate else ""))
+    table.add_row("needs review", str(counts["needs_review"]))
+    if counts.get("reports_made"):
+        table.add_row("reports", str(counts["reports_made"]))
+    table.add_row("total", f"{summary['seconds']['total']:.1f} s")
+    for name, path in summary["outputs"].items():
+        table.add_row(name, escape(path))
+    console.print(table)
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default: out/<config name>)")] = None,
+    devices: DevicesOpt = None,
+    cluster: ClusterOpt = None,
+    limit: LimitOpt = None,
+    ids: IdsOpt = None,
+) -> None:
+    """Explain the decisions and write explanations, one PDF per customer, the summary and the manifest."""
+    target = out or Path("out") / config.stem
+    summary = _guard(lambda: _run_flow(config, target, "run", devices=devices, cluster=cluster, limit=limit,
+                                       ids=ids))
+    _print_summary(summary)
+
+
+@app.command()
+def explain(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--out", help="the explanations Parquet file to write")],
+    devices: DevicesOpt = None,
+    cluster: ClusterOpt = None,
+    limit: LimitOpt = None,
+    ids: IdsOpt = None,
+) -> None:
+    """Write only the explanations Parquet file (no PDFs, no manifest)."""
+    summary = _guard(lambda: _run_flow(config, out, "explain", devices=devices, cluster=cluster, limit=limit,
+                                       ids=ids))
+    _print_summary(summary)
+
+
+def _validate(config_path: Path) -> Any:
+    from tasks.config import load_config
+    from tasks.data import validate_all
+
+    config = load_config(config_path)  # a config that does not parse is one problem: raised as such
+    return validate_all(config, check_model=True)
+
+
+@app.command()
+def validate(config: ConfigArg) -> None:
+    """Check the config, the inputs and the model without explaining anything; list every problem."""
+    result = _guard(lambda: _validate(config))
+    if result.problems:
+        for problem in result.problems:
+            errors.print(f"[red]✗[/] {escape(problem)}", soft_wrap=True, highlight=False)
+        count = len(result.problems)
+        raise _fail(f"{config}: {count} problem{'s' if count > 1 else ''} found", 2)
+    console.print(f"[green]✓[/] {escape(str(config))}: {escape(result.summary())}", soft_wrap=True,
+                  highlight=False)
+
+
+def _build_demo() -> Path:
+    from tasks.config import load_config
+    from tasks.demo import build_demo
+
+    config = load_config(DEMO_CONFIG)
+    with console.status("building the demo inputs (once; cached)"):
+        build_demo(Path(config.data.decisions).parent)
+    return DEMO_CONFIG
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("out/demo"),
+    devices: DevicesOpt = None,
+) -> None:
+    """Build the demo portfolio and model if needed, then run config/demo.toml."""
+    config = _guard(_build_demo)
+    summary = _guard(lambda: _run_flow(config, out, "run", devices=devices))
+    _print_summary(summary)  # lists the reports folder and the summary PDF
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,226 @@
+"""Dask workers that each own one device, wrapped in a prefect-dask task runner.
+
+``--devices`` picks the workers:
+
+* ``auto`` (default): one worker per visible GPU, else CPU workers;
+* ``cpu:N``: N CPU workers;
+* ``cuda`` or ``cuda:0,1,...``: one worker per listed GPU (indices count the *visible* GPUs, as
+  torch does).
+
+Each worker is a Nanny process of a ``SpecCluster`` whose environment pins it to its device
+(``CUDA_VISIBLE_DEVICES=<its GPU>``, or empty for CPU workers), so inside a worker the device is
+always ``cuda:0``. Every worker advertises one ``DEVICE`` resource and explain tasks ask for it, so
+a worker runs one shard at a time. ``--cluster tcp://host:port`` uses an existing cluster instead
+(its workers must be started with ``--resources DEVICE=1``).
+
+GPUs are counted without initialising CUDA in this process (a CUDA context made before the workers
+start would pin them all to one GPU, and importing torch here is slow): ``CUDA_VISIBLE_DEVICES``
+when set, else ``nvidia-smi -L``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tasks.errors import LimelightError
+from tasks.shard import DEVICE_ENV
+
+#: The resource every worker advertises once; each explain task needs one.
+RESOURCE = "DEVICE"
+#: ``--devices auto`` without a GPU starts at most this many CPU workers.
+MAX_AUTO_CPU_WORKERS = 16
+
+_SMI_GPU = re.compile(r"^GPU (\d+):.*?\(UUID: (GPU-[^)]+)\)")
+_SMI_MIG = re.compile(r"^\s+MIG .*?\(UUID: (MIG-[^)]+)\)")
+
+
+class DeviceError(LimelightError):
+    """A ``--devices`` or ``--cluster`` value that cannot be honoured."""
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """The workers of a run: ``devices`` are CUDA_VISIBLE_DEVICES values, or CPU slot names."""
+
+    kind: Literal["cpu", "cuda", "cluster"]
+    devices: tuple[str, ...] = ()
+    address: str | None = None
+
+    @property
+    def workers(self) -> int:
+        return len(self.devices)
+
+    def describe(self) -> str:
+        if self.kind == "cluster":
+            return f"cluster {self.address} ({self.workers} worker{'s' if self.workers != 1 else ''})"
+        if self.kind == "cpu":
+            return f"{self.workers} CPU worker{'s' if self.workers != 1 else ''}"
+        return f"{self.workers} GPU worker{'s' if self.workers != 1 else ''} (CUDA devices {', '.join(self.devices)})"
+
+
+def visible_gpus(env: Mapping[str, str] | None = None, smi: str | None = "auto") -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries, without touching CUDA.
+
+    ``CUDA_VISIBLE_DEVICES`` wins when set (empty or ``-1`` means none). Otherwise ``nvidia-smi -L``
+    lists the GPUs; a GPU split into MIG instances contributes its MIG instances (one worker each).
+    """
+    env = os.environ if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        entries = [e.strip() for e in env["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+        visible = []
+        for entry in entries:
+            if entry.startswith("-"):  # CUDA stops at the first invalid/negative entry
+                break
+            visible.append(entry)
+        return visible
+    command = shutil.which("nvidia-smi") if smi == "auto" else smi
+    if not command:
+        return []
+    try:
+        listing = subprocess.run([command, "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if listing.returncode != 0:
+        return []
+    return parse_nvidia_smi(listing.stdout)
+
+
+def parse_nvidia_smi(text: str) -> list[str]:
+    """``nvidia-smi -L`` output -> device entries: GPU indices, or MIG UUIDs where a GPU has them."""
+    gpus: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if match := _SMI_GPU.match(line):
+            gpus.append((match.group(1), []))
+        elif (match := _SMI_MIG.match(line)) and gpus:
+            gpus[-1][1].append(match.group(1))
+    return [device for index, migs in gpus for device in (migs or [index])]
+
+
+def cpu_slots() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_devices(spec: str, cluster: str | None = None, torch_threads: int = 1) -> DevicePlan:
+    """``--devices``/``--cluster`` -> the workers to start (or the cluster to use)."""
+    if cluster:
+        if not re.match(r"^[a-z0-9+]+://\S+$", cluster):
+            raise DeviceError(f"--cluster {cluster!r}: expected a scheduler address like tcp://host:8786")
+        return DevicePlan("cluster", address=cluster)
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        gpus = visible_gpus()
+        if gpus:
+            return DevicePlan("cuda", tuple(gpus))
+        count = max(1, min(MAX_AUTO_CPU_WORKERS, cpu_slots() // max(1, torch_threads)))
+        return DevicePlan("cpu", tuple(f"cpu{i}" for i in range(count)))
+    if spec.startswith("cpu"):
+        match = re.fullmatch(r"cpu(?::(\d+))?", spec)
+        count = int(match.group(1)) if match and match.group(1) else (1 if match else 0)
+        if not match or count < 1:
+            raise DeviceError(f"--devices {spec!r}: expected cpu:N with N >= 1 (e.g. cpu:2)")
+        return DevicePlan("cpu", tuple(f"cpu{i}" for i in range(count)))
+    if spec.startswith("cuda"):
+        return DevicePlan("cuda", tuple(_cuda_devices(spec)))
+    raise DeviceError(f"--devices {spec!r}: expected 'auto', 'cpu:N' or 'cuda:0,1,...'")
+
+
+def _cuda_devices(spec: str) -> list[str]:
+    gpus = visible_gpus()
+    if not gpus:
+        raise DeviceError(f"--devices {spec!r}: no CUDA device is visible (nvidia-smi / CUDA_VISIBLE_DEVICES)")
+    if spec == "cuda":
+        return gpus
+    match = re.fullmatch(r"cuda:(\d+(?:,\d+)*)", spec)
+    if not match:
+        raise DeviceError(f"--devices {spec!r}: expected cuda:0,1,... (indices of visible GPUs)")
+    indices = [int(i) for i in match.group(1).split(",")]
+    if len(set(indices)) != len(indices):
+        raise DeviceError(f"--devices {spec!r}: a GPU is listed twice")
+    for i in indices:
+        if i >= len(gpus):
+            raise DeviceError(f"--devices {spec!r}: cuda:{i} does not exist ({len(gpus)} GPU(s) visible)")
+    return [gpus[i] for i in indices]
+
+
+def worker_env(plan: DevicePlan, device: str, torch_threads: int) -> dict[str, str]:
+    """The environment of one worker process: its device, and thread counts set on purpose."""
+    threads = str(torch_threads)
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    if plan.kind == "cuda":
+        env.update({"CUDA_VISIBLE_DEVICES": device, DEVICE_ENV: "cuda"})
+    else:
+        env.update({"CUDA_VISIBLE_DEVICES": "", DEVICE_ENV: "cpu"})
+    return env
+
+
+def cluster_kwargs(plan: DevicePlan, torch_threads: int = 1) -> dict[str, Any]:
+    """SpecCluster arguments: a loopback scheduler without dashboard, one Nanny per device."""
+    from distributed import Nanny, Scheduler
+    from distributed.system import MEMORY_LIMIT
+
+    if plan.kind == "cluster":
+        raise ValueError("an existing cluster is not started here")
+    memory = max(1, MEMORY_LIMIT // max(1, plan.workers))
+    workers = {
+        f"limelight-{plan.kind}-{i}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "resources": {RESOURCE: 1},
+                "env": worker_env(plan, device, torch_threads),
+                "memory_limit": memory,
+                "host": "127.0.0.1",
+                "silence_logs": logging.WARNING,
+            },
+        }
+        for i, device in enumerate(plan.devices)
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "dashboard": False, "host": "127.0.0.1"}}
+    return {"workers": workers, "scheduler": scheduler, "name": "limelight", "silence_logs": logging.WARNING}
+
+
+def task_runner(plan: DevicePlan, torch_threads: int = 1) -> Any:
+    """The prefect-dask task runner for ``plan`` (imported lazily: the CLI's ``validate`` needs no Dask)."""
+    from prefect_dask import DaskTaskRunner
+
+    if plan.kind == "cluster":
+        return DaskTaskRunner(address=plan.address)
+    return DaskTaskRunner(cluster_class="distributed.SpecCluster", cluster_kwargs=cluster_kwargs(plan, torch_threads))
+
+
+def check_cluster(address: str, timeout: float = 15.0) -> DevicePlan:
+    """Connect to an existing scheduler; fail clearly if none of its workers offers the DEVICE resource.
+
+    (Tasks that need a resource no worker has would wait forever.)
+    """
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as error:
+        raise DeviceError(f"--cluster {address}: cannot connect to the Dask scheduler ({error})") from None
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except TypeError:  # older distributed without n_workers
+        workers = client.scheduler_info().get("workers", {})
+    finally:
+        client.close()
+    owning = sorted(
+        w.get("name", addr) for addr, w in workers.items() if (w.get("resources") or {}).get(RESOURCE, 0) >= 1
+    )
+    if not owning:
+        raise DeviceError(
+            f"--cluster {address}: none of its {len(workers)} worker(s) offers the {RESOURCE} resource "
+            f"(start workers with: dask worker {address} --nthreads 1 --resources {RESOURCE}=1)"
+        )
+    return DevicePlan("cluster", tuple(str(name) for name in owning), address)

@@ -1,0 +1,202 @@
+"""The run's facts (:class:`RunInfo`), its manifest, and publishing the staged outputs.
+
+A run writes everything into a staging folder inside the output folder first; :func:`publish`
+then renames each output into place (the reports folder as a whole) and writes ``manifest.json``
+last, so a manifest next to the outputs means the run completed and describes exactly those files.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Config
+from tasks.io import file_sha256, replace_dir, tree_sha256, write_json_atomic
+from tasks.runinfo import RunInfo
+
+MANIFEST_VERSION = 1
+EXPLANATIONS = "explanations.parquet"
+REPORTS = "reports"
+SUMMARY = "summary.pdf"
+MANIFEST = "manifest.json"
+STAGING_PREFIX = ".limelight-staging-"
+
+#: Distributions whose versions every manifest records (what can change an explanation or a PDF).
+PACKAGES = (
+    "limelight", "torch", "numpy", "scipy", "scikit-learn", "lime", "pandas", "pyarrow", "prefect",
+    "prefect-dask", "dask", "distributed", "pydantic", "weasyprint", "jinja2",
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id(started: datetime) -> str:
+    """Sortable and unique: ``20261122T021500Z-3f9c2a1b``."""
+    return f"{started.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
+    """Installed versions (read from metadata; nothing is imported)."""
+    versions = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def default_kernel_width(num_features: int) -> float:
+    """lime's default: 0.75 * sqrt(number of features)."""
+    return 0.75 * math.sqrt(num_features)
+
+
+def build_run_info(
+    config: Config,
+    *,
+    run_id: str,
+    started: datetime,
+    model_sha256: str,
+    decisions_sha256: str,
+    reference_sha256: str,
+) -> RunInfo:
+    """The run's facts, built once in the flow process and passed to every worker and renderer."""
+    explain = config.explain
+    return RunInfo(
+        run_id=run_id,
+        generated_at=iso(started),
+        config_sha256=config.source_sha256 or "",
+        model_sha256=model_sha256,
+        decisions_sha256=decisions_sha256,
+        reference_sha256=reference_sha256,
+        engine=explain.engine,
+        num_samples=explain.num_samples,
+        top_k=explain.top_k,
+        kernel_width=float(explain.kernel_width or default_kernel_width(len(config.features))),
+        feature_selection=explain.feature_selection,
+        seed=explain.seed,
+        explained_class=config.model.explain,
+        min_fidelity=config.review.min_fidelity,
+        versions=package_versions(),
+    )
+
+
+def input_checksums(config: Config) -> tuple[str, str]:
+    """SHA-256 of the decisions and of the reference (a dataset folder hashes all its data files)."""
+    return tree_sha256(config.data.decisions), tree_sha256(config.data.reference)
+
+
+@dataclass
+class Execution:
+    """How the run was carried out (recorded, not part of what makes the outputs identical)."""
+
+    devices: str
+    cluster: str | None
+    workers: int
+    shards: int
+    shard_size: int
+    torch_threads: int
+    limit: int | None = None
+    ids_file: str | None = None
+    ids_file_sha256: str | None = None
+    shards_per_worker: dict[str, int] = field(default_factory=dict)
+
+
+def build_manifest(
+    config: Config,
+    run: RunInfo,
+    *,
+    finished: datetime,
+    execution: Execution,
+    counts: Mapping[str, int],
+    review_ids: Sequence[str],
+    outputs: Mapping[str, Any],
+) -> dict[str, Any]:
+    started = datetime.strptime(run.generated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    model_source = str(config.model.path) if config.model.path else config.model.entrypoint
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "run_id": run.run_id,
+        "started_at": run.generated_at,
+        "finished_at": iso(finished),
+        "duration_s": round((finished - started).total_seconds(), 1),
+        "config": {"path": str(config.source) if config.source else None, "sha256": run.config_sha256},
+        "model": {"source": model_source, "sha256": run.model_sha256},
+        "inputs": {
+            "decisions": {"path": str(config.data.decisions), "sha256": run.decisions_sha256},
+            "reference": {"path": str(config.data.reference), "sha256": run.reference_sha256},
+            "id_column": config.data.id_column,
+        },
+        "engine": {
+            "engine": run.engine,
+            "num_samples": run.num_samples,
+            "top_k": run.top_k,
+            "kernel_width": run.kernel_width,
+            "feature_selection": run.feature_selection,
+            "seed": run.seed,
+            "explained_class": run.explained_class,
+            "min_fidelity": run.min_fidelity,
+            "memory_budget_mb": config.explain.memory_budget_mb,
+        },
+        "execution": {
+            "devices": execution.devices,
+            "cluster": execution.cluster,
+            "workers": execution.workers,
+            "shards": execution.shards,
+            "shard_size": execution.shard_size,
+            "torch_threads": execution.torch_threads,
+            "limit": execution.limit,
+            "ids_file": execution.ids_file,
+            "ids_file_sha256": execution.ids_file_sha256,
+            "shards_per_worker": execution.shards_per_worker,
+        },
+        "versions": run.versions,
+        "counts": dict(counts),
+        "review": {"min_fidelity": run.min_fidelity, "ids": list(review_ids)},
+        "outputs": dict(outputs),
+        "run": run.to_dict(),
+    }
+
+
+def staging_dir(out: Path, run_id: str) -> Path:
+    return Path(out) / f"{STAGING_PREFIX}{run_id}"
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+
+def publish(staging: Path, out: Path, names: Sequence[str], manifest: dict[str, Any] | None) -> list[Path]:
+    """Rename staged outputs into ``out`` (a folder replaces the old one whole), manifest last.
+
+    Each rename is atomic; the staging folder is removed afterwards. A previous run's outputs that
+    this run does not produce (e.g. ``reports/`` after ``explain``) are left alone.
+    """
+    published = []
+    if manifest is not None:  # the old manifest goes first: it must never describe a mix of runs
+        (Path(out) / MANIFEST).unlink(missing_ok=True)
+    for name in names:
+        source, target = Path(staging) / name, Path(out) / name
+        if source.is_dir():
+            replace_dir(source, target)
+        else:
+            source.replace(target)
+        published.append(target)
+    if manifest is not None:
+        published.append(write_json_atomic(Path(out) / MANIFEST, manifest))
+    shutil.rmtree(staging, ignore_errors=True)
+    return published

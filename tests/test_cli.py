@@ -1,0 +1,123 @@
+"""flows/cli.py: the limelight command (Typer's CliRunner for quick paths, subprocesses end to end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+LIMELIGHT = [sys.executable, "-m", "flows.cli"]
+runner = CliRunner()
+
+
+def limelight(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the CLI as a user's shell would: without the test session's logging overrides."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_LOGGING", "PREFECT_LOGGING"))}
+    return subprocess.run([*LIMELIGHT, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**base, "COLUMNS": "200", **(env or {})})
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "explain", "validate", "demo"):
+        assert command in result.output
+
+
+def test_validate_a_good_config(small_demo):
+    result = runner.invoke(app, ["validate", str(small_demo)])
+    assert result.exit_code == 0, result.output
+    assert "48 decisions in 1 file" in result.output and "all valid" in result.output
+
+
+def test_validate_lists_every_problem(make_config, tmp_path):
+    import pyarrow.parquet as pq
+
+    broken = pq.read_table(_decisions(make_config())).drop(["housing"])
+    pq.write_table(broken, tmp_path / "broken.parquet")
+    missing_model = tmp_path / "missing.pt"
+    config = make_config("broken.toml", data={"decisions": str(tmp_path / "broken.parquet")},
+                         model={"path": str(missing_model)})
+    result = limelight("validate", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert any("feature column 'housing' not found" in line for line in lines)
+    assert any("missing.pt: model file not found" in line for line in lines)
+    assert lines[-1].startswith("error:") and "2 problems found" in lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def _decisions(config: Path) -> Path:
+    import tomllib
+
+    return Path(tomllib.loads(config.read_text())["data"]["decisions"])
+
+
+def test_user_errors_are_one_red_line_exit_2(tmp_path):
+    result = limelight("validate", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope.toml'}: config file not found"
+    (tmp_path / "bad.toml").write_text("[explain]\nnum_sample = 3\n")
+    result = limelight("run", str(tmp_path / "bad.toml"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "[data]" in result.stderr or "missing required key" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_bad_ids_against_the_session_server(prefect_api, small_demo, tmp_path):
+    (tmp_path / "ids.txt").write_text("C-unknown\n")
+    out = tmp_path / "out"
+    result = limelight("run", str(small_demo), "--out", str(out), "--ids", str(tmp_path / "ids.txt"),
+                       "--devices", "cpu:1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'ids.txt'} line 1: unknown customer_id 'C-unknown' (not in the decisions)"
+    ]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_explain_writes_only_the_parquet(prefect_api, small_demo, reference_explanations, tmp_path):
+    target = tmp_path / "nested" / "explanations.parquet"
+    result = limelight("explain", str(small_demo), "--out", str(target), "--devices", "cpu:2", "--limit", "20")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(target.parent)) == ["explanations.parquet"]
+    expected = pd.read_parquet(reference_explanations).iloc[: 20 * 3]
+    pd.testing.assert_frame_equal(pd.read_parquet(target), expected)
+    assert "decisions/s" in result.stdout
+
+
+@pytest.mark.slow
+def test_run_starts_its_own_prefect_server_when_none_is_configured(small_demo, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    out = tmp_path / "out"
+    result = subprocess.run([*LIMELIGHT, "run", str(small_demo), "--out", str(out), "--devices", "cpu:2",
+                             "--limit", "6"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["decisions_in"] == 6
+    assert (out / "explanations.parquet").is_file()
+    if (out / "reports").exists():
+        assert len(list((out / "reports").glob("*.pdf"))) == 6
+
+
+@pytest.mark.slow
+def test_failure_on_a_worker_is_one_line_too(prefect_api, make_config, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x00" * 64)
+    config = make_config(model={"path": str(broken)})
+    target = tmp_path / "out" / "e.parquet"
+    result = limelight("explain", str(config), "--out", str(target), "--devices", "cpu:1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {broken}: not a loadable"), result.stderr
+    assert not target.parent.exists()

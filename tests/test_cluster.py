@@ -1,0 +1,135 @@
+"""flows/cluster.py: --devices parsing, GPU counting without CUDA, one device per worker, existing clusters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flows.cluster import (
+    RESOURCE,
+    DeviceError,
+    DevicePlan,
+    check_cluster,
+    cluster_kwargs,
+    parse_nvidia_smi,
+    resolve_devices,
+    visible_gpus,
+)
+from tasks.shard import DEVICE_ENV
+
+SMI = """\
+GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)
+GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee)
+  MIG 3g.20gb     Device  0: (UUID: MIG-aaaa0000-0000-0000-0000-000000000000)
+  MIG 3g.20gb     Device  1: (UUID: MIG-aaaa1111-1111-1111-1111-111111111111)
+GPU 2: NVIDIA L4 (UUID: GPU-99999999-8888-7777-6666-555555555555)
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0,1", ["0", "1"]), ("", []), ("-1", []), ("2, 3", ["2", "3"]), ("1,-1,3", ["1"]),
+     ("GPU-1234", ["GPU-1234"])],
+)
+def test_visible_gpus_from_cuda_visible_devices(value, expected):
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": value}) == expected
+
+
+def test_nvidia_smi_listing_with_mig():
+    assert parse_nvidia_smi(SMI) == ["0", "MIG-aaaa0000-0000-0000-0000-000000000000",
+                                     "MIG-aaaa1111-1111-1111-1111-111111111111", "2"]
+    assert visible_gpus({}, smi=None) == []
+    assert visible_gpus({}, smi="/nonexistent/nvidia-smi") == []
+
+
+def test_counting_gpus_does_not_import_torch():
+    """The flow process must not initialise CUDA (it would pin every worker to one GPU): not even torch."""
+    code = ("import sys; from flows.cluster import resolve_devices; plan = resolve_devices('auto'); "
+            "print(plan.kind, 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    kind, imported = out.stdout.split()
+    assert kind in ("cpu", "cuda") and imported == "False"
+
+
+def test_device_specs(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert resolve_devices("cpu:3") == DevicePlan("cpu", ("cpu0", "cpu1", "cpu2"))
+    assert resolve_devices("cpu") == DevicePlan("cpu", ("cpu0",))
+    assert resolve_devices("auto") == DevicePlan("cuda", ("4", "5"))
+    assert resolve_devices("cuda") == DevicePlan("cuda", ("4", "5"))
+    assert resolve_devices("cuda:1") == DevicePlan("cuda", ("5",))  # indices count the visible GPUs
+    assert resolve_devices("CUDA:1,0") == DevicePlan("cuda", ("5", "4"))
+    plan = resolve_devices("auto", cluster="tcp://10.0.0.1:8786")
+    assert plan.kind == "cluster" and plan.address == "tcp://10.0.0.1:8786"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("cpu:0", "expected cpu:N with N >= 1"), ("cpu:x", "expected cpu:N"), ("gpu:0", "expected 'auto'"),
+     ("cuda:2", "cuda:2 does not exist (2 GPU(s) visible)"), ("cuda:0,0", "listed twice"),
+     ("cuda:a", "expected cuda:0,1")],
+)
+def test_bad_device_specs(monkeypatch, spec, message):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(DeviceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_devices(spec)
+
+
+def test_no_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(DeviceError, match="no CUDA device is visible"):
+        resolve_devices("cuda:0")
+    plan = resolve_devices("auto", torch_threads=1)
+    assert plan.kind == "cpu" and 1 <= plan.workers <= 16
+    with pytest.raises(DeviceError, match="expected a scheduler address"):
+        resolve_devices("auto", cluster="localhost")
+
+
+def test_each_worker_sees_exactly_its_device():
+    """Two 'GPU' workers of a real SpecCluster: each process gets its own CUDA_VISIBLE_DEVICES and one DEVICE.
+
+    (No GPU needed: what is checked is the environment each worker process is started with.)
+    """
+    from distributed import Client, SpecCluster
+
+    kwargs = cluster_kwargs(DevicePlan("cuda", ("7", "GPU-abc")), torch_threads=2)
+    assert kwargs["scheduler"]["options"]["dashboard_address"] is None
+    with SpecCluster(**kwargs) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ[DEVICE_ENV],
+                                   os.environ["OMP_NUM_THREADS"]))
+        resources = {w["name"]: w["resources"] for w in client.scheduler_info()["workers"].values()}
+    assert sorted(seen.values()) == [("7", "cuda", "2"), ("GPU-abc", "cuda", "2")]
+    assert list(resources.values()) == [{RESOURCE: 1}, {RESOURCE: 1}]
+
+
+def test_cpu_workers_hide_gpus():
+    from distributed import Client, SpecCluster
+
+    with SpecCluster(**cluster_kwargs(DevicePlan("cpu", ("cpu0",)))) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ[DEVICE_ENV]))
+    assert list(seen.values()) == [("", "cpu")]
+
+
+def test_existing_cluster_needs_device_workers():
+    from distributed import LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as plain,
+        pytest.raises(DeviceError, match=f"none of its 1 worker\\(s\\) offers the {RESOURCE} resource"),
+    ):
+        check_cluster(plain.scheduler_address)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+                      resources={RESOURCE: 1}) as owning:
+        plan = check_cluster(owning.scheduler_address)
+        assert plan.kind == "cluster" and plan.workers == 2
+
+
+def test_unreachable_cluster():
+    from flows.server import free_port
+
+    with pytest.raises(DeviceError, match="cannot connect to the Dask scheduler"):
+        check_cluster(f"tcp://127.0.0.1:{free_port()}", timeout=2)

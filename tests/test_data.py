@@ -1,0 +1,282 @@
+"""tasks/data.py: validation (one line naming file/column/row), encoding, streamed row reads, --ids files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.config import parse_config
+from tasks.data import (
+    MIN_REFERENCE_ROWS,
+    decision_ids,
+    list_source_files,
+    read_id_file,
+    read_reference,
+    read_rows,
+    read_rows_at,
+    report_columns,
+    scan_decisions,
+    select_positions,
+)
+from tasks.errors import InputError
+
+HOUSING = ["own", "rent", "mortgage"]
+
+
+def decisions_table(n: int = 30, **overrides: Any) -> pa.Table:
+    columns: dict[str, Any] = {
+        "customer_id": [f"C{i:03d}" for i in range(n)],
+        "full_name": [f"Person {i}" for i in range(n)],
+        "income": [20_000.0 + 1000 * i for i in range(n)],
+        "dti": pa.array([i % 7 for i in range(n)], pa.int32()),
+        "housing": [HOUSING[i % 3] for i in range(n)],
+    }
+    columns.update(overrides)
+    return pa.table(columns)
+
+
+def reference_table(n: int = 40) -> pa.Table:
+    return pa.table({
+        "income": [15_000.0 + 900 * i for i in range(n)],
+        "dti": [float(i % 9) for i in range(n)],
+        "housing": [HOUSING[(i * 2) % 3] for i in range(n)],
+    })
+
+
+def make_config(folder: Path, decisions: Path | None = None, reference: Path | None = None, **report: Any):
+    raw = {
+        "data": {
+            "decisions": str(decisions or folder / "decisions.parquet"),
+            "reference": str(reference or folder / "reference.parquet"),
+        },
+        "model": {"path": "model.pt", "classes": ["approved", "declined"], "explain": "declined"},
+        "report": {"applicant_fields": ["full_name"], **report},
+        "features": [
+            {"name": "income", "label": "Income", "kind": "numeric"},
+            {"name": "dti", "label": "Debt to income", "kind": "numeric"},
+            {"name": "housing", "label": "Housing", "kind": "categorical", "categories": HOUSING},
+        ],
+    }
+    return parse_config(raw, folder / "limelight.toml")
+
+
+@pytest.fixture
+def inputs(tmp_path: Path):
+    pq.write_table(decisions_table(), tmp_path / "decisions.parquet", row_group_size=8)
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    return make_config(tmp_path)
+
+
+def one_line(error: pytest.ExceptionInfo[InputError]) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_valid_inputs_give_ids_in_order(inputs):
+    index = scan_decisions(inputs, require_report_columns=True)
+    assert index is not None and index.num_rows == 30
+    assert index.ids.to_pylist() == [f"C{i:03d}" for i in range(30)]
+    assert decision_ids(inputs) == index.ids.to_pylist()
+
+
+def test_encoding_is_float64_in_config_order_with_category_codes(inputs):
+    rows = read_rows(inputs, list_source_files(inputs.data.decisions, "d")[0], 3, 7)
+    assert rows.ids == ["C003", "C004", "C005", "C006"]
+    assert rows.x.dtype == np.float64 and rows.x.shape == (4, 3)
+    np.testing.assert_array_equal(rows.x[:, 0], [23_000, 24_000, 25_000, 26_000])
+    np.testing.assert_array_equal(rows.x[:, 1], [3, 4, 5, 6])
+    np.testing.assert_array_equal(rows.x[:, 2], [0, 1, 2, 0])  # own, rent, mortgage, own
+    assert rows.applicants.column_names == ["customer_id", "full_name"]
+    assert rows.applicants.column("full_name").to_pylist()[0] == "Person 3"
+
+
+def test_rows_across_row_groups_and_arbitrary_order(inputs):
+    source = list_source_files(inputs.data.decisions, "d")[0]
+    rows = read_rows(inputs, source, 6, 20)  # row groups of 8: spans three
+    assert rows.ids == [f"C{i:03d}" for i in range(6, 20)]
+    picked = read_rows_at(inputs, source, [25, 2, 17, 2])
+    assert picked.ids == ["C025", "C002", "C017", "C002"]
+    np.testing.assert_array_equal(picked.x[:, 0], [45_000, 22_000, 37_000, 22_000])
+
+
+def test_reference_is_encoded_like_decisions(inputs):
+    reference = read_reference(inputs)
+    assert reference.shape == (40, 3) and reference.dtype == np.float64
+    assert set(np.unique(reference[:, 2])) <= {0.0, 1.0, 2.0}
+
+
+def test_date_column_is_a_report_column(tmp_path):
+    config = make_config(tmp_path, date_column="decided_on")
+    assert report_columns(config) == ["full_name", "decided_on"]
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (decisions_table().drop(["customer_id"]), "id column ([data] id_column) 'customer_id' not found"),
+        (decisions_table().drop(["dti"]), "feature column 'dti' not found"),
+        (decisions_table(income=[str(i) for i in range(30)]), "column 'income' has type string"),
+        (decisions_table(housing=[1.5] * 30), "column 'housing' has type double"),
+        (decisions_table(customer_id=[1.0 * i for i in range(30)]), "column 'customer_id' has type double"),
+        (decisions_table(customer_id=[f"C{i}" if i != 12 else None for i in range(30)]), "row 13: column "
+                                                                                         "'customer_id': missing id"),
+        (decisions_table(customer_id=[f"C{i % 25}" for i in range(30)]), "row 26: column 'customer_id': "
+                                                                         "duplicate id 'C0' (first at row 1"),
+        (decisions_table(housing=[HOUSING[i % 3] if i != 9 else "boat" for i in range(30)]),
+         "row 10 (customer_id 'C009'): column 'housing': 'boat' is not a configured category (own, rent, mortgage)"),
+        (decisions_table(income=[float("nan") if i == 4 else 1.0 for i in range(30)]),
+         "row 5 (customer_id 'C004'): column 'income': missing value"),
+        (decisions_table(dti=pa.array([None if i == 29 else 1 for i in range(30)], pa.int64())),
+         "row 30 (customer_id 'C029'): column 'dti': missing value"),
+        (decisions_table().slice(0, 0), "no decisions (0 rows)"),
+    ],
+    ids=["no-id", "no-feature", "numeric-as-text", "category-as-float", "float-ids", "null-id", "duplicate-id",
+         "unknown-category", "nan", "null", "empty"],
+)
+def test_bad_decisions_give_one_line_naming_file_column_row(tmp_path, table, expected):
+    pq.write_table(table, tmp_path / "decisions.parquet", row_group_size=8)
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    with pytest.raises(InputError) as error:
+        scan_decisions(config)
+    message = one_line(error)
+    assert message.startswith(str(tmp_path / "decisions.parquet"))
+    assert expected in message
+
+
+def test_missing_and_non_parquet_files(tmp_path):
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    with pytest.raises(InputError, match=r"decisions.parquet: not found \(\[data\] decisions\)"):
+        scan_decisions(config)
+    (tmp_path / "decisions.parquet").write_text("customer_id,income\nC1,3\n")
+    with pytest.raises(InputError, match="decisions.parquet: not a readable Parquet file"):
+        scan_decisions(config)
+
+
+def test_report_columns_required_only_when_rendering(tmp_path):
+    pq.write_table(decisions_table().drop(["full_name"]), tmp_path / "decisions.parquet")
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    assert scan_decisions(config) is not None
+    with pytest.raises(InputError, match=r"column 'full_name' \(\[report\]\) not found"):
+        scan_decisions(config, require_report_columns=True)
+
+
+def test_validate_collects_every_problem(tmp_path):
+    bad = decisions_table(housing=["boat"] * 30, customer_id=["same"] * 30).drop(["dti"])
+    pq.write_table(bad, tmp_path / "decisions.parquet")
+    pq.write_table(reference_table(5), tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    problems: list[str] = []
+    assert scan_decisions(config, problems=problems) is None
+    read_reference(config, problems=problems)
+    text = "\n".join(problems)
+    assert "feature column 'dti' not found" in text
+    assert "'boat' is not a configured category" in text
+    assert f"reference has 5 rows; LIME's statistics need at least {MIN_REFERENCE_ROWS}" in text
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (reference_table(0), "reference has 0 rows"),
+        (reference_table(3), "reference has 3 rows"),
+        (reference_table().drop(["housing"]), "feature column 'housing' not found"),
+        (reference_table().set_column(2, "housing", pa.array(["own"] * 39 + ["castle"])),
+         "row 40: column 'housing': 'castle' is not a configured category"),
+    ],
+)
+def test_bad_reference(tmp_path, table, expected):
+    pq.write_table(decisions_table(), tmp_path / "decisions.parquet")
+    pq.write_table(table, tmp_path / "reference.parquet")
+    with pytest.raises(InputError) as error:
+        read_reference(make_config(tmp_path))
+    assert expected in one_line(error)
+    assert "reference.parquet" in str(error.value)
+
+
+def test_hive_partitioned_dataset(tmp_path):
+    """A folder of files; a partition column (housing=...) is a feature; ignored files are skipped."""
+    table = decisions_table(n=24)
+    for value in HOUSING:
+        part = tmp_path / "decisions" / f"housing={value}"
+        part.mkdir(parents=True)
+        subset = table.filter(pa.compute.equal(table["housing"], value)).drop(["housing"])
+        pq.write_table(subset, part / "part-0.parquet", row_group_size=3)
+    (tmp_path / "decisions" / "_SUCCESS").write_text("")
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path, decisions=tmp_path / "decisions")
+    index = scan_decisions(config)
+    assert index is not None and index.num_rows == 24 and len(index.files) == 3
+    # files sorted by path: housing=mortgage, housing=own, housing=rent
+    assert [dict(f.partition)["housing"] for f in index.files] == ["mortgage", "own", "rent"]
+    rows = read_rows(config, index.files[1], 0, 8)
+    np.testing.assert_array_equal(rows.x[:, 2], [0] * 8)  # own
+    assert rows.ids[0] == "C000"
+
+
+def test_partition_values_are_validated(tmp_path):
+    part = tmp_path / "decisions" / "housing=igloo"
+    part.mkdir(parents=True)
+    pq.write_table(decisions_table().drop(["housing"]), part / "p.parquet")
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    with pytest.raises(InputError, match="'igloo' is not a configured category"):
+        scan_decisions(make_config(tmp_path, decisions=tmp_path / "decisions"))
+
+
+def test_empty_dataset_folder(tmp_path):
+    (tmp_path / "decisions").mkdir()
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    with pytest.raises(InputError, match="folder holds no Parquet files"):
+        scan_decisions(make_config(tmp_path, decisions=tmp_path / "decisions"))
+
+
+def test_ids_file_selects_in_order(inputs, tmp_path):
+    index = scan_decisions(inputs)
+    ids = tmp_path / "ids.csv"
+    ids.write_text("customer_id\nC007\n\n# a comment\nC002, extra\nC029\n")
+    positions = read_id_file(ids, index, "customer_id")
+    np.testing.assert_array_equal(positions, [7, 2, 29])
+    np.testing.assert_array_equal(select_positions(index, 2, ids, "customer_id"), [7, 2])
+    np.testing.assert_array_equal(select_positions(index, 5), np.arange(5))
+    assert select_positions(index) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("C001\nC404\n", "ids.txt line 2: unknown customer_id 'C404'"),
+        ("C001\nC002\nC001\n", "ids.txt line 3: customer_id 'C001' already listed on line 1"),
+        ("\n# nothing\n", "ids.txt: ids file lists no ids"),
+    ],
+)
+def test_bad_ids_file(inputs, tmp_path, text, expected):
+    index = scan_decisions(inputs)
+    (tmp_path / "ids.txt").write_text(text)
+    with pytest.raises(InputError) as error:
+        read_id_file(tmp_path / "ids.txt", index, "customer_id")
+    assert expected in one_line(error)
+
+
+def test_missing_ids_file_and_bad_limit(inputs, tmp_path):
+    index = scan_decisions(inputs)
+    with pytest.raises(InputError, match="nope.txt: ids file not found"):
+        select_positions(index, None, tmp_path / "nope.txt", "customer_id")
+    with pytest.raises(InputError, match="--limit 0: must be at least 1"):
+        select_positions(index, 0)
+
+
+def test_integer_ids_become_strings(tmp_path):
+    pq.write_table(decisions_table(customer_id=list(range(100, 130))), tmp_path / "decisions.parquet")
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    index = scan_decisions(config)
+    assert index is not None and index.ids[0].as_py() == "100"
+    assert read_rows(config, index.files[0], 0, 2).ids == ["100", "101"]

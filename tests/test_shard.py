@@ -1,0 +1,165 @@
+"""tasks/shard.py: planning (file slices of shard_size), reading a shard in order, explaining one, merging."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.config import load_config
+from tasks.data import DecisionsIndex, SourceFile, scan_decisions
+from tasks.errors import LimelightError
+from tasks.manifest import build_run_info, utc_now
+from tasks.shard import (
+    _CACHE,
+    DEVICE_ENV,
+    Piece,
+    ShardResult,
+    clear_cache,
+    conform,
+    explain_shard,
+    explanation_schema,
+    merge_parts,
+    plan_shards,
+    read_shard,
+    worker_device,
+)
+
+
+def index_of(*counts: int) -> DecisionsIndex:
+    files = tuple(SourceFile(f"/data/part-{i}.parquet", n) for i, n in enumerate(counts))
+    ids = pa.chunked_array([pa.array([f"{i}-{r}" for r in range(n)], pa.string()) for i, n in enumerate(counts)])
+    return DecisionsIndex(files, ids)
+
+
+def test_plan_covers_every_row_once_across_files():
+    index = index_of(10, 3, 0, 12)
+    shards = plan_shards(index, 4)
+    assert sum(s.size for s in shards) == 25
+    assert all(s.size == 4 for s in shards[:-1]) and shards[-1].size == 1
+    assert [s.index for s in shards] == list(range(len(shards)))
+    # the third shard takes rows 8-9 of file 0, then rows 0-1 of file 1
+    assert shards[2].pieces == (Piece(index.files[0], 8, 10), Piece(index.files[1], 0, 2))
+    seen = [(p.source.path, r) for s in shards for p in s.pieces for r in range(p.start, p.stop)]
+    assert len(seen) == len(set(seen)) == 25
+
+
+def test_plan_of_selected_positions_keeps_order_and_merges_runs():
+    index = index_of(10, 10)
+    positions = np.array([3, 4, 5, 12, 13, 0, 19])
+    shards = plan_shards(index, 5, positions)
+    assert [s.size for s in shards] == [5, 2]
+    assert shards[0].pieces == (Piece(index.files[0], 3, 6), Piece(index.files[1], 2, 4))
+    assert shards[1].pieces == (Piece(index.files[0], 0, 1), Piece(index.files[1], 9, 10))
+
+
+def test_plan_rejects_bad_size():
+    with pytest.raises(ValueError):
+        plan_shards(index_of(3), 0)
+
+
+def test_read_shard_in_requested_order(small_demo):
+    config = load_config(small_demo)
+    index = scan_decisions(config)
+    positions = np.array([40, 2, 3, 4, 21, 0])
+    shard = plan_shards(index, 16, positions)[0]
+    rows = read_shard(config, shard)
+    expected = [index.ids[int(p)].as_py() for p in positions]
+    assert rows.ids == expected
+    assert rows.applicants.column(config.data.id_column).to_pylist() == expected
+    assert rows.x.shape == (6, len(config.features))
+    whole = read_shard(config, plan_shards(index, 64)[0])
+    np.testing.assert_array_equal(rows.x, whole.x[positions])
+
+
+def test_worker_device_follows_the_cluster_env(monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert worker_device() == "cpu"
+    import torch
+
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    if torch.cuda.is_available():
+        assert worker_device() == "cuda:0"
+    else:
+        with pytest.raises(LimelightError, match="cannot use it"):
+            worker_device()
+
+
+def _run_info(config):
+    from tasks.model import model_sha256
+
+    return build_run_info(config, run_id="test-run", started=utc_now(), model_sha256=model_sha256(config.model),
+                          decisions_sha256="d" * 64, reference_sha256="r" * 64)
+
+
+def test_explain_shard_writes_parts_and_caches_the_model(small_demo, tmp_path, monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    config = load_config(small_demo)
+    index = scan_decisions(config)
+    shards = plan_shards(index, 16)
+    run = _run_info(config)
+    clear_cache()
+    first = explain_shard(config, shards[0], run, tmp_path)
+    assert len(_CACHE) == 1
+    cached = next(iter(_CACHE.values()))
+    second = explain_shard(config, shards[1], run, tmp_path)
+    assert next(iter(_CACHE.values())) is cached  # model and statistics loaded once per process
+    assert first.decisions == 16 and first.rows == 16 * config.explain.top_k
+    assert first.device == "cpu" and first.worker.endswith(str(os.getpid()))
+    table = pq.read_table(first.part)
+    assert table.schema.equals(explanation_schema(config.data.id_column))
+    assert table.column("customer_id").to_pylist()[:: config.explain.top_k] == index.ids.to_pylist()[:16]
+    assert set(table.column("rank").to_pylist()) == {1, 2, 3}
+    applicants = pq.read_table(first.applicants)
+    assert applicants.column_names == ["customer_id", "full_name", "decision_date"]
+    review = {r for r, flag in zip(table.column("customer_id").to_pylist(), table.column("needs_review").to_pylist(),
+                                   strict=True) if flag}
+    assert set(first.review_ids) == review
+
+    merged = tmp_path / "explanations.parquet"
+    rows = merge_parts([second, first], merged, "customer_id", {b"k": b"v"})
+    assert rows == 32 * config.explain.top_k
+    result = pq.read_table(merged)
+    assert result.schema.metadata == {b"k": b"v"}
+    assert result.column("customer_id").to_pylist()[:: config.explain.top_k] == index.ids.to_pylist()[:32]
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_same_decision_same_explanation_in_any_shard(small_demo, tmp_path, monkeypatch):
+    """Explanations depend on the decision (seeded by its id), not on the shard it lands in."""
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    config = load_config(small_demo)
+    index = scan_decisions(config)
+    run = _run_info(config)
+    alone = explain_shard(config, plan_shards(index, 16, np.array([20]))[0], run, tmp_path / "a")
+    batch = explain_shard(config, plan_shards(index, 16, np.array([5, 20, 33]))[0], run, tmp_path / "b")
+    one = pq.read_table(alone.part).to_pandas()
+    many = pq.read_table(batch.part).to_pandas()
+    many = many[many.customer_id == one.customer_id[0]].reset_index(drop=True)
+    assert one.equals(many)
+
+
+def test_conform_orders_and_types_columns():
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "needs_review": [False], "intercept": [0.1], "model_pred": [0.5], "local_pred": [0.4], "fidelity": [0.9],
+        "direction": ["raises"], "share": [100.0], "weight": [0.2], "value": ["3"], "condition": ["x > 1"],
+        "label": ["X"], "feature": ["x"], "rank": [1], "id": ["A"], "extra": [1],
+    })
+    table = conform(frame, "id")
+    assert table.schema.equals(explanation_schema("id"))
+    with pytest.raises(ValueError, match="lacks columns"):
+        conform(frame.drop(columns=["fidelity"]), "id")
+
+
+def test_shard_result_is_small_and_picklable():
+    import pickle
+
+    result = ShardResult(0, 1, 3, "/p", "/a", ("x",), 0.5, "cpu", "host:1")
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert Path(result.part).name == "p"
