@@ -178,18 +178,36 @@ def explain(
     _print_summary(summary)
 
 
-def _validate(config_path: Path) -> Any:
+def _validate(config_path: Path) -> tuple[Any, list[str]]:
+    """Every problem of config, inputs and model, and the report step's own problems and warnings."""
     from tasks.config import load_config
     from tasks.data import validate_all
 
     config = load_config(config_path)  # a config that does not parse is one problem: raised as such
-    return validate_all(config, check_model=True)
+    result = validate_all(config, check_model=True)
+    warnings: list[str] = []
+    if config.report.enabled:
+        from tasks.render_pdf import require_fonts
+        from tasks.render_text import load_notice, missing_catalog_entries
+
+        for check in (lambda: require_fonts(config.report.language), lambda: load_notice(config)):
+            try:
+                check()
+            except LimelightError as error:
+                result.problems.append(str(error))
+        try:
+            warnings = missing_catalog_entries(config)
+        except LimelightError as error:
+            result.problems.append(str(error))
+    return result, warnings
 
 
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check the config, the inputs and the model without explaining anything; list every problem."""
-    result = _guard(lambda: _validate(config))
+    result, warnings = _guard(lambda: _validate(config))
+    for warning in warnings:
+        errors.print(f"[yellow]![/] {escape(warning)}", soft_wrap=True, highlight=False)
     if result.problems:
         for problem in result.problems:
             errors.print(f"[red]✗[/] {escape(problem)}", soft_wrap=True, highlight=False)

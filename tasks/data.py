@@ -26,10 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.config import Config, FeatureConfig
+from tasks.engine.stats import MIN_REFERENCE_ROWS
 from tasks.errors import InputError
 
-#: Fewer reference rows than this cannot give LIME meaningful quartiles and standard deviations.
-MIN_REFERENCE_ROWS = 10
 #: Rows per record batch while scanning; bounds the memory of validation.
 SCAN_BATCH_ROWS = 65_536
 

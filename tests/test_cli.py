@@ -55,6 +55,20 @@ def test_validate_lists_every_problem(make_config, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_validate_warns_about_features_missing_from_the_reason_catalog(make_config, tmp_path):
+    import tomllib
+
+    from tasks.io import dump_toml
+
+    catalog = tomllib.loads((Path(__file__).parents[1] / "config/reasons/en.toml").read_text(encoding="utf-8"))
+    del catalog["features"]["open_accounts"]
+    (tmp_path / "reasons.toml").write_text(dump_toml(catalog), encoding="utf-8")
+    config = make_config("gap.toml", report={"reasons": str(tmp_path / "reasons.toml")})
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "no [features.open_accounts] entry" in result.output and "all valid" in result.output
+
+
 def _decisions(config: Path) -> Path:
     import tomllib
 

@@ -176,8 +176,8 @@ def _categorical_stats(name: str, column: np.ndarray, categories: Sequence[str])
     )
 
 
-MIN_REFERENCE_ROWS = 4
-"""Quartiles need at least four rows; a bank's reference sample has thousands."""
+MIN_REFERENCE_ROWS = 10
+"""Fewer rows give no meaningful quartiles or frequencies; a bank's reference sample has thousands."""
 
 
 def fit_reference(
