@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import math
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,16 +81,18 @@ class BatchedLime:
     memory_budget_mb: int | None = None  # default: 1 GiB on CPU, a quarter of the free memory on CUDA
     with_all_weights: bool = True
     model_rows: int | None = None  # rows per model call; default: cache-sized on CPU, the whole chunk on CUDA
-    compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (see compile_mode)
-    on_oom: Callable[[int], None] | None = None  # called with the new chunk size after a halving
+    compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (see compile_enabled)
     _sampler: QuartileSampler = field(init=False, repr=False)
     _chunk: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.device = self.model.device
+        self._build_kernels()
+        self._chunk = self.decisions_per_chunk()
+
+    def _build_kernels(self) -> None:
         self._sampler = QuartileSampler(self.stats, self.device, compile=self.compile)
         self._moments = torch.compile(kernel_moments, dynamic=True) if self.compile else kernel_moments
-        self._chunk = self.decisions_per_chunk()
 
     def decisions_per_chunk(self) -> int:
         """How many decisions fit the memory budget in one pass."""
@@ -120,8 +122,7 @@ class BatchedLime:
             except torch._dynamo.exc.BackendCompilerFailed as error:
                 log.warning("torch.compile failed on %s (%s): continuing without it", self.device, error)
                 self.compile = False
-                self._sampler = QuartileSampler(self.stats, self.device, compile=False)
-                self._moments = kernel_moments
+                self._build_kernels()
                 continue
             except torch.OutOfMemoryError:
                 if self._chunk == 1:
@@ -130,8 +131,6 @@ class BatchedLime:
                 log.warning("out of memory on %s: retrying with %d decisions per chunk", self.device, self._chunk)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                if self.on_oom is not None:
-                    self.on_oom(self._chunk)
                 continue
             start = stop
         if not parts:
