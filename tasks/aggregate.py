@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from tasks.config import Config, FeatureConfig
-from tasks.engine import Explanations, ReferenceStats
+
+if TYPE_CHECKING:  # the engine imports torch; the flow process only needs the schema
+    from tasks.engine import Explanations, ReferenceStats
 
 
 def explanation_schema(id_column: str) -> pa.Schema:

@@ -23,6 +23,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MIN_REFERENCE_ROWS = 10
+"""The reference population needs at least this many rows: fewer give no meaningful quartiles or frequencies
+(a bank's reference sample has thousands)."""
+
+
 class DataConfig(_Strict):
     decisions: Path = Field(description="decisions Parquet file or (hive-partitioned) dataset directory")
     reference: Path = Field(description="population Parquet that LIME draws its feature statistics from")

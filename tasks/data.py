@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.config import Config, FeatureConfig
-from tasks.engine.stats import MIN_REFERENCE_ROWS
+from tasks.config import MIN_REFERENCE_ROWS, Config, FeatureConfig
 from tasks.errors import InputError
 
 #: Rows per record batch while scanning; bounds the memory of validation.

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 
-from tasks.config import FeatureConfig
+from tasks.config import MIN_REFERENCE_ROWS, FeatureConfig
 from tasks.errors import InputError
 
 GRID_INTERVALS = 4096
@@ -175,9 +175,6 @@ def _categorical_stats(name: str, column: np.ndarray, categories: Sequence[str])
         categories=tuple(categories),
     )
 
-
-MIN_REFERENCE_ROWS = 10
-"""Fewer rows give no meaningful quartiles or frequencies; a bank's reference sample has thousands."""
 
 
 def fit_reference(
