@@ -352,6 +352,20 @@ def report_columns(config: Config) -> list[str]:
     return [c for c in columns if c != config.data.id_column]
 
 
+def _schema_checked(
+    files: Sequence[SourceFile], config: Config, sink: _Problems, *, need_id: bool, extra: Sequence[str]
+) -> Iterator[tuple[SourceFile, set[str]]]:
+    """Each file that opens as Parquet, with the columns its schema breaks (the problems go to ``sink``)."""
+    for source in files:
+        try:
+            handle = _open(source.path)
+        except InputError as error:
+            sink.add(str(error))
+            continue
+        schema = _schema(source, handle)
+        yield source, _check_schema(source, schema, config, need_id=need_id, extra=extra, problems=sink)
+
+
 def scan_decisions(
     config: Config, *, require_report_columns: bool = False, problems: list[str] | None = None
 ) -> DecisionsIndex | None:
@@ -371,13 +385,7 @@ def scan_decisions(
         return None
     extra = report_columns(config) if require_report_columns else []
     id_chunks: list[pa.Array] = []
-    for source in files:
-        try:
-            handle = _open(source.path)
-        except InputError as error:
-            sink.add(str(error))
-            continue
-        broken = _check_schema(source, _schema(source, handle), config, need_id=True, extra=extra, problems=sink)
+    for source, broken in _schema_checked(files, config, sink, need_id=True, extra=extra):
         columns = [id_column] + [f.name for f in config.features if f.name not in broken]
         if id_column in broken:
             continue
@@ -519,13 +527,7 @@ def read_reference(config: Config, problems: list[str] | None = None) -> np.ndar
         sink.add(str(error))
         return empty
     blocks: list[np.ndarray] = []
-    for source in files:
-        try:
-            handle = _open(source.path)
-        except InputError as error:
-            sink.add(str(error))
-            continue
-        broken = _check_schema(source, _schema(source, handle), config, need_id=False, extra=[], problems=sink)
+    for source, broken in _schema_checked(files, config, sink, need_id=False, extra=[]):
         if broken:
             continue
         for offset, table in _iter_tables(source, config.feature_names):
