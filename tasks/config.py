@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,11 @@ class _Strict(BaseModel):
 MIN_REFERENCE_ROWS = 10
 """The reference population needs at least this many rows: fewer give no meaningful quartiles or frequencies
 (a bank's reference sample has thousands)."""
+
+
+def default_kernel_width(num_features: int) -> float:
+    """lime's default kernel width: 0.75 * sqrt(number of columns, categorical ones included)."""
+    return 0.75 * math.sqrt(num_features)
 
 
 class DataConfig(_Strict):

@@ -7,7 +7,6 @@ last, so a manifest next to the outputs means the run completed and describes ex
 
 from __future__ import annotations
 
-import math
 import platform
 import shutil
 import uuid
@@ -18,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config
+from tasks.config import Config, default_kernel_width
 from tasks.io import file_sha256, replace_dir, tree_sha256, write_json_atomic
 from tasks.runinfo import RunInfo
 
@@ -58,11 +57,6 @@ def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def default_kernel_width(num_features: int) -> float:
-    """lime's default: 0.75 * sqrt(number of features)."""
-    return 0.75 * math.sqrt(num_features)
 
 
 def build_run_info(

@@ -9,14 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.config import parse_config
+from tasks.config import default_kernel_width, parse_config
 from tasks.io import atomic_path, file_sha256, replace_dir, tree_sha256, write_json_atomic, write_text_atomic
 from tasks.manifest import (
     MANIFEST,
     Execution,
     build_manifest,
     build_run_info,
-    default_kernel_width,
     iso,
     new_run_id,
     package_versions,

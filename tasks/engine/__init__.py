@@ -1,6 +1,6 @@
 """Batched LIME for tabular credit decisions, faithful to ``lime`` 0.2.0.1 (see README, "Method")."""
 
-from tasks.engine.explainer import BatchedLime, Explanations, default_kernel_width, make_explainer
+from tasks.engine.explainer import BatchedLime, Explanations, make_explainer
 from tasks.engine.rng import decision_key, decision_keys
 from tasks.engine.stats import FeatureStats, ReferenceStats, fit_reference
 
@@ -11,7 +11,6 @@ __all__ = [
     "ReferenceStats",
     "decision_key",
     "decision_keys",
-    "default_kernel_width",
     "fit_reference",
     "make_explainer",
 ]

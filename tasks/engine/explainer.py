@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -206,10 +205,6 @@ def _empty(k: int, d: int) -> Explanations:
         all_weights=np.zeros((0, d)),
     )
 
-
-def default_kernel_width(num_features: int) -> float:
-    """lime's default: 0.75 * sqrt(number of columns)."""
-    return 0.75 * math.sqrt(num_features)
 
 
 @functools.cache

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 
-from tasks.config import MIN_REFERENCE_ROWS, FeatureConfig
+from tasks.config import MIN_REFERENCE_ROWS, FeatureConfig, default_kernel_width
 from tasks.errors import InputError
 
 GRID_INTERVALS = 4096
@@ -198,7 +198,7 @@ def fit_reference(
             stats.append(_categorical_stats(feature.name, column, feature.categories or ()))
         else:
             stats.append(_numeric_stats(feature.name, column))
-    width = kernel_width if kernel_width is not None else float(np.sqrt(len(features)) * 0.75)
+    width = kernel_width if kernel_width is not None else default_kernel_width(len(features))
     return ReferenceStats(
         features=tuple(stats), kernel_width=width, reference_rows=reference.shape[0], data=reference
     )
