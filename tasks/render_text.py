@@ -69,8 +69,11 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read {what} ({error})") from None
 
 
-def _with_language(path: str, language: str) -> Path:
-    return Path(path.replace("{language}", language))
+def _source(configured: str | None, bundled_dir: Path, language: str) -> Path:
+    """The configured file (``{language}`` filled in), else the bundled one for the language."""
+    if configured:
+        return Path(configured.replace("{language}", language))
+    return bundled_dir / f"{language}.toml"
 
 
 # ---------------------------------------------------------------------------------------------- texts
@@ -90,10 +93,7 @@ class Notice:
 
 
 def notice_source(config: Config) -> Path:
-    report = config.report
-    if report.notices:
-        return _with_language(report.notices, report.language)
-    return TEXTS_DIR / f"{report.language}.toml"
+    return _source(config.report.notices, TEXTS_DIR, config.report.language)
 
 
 @lru_cache(maxsize=16)
@@ -158,10 +158,7 @@ class ReasonCatalog:
 
 
 def reasons_source(config: Config) -> Path:
-    report = config.report
-    if report.reasons:
-        return _with_language(report.reasons, report.language)
-    return REASONS_DIR / f"{report.language}.toml"
+    return _source(config.report.reasons, REASONS_DIR, config.report.language)
 
 
 @lru_cache(maxsize=16)
