@@ -174,7 +174,7 @@ def check_model_contract(model: LoadedModel, num_classes: int) -> None:
     if not torch.isfinite(out).all():
         raise ModelError(f"{model.description}: output is not finite")
     in_range = bool(((out >= -1e-6) & (out <= 1 + 1e-6)).all())
-    sums_to_one = torch.allclose(out.sum(1), torch.ones(2, dtype=out.dtype), atol=1e-3)
+    sums_to_one = torch.allclose(out.sum(1), out.new_ones(2), atol=1e-3)
     if model.output == "probabilities" and not (in_range and sums_to_one):
         raise ModelError(
             f"{model.description}: outputs are not probabilities (rows must sum to 1); "
