@@ -32,8 +32,21 @@ def explanation_schema(id_column: str) -> pa.Schema:
             ("model_pred", pa.float64()),
             ("intercept", pa.float64()),
             ("needs_review", pa.bool_()),
+            ("review_reasons", pa.string()),  # ','-joined REVIEW_REASONS; '' when none
+            ("stability", pa.float64()),  # share of stream pairs whose top-k set agrees (null: not measured)
+            ("order_agrees", pa.bool_()),
+            ("selection_z", pa.float64()),
+            ("stable", pa.bool_()),
+            ("num_samples", pa.int64()),
+            ("prediction_gap", pa.float64()),  # |local_pred - model_pred|
+            ("deletion_delta", pa.float64()),
+            ("deletion_holds", pa.bool_()),
         ]
     )
+
+
+REVIEW_REASONS = ("low-fidelity", "prediction-gap", "unstable", "deletion-fails")
+"""Why a decision goes to human review ([review] in the config; docs/method.md, "Review gate")."""
 
 
 def format_value(feature: FeatureConfig, value: float) -> str:
@@ -62,7 +75,10 @@ def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, 
     id_column = config.data.id_column
     k = expl.feature_index.shape[1]
     share = shares(expl.weights)
-    needs_review = expl.fidelity < config.review.min_fidelity
+    reasons = review_reasons(expl, config)
+    n = len(expl.ids)
+    quality = {name: _optional(expl, name, n) for name in _QUALITY}
+    gap = np.abs(np.asarray(expl.local_pred) - np.asarray(expl.model_pred))
     rows: dict[str, list] = {name: [] for name in explanation_schema(id_column).names}
     for b, decision_id in enumerate(expl.ids):
         for rank in range(k):
@@ -82,5 +98,80 @@ def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, 
             rows["local_pred"].append(float(expl.local_pred[b]))
             rows["model_pred"].append(float(expl.model_pred[b]))
             rows["intercept"].append(float(expl.intercept[b]))
-            rows["needs_review"].append(bool(needs_review[b]))
+            rows["needs_review"].append(bool(reasons[b]))
+            rows["review_reasons"].append(",".join(reasons[b]))
+            for name in _QUALITY:
+                rows[name].append(quality[name][b])
+            rows["prediction_gap"].append(float(gap[b]))
     return pa.Table.from_pydict(rows, schema=explanation_schema(id_column)).to_pandas()
+
+
+_QUALITY = ("stability", "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds")
+
+
+def _optional(expl: Explanations, name: str, n: int) -> list:
+    """A quality array as Python values, or nulls where the engine did not compute it (e.g. ``engine = "lime"``
+    has no streams)."""
+    values = getattr(expl, name)
+    if values is None:
+        return [None] * n
+    return np.asarray(values).tolist()
+
+
+def review_reasons(expl: Explanations, config: Config) -> list[list[str]]:
+    """Per decision, the gates it fails ([review]): fidelity below ``min_fidelity``, |local_pred - model_pred|
+    above ``max_prediction_gap``, a top-k not stable at the sample cap (``require_stable``), a failed deletion
+    check (``require_deletion``). An empty list: no review needed."""
+    review = config.review
+    gap = np.abs(np.asarray(expl.local_pred) - np.asarray(expl.model_pred))
+    out: list[list[str]] = []
+    for b in range(len(expl.ids)):
+        reasons = []
+        if not expl.fidelity[b] >= review.min_fidelity:  # NaN fidelity fails too
+            reasons.append("low-fidelity")
+        if not gap[b] <= review.max_prediction_gap:
+            reasons.append("prediction-gap")
+        if review.require_stable and expl.stable is not None and not expl.stable[b]:
+            reasons.append("unstable")
+        if review.require_deletion and expl.deletion_holds is not None and not expl.deletion_holds[b]:
+            reasons.append("deletion-fails")
+        out.append(reasons)
+    return out
+
+
+def _share(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return round(float(values.astype(bool).mean()), 6) if len(values) else None
+
+
+def _quantiles(values: pd.Series) -> dict[str, float] | None:
+    values = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    if not len(values):
+        return None
+    points = np.quantile(values.to_numpy(dtype=float), [0.0, 0.1, 0.5, 0.9, 1.0])
+    return {name: round(float(v), 6) for name, v in zip(("min", "p10", "median", "p90", "max"), points, strict=True)}
+
+
+def quality_summary(table: pd.DataFrame) -> dict:
+    """Explanation quality of a run, from the explanations table (one entry per decision counted once): for the
+    manifest and the run summary. JSON-ready; ``None`` where a measure was not computed."""
+    firsts = table[table["rank"] == 1] if "rank" in table.columns else table
+    decisions = len(firsts)
+    reasons = firsts["review_reasons"].fillna("") if "review_reasons" in firsts else pd.Series([], dtype=str)
+    counts = {reason: int(reasons.str.split(",").apply(lambda r, x=reason: x in r).sum()) for reason in REVIEW_REASONS}
+    samples = pd.to_numeric(firsts.get("num_samples", pd.Series([], dtype=float)), errors="coerce").dropna()
+    return {
+        "decisions": decisions,
+        "stable_share": _share(firsts["stable"]) if "stable" in firsts else None,
+        "order_agrees_share": _share(firsts["order_agrees"]) if "order_agrees" in firsts else None,
+        "stability_mean": (round(float(firsts["stability"].dropna().mean()), 6)
+                           if "stability" in firsts and firsts["stability"].notna().any() else None),
+        "samples_mean": round(float(samples.mean()), 1) if len(samples) else None,
+        "samples_distribution": {str(int(k)): int(v) for k, v in samples.value_counts().sort_index().items()},
+        "fidelity": _quantiles(firsts["fidelity"]),
+        "prediction_gap": _quantiles(firsts["prediction_gap"]) if "prediction_gap" in firsts else None,
+        "selection_z": _quantiles(firsts["selection_z"]) if "selection_z" in firsts else None,
+        "deletion_holds_share": _share(firsts["deletion_holds"]) if "deletion_holds" in firsts else None,
+        "needs_review": int(firsts["needs_review"].astype(bool).sum()),
+        "review_reasons": counts,
+    }

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.aggregate import quality_summary
 from tasks.config import Config
 from tasks.errors import InputError
 from tasks.render_pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
@@ -87,6 +88,28 @@ def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: s
     return rows
 
 
+def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str]) -> list[str]:
+    """Stability, deletion check and review gates in words (nothing for tables without those columns)."""
+    if "review_reasons" not in explanations.columns:
+        return []
+    q = quality_summary(explanations)
+    total = f"{q['decisions']:,}"
+    firsts = explanations[explanations["rank"] == 1]
+    lines = []
+    if q["stable_share"] is not None:
+        stable = int(firsts["stable"].dropna().astype(bool).sum())
+        samples = f"{q['samples_mean']:,.0f}" if q["samples_mean"] is not None else "—"
+        lines.append(fill(ts["quality_stability"], stable=f"{stable:,}", total=total, samples=samples))
+    if q["deletion_holds_share"] is not None:
+        holds = int(firsts["deletion_holds"].dropna().astype(bool).sum())
+        lines.append(fill(ts["quality_deletion"], holds=f"{holds:,}", total=total))
+    r = q["review_reasons"]
+    lines.append(fill(ts["quality_gates"], count=f"{q['needs_review']:,}", low=f"{r['low-fidelity']:,}",
+                      gap=f"{r['prediction-gap']:,}", unstable=f"{r['unstable']:,}",
+                      deletion=f"{r['deletion-fails']:,}"))
+    return lines
+
+
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
                      config: Config, run: RunInfo, out_path: Path) -> Path:
     id_column = config.data.id_column
@@ -143,6 +166,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "review": shown,
         "review_more": fill(ts["review_more"], count=f"{len(review_ids) - len(shown):,}")
         if len(review_ids) > len(shown) else None,
+        "quality": _quality_lines(explanations, ts),
         "params": audit_rows(run, tc),
         "versions": " · ".join(f"{clean_text(k, 60)} {clean_text(v, 120)}" for k, v in sorted(run.versions.items())),
     }
@@ -156,6 +180,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "fidelity_histogram": dict(zip(histogram["bands"], histogram["counts"], strict=True)),
         "reason_frequency": [{k: r[k] for k in ("feature", "raises", "lowers", "total", "first")} for r in reasons],
         "review_ids": [str(i) for i in review_ids],
+        "quality": quality_summary(explanations) if "review_reasons" in explanations.columns else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
     }
     part = PdfPart(

@@ -1,5 +1,6 @@
 """The explanations table: one row per (decision, rank), lime-style conditions, shares, directions."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,122 @@ def test_format_value_unknown_code_and_thousands() -> None:
     housing = FeatureConfig(name="housing", label="Housing", kind="categorical", categories=["own"])
     assert format_value(income, 38123.4) == "38,123"
     assert format_value(housing, 0) == "own" and format_value(housing, 7) == "7"
+
+
+def quality_explanations(**overrides) -> Explanations:
+    values = dict(
+        ids=["ok", "low", "gap", "unstable", "deletion"],
+        feature_index=np.tile([1, 2, 0], (5, 1)),
+        weights=np.tile([0.1, -0.05, 0.02], (5, 1)),
+        intercept=np.full(5, 0.3),
+        local_pred=np.array([0.37, 0.37, 0.37, 0.37, 0.37]),
+        model_pred=np.array([0.40, 0.40, 0.90, 0.40, 0.40]),
+        fidelity=np.array([0.6, 0.1, 0.6, 0.6, 0.6]),
+        stability=np.array([1.0, 1.0, 1.0, 0.0, 1.0]),
+        order_agrees=np.array([True, True, True, False, True]),
+        selection_z=np.array([5.0, 4.0, 3.0, 0.4, np.inf]),
+        stable=np.array([True, True, True, False, True]),
+        num_samples=np.array([10000, 10000, 10000, 80000, 10000]),
+        deletion_delta=np.array([-0.1, -0.1, -0.1, -0.1, 0.05]),
+        deletion_holds=np.array([True, True, True, True, False]),
+    )
+    values.update(overrides)
+    return Explanations(**values)
+
+
+def test_review_gate_reasons_and_quality_summary() -> None:
+    from tasks.aggregate import quality_summary
+
+    config = make_config()
+    rng = np.random.default_rng(0)
+    reference = np.column_stack([rng.integers(18, 80, 200), rng.uniform(0, 0.9, 200), rng.integers(0, 3, 200)])
+    stats = fit_reference(reference.astype(float), config.features)
+    x = np.tile([30.0, 0.5, 1.0], (5, 1))
+    table = explanation_table(quality_explanations(), x, stats, config)
+    firsts = table[table["rank"] == 1].set_index("application_id")
+    assert firsts["review_reasons"].to_dict() == {
+        "ok": "", "low": "low-fidelity", "gap": "prediction-gap", "unstable": "unstable", "deletion": ""
+    }
+    assert firsts["needs_review"].tolist() == [False, True, True, True, False]
+    assert firsts.loc["gap", "prediction_gap"] == pytest.approx(0.53)
+    strict = make_config().model_copy(update={"review": make_config().review.model_copy(
+        update={"require_deletion": True, "require_stable": False})})
+    table2 = explanation_table(quality_explanations(), x, stats, strict)
+    reasons = table2[table2["rank"] == 1].set_index("application_id")["review_reasons"]
+    assert reasons["deletion"] == "deletion-fails" and reasons["unstable"] == ""
+    summary = quality_summary(table)
+    assert summary["decisions"] == 5 and summary["stable_share"] == pytest.approx(0.8)
+    assert summary["needs_review"] == 3 and summary["deletion_holds_share"] == pytest.approx(0.8)
+    assert summary["review_reasons"] == {"low-fidelity": 1, "prediction-gap": 1, "unstable": 1, "deletion-fails": 0}
+    assert summary["samples_distribution"] == {"10000": 4, "80000": 1} and summary["samples_mean"] == 24000.0
+    assert summary["selection_z"]["max"] == 5.0  # the infinite z (nothing left to separate) is not a quantile
+
+
+def test_lime_engine_leaves_stability_null() -> None:
+    config = make_config()
+    rng = np.random.default_rng(0)
+    reference = np.column_stack([rng.integers(18, 80, 200), rng.uniform(0, 0.9, 200), rng.integers(0, 3, 200)])
+    stats = fit_reference(reference.astype(float), config.features)
+    bare = quality_explanations(stability=None, order_agrees=None, selection_z=None, stable=None, num_samples=None)
+    table = explanation_table(bare, np.tile([30.0, 0.5, 1.0], (5, 1)), stats, config)
+    assert table["stable"].isna().all() and table["stability"].isna().all()
+    assert "unstable" not in set(table["review_reasons"])  # unknown stability is not a review reason
+
+
+@pytest.mark.parametrize(
+    ("explain", "message"),
+    [
+        ({"max_samples_factor": 6}, "[explain] max_samples_factor: must be a power of 2"),
+        ({"stability_runs": 0}, "[explain] stability_runs"),
+        ({"confidence": 1.0}, "[explain] confidence"),
+        ({"stabilty_runs": 2}, "did you mean 'stability_runs'"),
+    ],
+)
+def test_quality_config_validation(explain, message) -> None:
+    from tasks.errors import ConfigError
+
+    raw = {
+        "data": {"decisions": "d.parquet", "reference": "r.parquet"},
+        "model": {"path": "m.pt", "classes": ["a", "b"], "explain": "b"},
+        "explain": explain,
+        "features": [{"name": "age", "label": "Age", "kind": "numeric"}],
+    }
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(raw, Path("/tmp/c.toml"))
+
+
+def test_reports_and_summary_show_the_checks(tmp_path: Path) -> None:
+    """A decision gated for unstable reasons says so in its PDF (not 'fidelity below'), with the checks in the
+    annex and the JSON; the run summary counts stability, the deletion check and the gates."""
+    import json
+
+    from test_render_support import demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
+
+    from tasks.aggregate import quality_summary
+    from tasks.render import render_customer_reports, render_run_summary
+
+    config = demo_config("en", decision_column=None)
+    run = demo_run(config)
+    rows, applicants = synthetic_inputs(3, config, seed=5, review_share=0.0)
+    ids = list(rows["customer_id"].unique())
+    rows["review_reasons"] = ""
+    rows["stability"], rows["order_agrees"], rows["selection_z"] = 1.0, True, 4.2
+    rows["stable"], rows["num_samples"], rows["prediction_gap"] = True, 10000, 0.05
+    rows["deletion_delta"], rows["deletion_holds"] = -0.12, True
+    gated = rows["customer_id"] == ids[0]
+    rows.loc[gated, ["review_reasons", "needs_review", "stable", "stability", "num_samples", "selection_z"]] = [
+        "unstable", True, False, 0.0, 80000, 0.7]
+    reports = render_customer_reports(rows, applicants, config, run, tmp_path / "reports")
+    by_id = {r.decision_id: r for r in reports}
+    text = flat(pdf_text(by_id[ids[0]].path))
+    assert "principal reasons could not be established reliably" in text and "is below our minimum of" not in text
+    assert "Explanation checks Stable top factors no (80,000 samples)" in text
+    attached = json.loads(embedded_files(by_id[ids[0]].path)["explanation.json"])
+    assert attached["quality"]["review_reasons"] == ["unstable"] and attached["quality"]["num_samples"] == 80000
+    assert "Stable top factors yes (10,000 samples)" in flat(pdf_text(by_id[ids[1]].path))
+    counts = {"decisions_in": 3, "reports_made": 3, "needs_review": 1, "failed": 0}
+    summary = flat(pdf_text(render_run_summary(rows, counts, [ids[0]], config, run, tmp_path / "summary.pdf")))
+    assert "Stability, faithfulness and review 2 of 3 decisions have a stable set of principal reasons" in summary
+    assert "for 3 of 3 decisions" in summary and "unstable reasons 1" in summary
+    assert json.loads(embedded_files(tmp_path / "summary.pdf")["run-summary.json"])["quality"] == json.loads(
+        json.dumps(quality_summary(rows)))

@@ -12,15 +12,30 @@ import functools
 import importlib.util
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from tasks.config import Config, ExplainConfig
+from tasks.engine.deletion import MAX_COMBINATIONS, DeletionCheck
 from tasks.engine.rng import decision_keys
 from tasks.engine.sampler import QuartileSampler
+from tasks.engine.stability import (
+    BLOCKS,
+    combine,
+    concat_groups,
+    critical_value,
+    flatten,
+    index_groups,
+    jackknife_z,
+    pairwise_merge,
+    replicate_agreement,
+    selection_margin,
+    stack_groups,
+    to_device,
+)
 from tasks.engine.stats import ReferenceStats
 from tasks.engine.surrogate import FINAL_ALPHA, WeightedMoments, kernel_moments, ridge_on, select_features
 from tasks.errors import ModelError
@@ -46,6 +61,14 @@ class Explanations:
     model_pred: np.ndarray  # [B]
     fidelity: np.ndarray  # [B]: weighted R² of the surrogate on its samples (lime's `score`)
     all_weights: np.ndarray | None = None  # [B, d]: Ridge(alpha=1) on every feature, for audits
+    # Quality (docs/method.md, "Stability" and "Deletion check"); None where not computed.
+    stability: np.ndarray | None = None  # [B]: share of stream pairs whose top-k SET agrees
+    order_agrees: np.ndarray | None = None  # bool [B]: every stream gives the same ORDERED top-k
+    selection_z: np.ndarray | None = None  # [B]: selection margin / its jackknife standard error
+    stable: np.ndarray | None = None  # bool [B]: streams agree and selection_z >= the critical value
+    num_samples: np.ndarray | None = None  # int64 [B]: samples behind the reported fit (all streams)
+    deletion_delta: np.ndarray | None = None  # [B]: model output with the top factors removed, minus model_pred
+    deletion_holds: np.ndarray | None = None  # bool [B]: the output moved against the factors' net effect
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,17 +76,18 @@ class Explanations:
     @staticmethod
     def concatenate(parts: Sequence[Explanations]) -> Explanations:
         """Join explanations of consecutive chunks."""
-        has_all = all(p.all_weights is not None for p in parts)
-        return Explanations(
-            ids=[i for p in parts for i in p.ids],
-            feature_index=np.concatenate([p.feature_index for p in parts]),
-            weights=np.concatenate([p.weights for p in parts]),
-            intercept=np.concatenate([p.intercept for p in parts]),
-            local_pred=np.concatenate([p.local_pred for p in parts]),
-            model_pred=np.concatenate([p.model_pred for p in parts]),
-            fidelity=np.concatenate([p.fidelity for p in parts]),
-            all_weights=np.concatenate([p.all_weights for p in parts]) if has_all else None,  # type: ignore[misc]
-        )
+
+        def joined(name: str) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+        return Explanations(ids=[i for p in parts for i in p.ids], **{name: joined(name) for name in _ARRAYS})
+
+
+_ARRAYS = (
+    "feature_index", "weights", "intercept", "local_pred", "model_pred", "fidelity", "all_weights", "stability",
+    "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds",
+)
 
 
 @dataclass
@@ -81,6 +105,11 @@ class BatchedLime:
     with_all_weights: bool = True
     model_rows: int | None = None  # rows per model call; default: cache-sized on CPU, the whole chunk on CUDA
     compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (see compile_enabled)
+    stability_runs: int = 1  # independent streams per decision; 1: the plain engine (no stability, no adaptation)
+    adaptive: bool = False  # double the samples of unstable decisions, up to max_samples_factor x num_samples
+    max_samples_factor: int = 8
+    confidence: float = 0.95  # of the selection test (docs/method.md, "Stability")
+    deletion_check: bool = True
     _sampler: QuartileSampler = field(init=False, repr=False)
     _chunk: int = field(init=False, repr=False)
 
@@ -93,11 +122,11 @@ class BatchedLime:
         self._sampler = QuartileSampler(self.stats, self.device, compile=self.compile)
         self._moments = torch.compile(kernel_moments, dynamic=True) if self.compile else kernel_moments
 
-    def decisions_per_chunk(self) -> int:
-        """How many decisions fit the memory budget in one pass."""
+    def decisions_per_chunk(self, samples: int | None = None) -> int:
+        """How many decisions fit the memory budget in one pass of ``samples`` rows each (default S)."""
         per_row = self.stats.num_features * _BYTES_PER_SAMPLE_FEATURE + _MODEL_BYTES_PER_ROW
         rows = self.budget_bytes() // per_row
-        return max(1, rows // self.num_samples)
+        return max(1, rows // (samples or self.num_samples))
 
     def budget_bytes(self) -> int:
         if self.memory_budget_mb is not None:
@@ -112,19 +141,35 @@ class BatchedLime:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.stats.num_features or len(ids) != len(x):
             raise ValueError(f"x must be [B, {self.stats.num_features}] with one id per row, got {x.shape}")
-        parts: list[Explanations] = []
+        ids = list(ids)
+        if not len(x):
+            return _empty(self.top_k, self.stats.num_features)
+        if self.stability_runs > 1:
+            explanations = self._explain_stable(x, ids)
+        else:
+            parts: list[Explanations] = []
+            self._in_chunks(len(x), self.num_samples, lambda a, b: parts.append(self._explain_chunk(x[a:b], ids[a:b])))
+            explanations = Explanations.concatenate(parts)
+        if self.deletion_check:
+            self._check_deletion(explanations, x)
+        return explanations
+
+    def _in_chunks(self, count: int, samples: int, work: Callable[[int, int], None]) -> None:
+        """Run ``work(start, stop)`` over ``count`` decisions in chunks of the memory budget for ``samples`` rows
+        per decision. On out-of-memory the chunk is halved and retried; a failing compiler falls back to eager."""
         start = 0
-        while start < len(x):
-            stop = min(start + self._chunk, len(x))
+        while start < count:
+            size = max(1, self._chunk * self.num_samples // samples)
+            stop = min(start + size, count)
             try:
-                parts.append(self._explain_chunk(x[start:stop], list(ids[start:stop])))
+                work(start, stop)
             except torch._dynamo.exc.BackendCompilerFailed as error:
                 log.warning("torch.compile failed on %s (%s): continuing without it", self.device, error)
                 self.compile = False
                 self._build_kernels()
                 continue
             except torch.OutOfMemoryError:
-                if self._chunk == 1:
+                if size == 1:
                     raise
                 self._chunk = max(1, self._chunk // 2)
                 log.warning("out of memory on %s: retrying with %d decisions per chunk", self.device, self._chunk)
@@ -132,9 +177,140 @@ class BatchedLime:
                     torch.cuda.empty_cache()
                 continue
             start = stop
-        if not parts:
-            return _empty(self.top_k, self.stats.num_features)
-        return Explanations.concatenate(parts)
+
+    def _check_deletion(self, explanations: Explanations, x: np.ndarray) -> None:
+        check = DeletionCheck(self.stats)
+        delta, holds = np.zeros(len(x)), np.zeros(len(x), dtype=bool)
+
+        def work(a: int, b: int) -> None:
+            delta[a:b], holds[a:b] = check.run(
+                self._predict, self.device, x[a:b], explanations.feature_index[a:b], explanations.weights[a:b],
+                explanations.model_pred[a:b],
+            )
+
+        self._in_chunks(len(x), MAX_COMBINATIONS, work)
+        explanations.deletion_delta, explanations.deletion_holds = delta, holds
+
+    # ------------------------------------------------------------------ stability and adaptive sample size
+
+    def _explain_stable(self, x: np.ndarray, ids: list[str]) -> Explanations:
+        """R independent streams per decision; decisions whose top-k is not stable get twice the samples per
+        stream, round after round, up to ``max_samples_factor``; the reported fit pools every sample drawn."""
+        n, s = len(x), self.num_samples
+        out = _Collector(ids, self.top_k, self.stats.num_features)
+        cap = s * self.max_samples_factor
+        carried: list[tuple[np.ndarray, WeightedMoments]] = []
+
+        def first(a: int, b: int) -> None:
+            keys, own_rows, decisions = self._inputs(x[a:b], ids[a:b])
+            streams = []
+            for replicate in range(self.stability_runs):
+                same_bin, target = self._draw(decisions, own_rows, ids[a:b], keys, s, replicate, keep_first=True)
+                if replicate == 0:
+                    out.model_pred[a:b] = target[:, 0].cpu().numpy()
+                streams.append(self._block_moments(same_bin, target))
+            groups = concat_groups(streams, dim=1)
+            unstable = self._evaluate(np.arange(a, b), groups, s, out)
+            if self.adaptive and s < cap and unstable.any():
+                mask = torch.as_tensor(unstable, device=groups.czz.device)
+                carried.append((np.arange(a, b)[unstable], to_device(index_groups(groups, mask), _HOST)))
+
+        self._in_chunks(n, s, first)
+        per_stream, rnd = s, 0
+        while carried and per_stream < cap:
+            rnd += 1
+            index = np.concatenate([c[0] for c in carried])
+            stored = concat_groups([c[1] for c in carried])
+            carried = next_round = []
+            added = per_stream  # doubling: as many new samples per stream as it already has
+            per_stream *= 2
+
+            def more(a: int, b: int, index=index, stored=stored, added=added, per_stream=per_stream, rnd=rnd,
+                     next_round=next_round) -> None:
+                rows = index[a:b]
+                sub_ids = [ids[i] for i in rows]
+                keys, own_rows, decisions = self._inputs(x[rows], sub_ids)
+                old = to_device(index_groups(stored, slice(a, b)), self.device)
+                streams = []
+                for replicate in range(self.stability_runs):
+                    stream = replicate + rnd * _ROUND_STRIDE
+                    same_bin, target = self._draw(decisions, own_rows, sub_ids, keys, added, stream, keep_first=False)
+                    lo, hi = replicate * BLOCKS, (replicate + 1) * BLOCKS
+                    previous = index_groups(old, (slice(None), slice(lo, hi)))
+                    streams.append(pairwise_merge(previous, self._block_moments(same_bin, target)))
+                groups = concat_groups(streams, dim=1)
+                unstable = self._evaluate(rows, groups, per_stream, out)
+                if per_stream < cap and unstable.any():
+                    mask = torch.as_tensor(unstable, device=groups.czz.device)
+                    next_round.append((rows[unstable], to_device(index_groups(groups, mask), _HOST)))
+
+            self._in_chunks(len(index), added, more)
+        return out.explanations(self.with_all_weights)
+
+    def _inputs(self, x: np.ndarray, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = self.device
+        keys = torch.as_tensor(decision_keys(self.seed, ids), device=device)
+        own_rows = torch.as_tensor(self._sampler.own_rows(self.stats.discretize(x)), device=device)
+        return keys, own_rows, torch.as_tensor(x, dtype=torch.float32, device=device)
+
+    def _draw(self, decisions: torch.Tensor, own_rows: torch.Tensor, ids: list[str], keys: torch.Tensor,
+              samples: int, stream: int, keep_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples of one stream and the model's output on them: (same_bin [B, n, d], target [B, n]). Streams
+        drawn after the first round leave out their row 0 (the decision itself, already in round 0)."""
+        batch = len(ids)
+        drawn = samples if keep_first else samples + 1
+        perturbed = self._sampler.sample(decisions, own_rows, keys, drawn, stream)
+        target = self._predict(perturbed.inputs.view(batch * drawn, -1)).view(batch, drawn)
+        _check_finite(target, ids, self.model.description)
+        if keep_first:
+            return perturbed.same_bin, target
+        return perturbed.same_bin[:, 1:], target[:, 1:]
+
+    def _block_moments(self, same_bin: torch.Tensor, target: torch.Tensor) -> WeightedMoments:
+        """Weighted moments of ``BLOCKS`` contiguous blocks of one stream's samples: [B, BLOCKS, ...]."""
+        bounds = torch.tensor_split(torch.arange(same_bin.shape[1]), BLOCKS)
+        parts = [
+            WeightedMoments(*self._moments(same_bin[:, int(r[0]) : int(r[-1]) + 1],
+                                           target[:, int(r[0]) : int(r[-1]) + 1], self.stats.kernel_width))
+            for r in bounds
+            if len(r)
+        ]
+        return stack_groups(parts)
+
+    def _evaluate(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, out: _Collector) -> np.ndarray:
+        """Fit the pooled samples and every stream's own, test the selection; write decisions ``rows`` of
+        ``out``; return the unstable ones (bool [len(rows)])."""
+        runs, d, device = self.stability_runs, self.stats.num_features, self.device
+        count = groups.total_weight.shape[1]
+        per_run = count // runs
+        pooled = flatten(combine(groups, torch.ones(1, count, dtype=torch.float64)))
+        own = torch.block_diag(*[torch.ones(1, per_run, dtype=torch.float64)] * runs)
+        streams = flatten(combine(groups, own))
+        method = _selection_method(self.feature_selection, self.top_k)
+        selected = select_features(pooled, self.top_k, method)
+        fit = ridge_on(pooled, selected, FINAL_ALPHA)
+        order = torch.argsort(fit.coef.abs(), dim=1, descending=True, stable=True)
+        stream_fit = ridge_on(streams, select_features(streams, self.top_k, method), FINAL_ALPHA)
+        stream_order = torch.argsort(stream_fit.coef.abs(), dim=1, descending=True, stable=True)
+        ordered = stream_fit.features.gather(1, stream_order).view(len(rows), runs, -1)
+        share, same_order = replicate_agreement(ordered)
+        margin = selection_margin(pooled, selected, method)
+        z = jackknife_z(groups, selected, margin, method)
+        stable = (share >= 1.0) & (z >= critical_value(self.confidence, count))
+        out.feature_index[rows] = fit.features.gather(1, order).cpu().numpy()
+        out.weights[rows] = fit.coef.gather(1, order).cpu().numpy()
+        out.intercept[rows] = fit.intercept.cpu().numpy()
+        out.local_pred[rows] = (fit.intercept + fit.coef.sum(1)).cpu().numpy()
+        out.fidelity[rows] = fit.score.cpu().numpy()
+        if self.with_all_weights:
+            everything = torch.arange(d, device=device).expand(len(rows), -1)
+            out.all_weights[rows] = ridge_on(pooled, everything, FINAL_ALPHA).coef.cpu().numpy()
+        out.stability[rows] = share.cpu().numpy()
+        out.order_agrees[rows] = same_order.cpu().numpy()
+        out.selection_z[rows] = z.cpu().numpy()
+        out.stable[rows] = stable.cpu().numpy()
+        out.num_samples[rows] = per_stream * runs
+        return ~stable.cpu().numpy()
 
     def _explain_chunk(self, x: np.ndarray, ids: list[str]) -> Explanations:
         device, s, batch = self.device, self.num_samples, len(ids)
@@ -169,6 +345,7 @@ class BatchedLime:
             model_pred=target[:, 0].cpu().numpy(),
             fidelity=fit.score.cpu().numpy(),
             all_weights=all_weights,
+            num_samples=np.full(batch, s, dtype=np.int64),
         )
 
     def _predict(self, rows: torch.Tensor) -> torch.Tensor:
@@ -191,6 +368,41 @@ def _check_finite(target: torch.Tensor, ids: Sequence[str], description: str) ->
     if bad.any():
         first = int(bad.nonzero()[0, 0])
         raise ModelError(f"{description}: non-finite output for decision {ids[first]!r}")
+
+
+_HOST = torch.device("cpu")
+_ROUND_STRIDE = 64  # stream of (replicate r, adaptation round a) = r + 64 a; (0, 0) is the plain engine's stream
+
+
+def _selection_method(method: str, k: int) -> str:
+    if method == "auto":
+        return "forward_selection" if k <= 6 else "highest_weights"
+    return method
+
+
+class _Collector:
+    """Per-decision results of the stable path, filled round by round (decisions re-fitted overwrite)."""
+
+    def __init__(self, ids: list[str], k: int, d: int) -> None:
+        n = len(ids)
+        k = min(k, d)
+        self.ids = ids
+        self.feature_index = np.zeros((n, k), dtype=np.int64)
+        self.weights = np.zeros((n, k))
+        self.intercept, self.local_pred, self.model_pred, self.fidelity = (np.zeros(n) for _ in range(4))
+        self.all_weights = np.zeros((n, d))
+        self.stability, self.selection_z = np.zeros(n), np.zeros(n)
+        self.order_agrees, self.stable = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        self.num_samples = np.zeros(n, dtype=np.int64)
+
+    def explanations(self, with_all_weights: bool) -> Explanations:
+        return Explanations(
+            ids=self.ids, feature_index=self.feature_index, weights=self.weights, intercept=self.intercept,
+            local_pred=self.local_pred, model_pred=self.model_pred, fidelity=self.fidelity,
+            all_weights=self.all_weights if with_all_weights else None, stability=self.stability,
+            order_agrees=self.order_agrees, selection_z=self.selection_z, stable=self.stable,
+            num_samples=self.num_samples,
+        )
 
 
 def _empty(k: int, d: int) -> Explanations:
@@ -238,4 +450,8 @@ def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  
         feature_selection=settings.feature_selection,
         memory_budget_mb=settings.memory_budget_mb,
         compile=compile_enabled(settings.compile, model.device),
+        stability_runs=settings.stability_runs,
+        adaptive=settings.adaptive,
+        max_samples_factor=settings.max_samples_factor,
+        confidence=settings.confidence,
     )

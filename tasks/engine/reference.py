@@ -15,6 +15,7 @@ import torch
 from lime.lime_tabular import LimeTabularExplainer
 
 from tasks.config import Config
+from tasks.engine.deletion import DeletionCheck
 from tasks.engine.explainer import Explanations
 from tasks.engine.rng import decision_keys
 from tasks.engine.stats import ReferenceStats
@@ -85,13 +86,21 @@ class LimeReference:
             intercept[b] = float(explanation.intercept[self.explain_index])
             local_pred[b] = float(np.ravel(explanation.local_pred)[0])
             fidelity[b] = float(explanation.score)
+        model_pred = np.asarray(model_pred, dtype=np.float64)
+        delta, holds = DeletionCheck(self.stats).run(
+            lambda rows: torch.as_tensor(self.predict(rows.cpu().numpy())[:, self.explain_index]),
+            torch.device("cpu"), x, features, weights, model_pred,
+        ) if len(x) else (np.zeros(0), np.zeros(0, dtype=bool))
         return Explanations(
             ids=list(ids),
             feature_index=features,
             weights=weights,
             intercept=intercept,
             local_pred=local_pred,
-            model_pred=np.asarray(model_pred, dtype=np.float64),
+            model_pred=model_pred,
             fidelity=fidelity,
             all_weights=None,
+            num_samples=np.full(len(x), self.num_samples, dtype=np.int64),
+            deletion_delta=delta,
+            deletion_holds=holds,
         )

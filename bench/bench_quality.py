@@ -1,0 +1,228 @@
+"""Explanation-quality benchmark: stability across seeds, adaptive sample size, deletion check, review gate.
+
+On two credit datasets, the demo portfolio and model and the Statlog German credit data (bench/data, a small
+torch MLP trained here), it explains the same decisions with two independent seeds, first with the plain
+engine (one stream, S samples) and then with stability + adaptation ([explain] defaults: 2 streams, doubling
+up to 8 x S), side by side in one process, and prints:
+- the share of decisions whose top-k SET is the same under both seeds, before and after (and among the
+  decisions both runs call stable);
+- the average samples spent per decision, and the throughput of both, with their ratio;
+- the share of decisions whose deletion check holds, and how many the review gate sends to a human, by reason.
+
+    .venv/bin/python bench/bench_quality.py                          # CPU, 200 decisions per dataset
+    .venv/bin/python bench/bench_quality.py --device cuda --decisions 0   # every decision (400 and 1,000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tasks.aggregate import review_reasons  # noqa: E402
+from tasks.config import ExplainConfig, FeatureConfig, ModelConfig, ReviewConfig  # noqa: E402
+from tasks.demo import FEATURES, build_demo, model_inputs  # noqa: E402
+from tasks.engine import BatchedLime, Explanations, ReferenceStats, fit_reference  # noqa: E402
+from tasks.model import load_model  # noqa: E402
+
+GERMAN = Path(__file__).resolve().parent / "data" / "german_credit.csv.gz"
+
+
+@dataclass
+class Case:
+    name: str
+    stats: ReferenceStats
+    model: object  # LoadedModel-like: .device, .description, __call__(float32 [n, d]) -> probabilities [n, C]
+    explain_index: int
+    x: np.ndarray
+    ids: list[str]
+
+
+class TorchModel:
+    """A trained nn.Module behind the engine's model interface."""
+
+    def __init__(self, module: nn.Module, device: torch.device, description: str) -> None:
+        self.module, self.device, self.description = module.eval().to(device), device, description
+
+    @torch.no_grad()
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.module(rows.to(self.device)), dim=1)
+
+
+class GermanMLP(nn.Module):
+    """Numeric columns standardised, categorical codes one-hot, two hidden layers: good/bad credit risk."""
+
+    def __init__(self, numeric: list[int], categorical: list[tuple[int, int]], mean, std) -> None:
+        super().__init__()
+        self.numeric, self.categorical = numeric, categorical
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        width = len(numeric) + sum(levels for _, levels in categorical)
+        self.net = nn.Sequential(nn.Linear(width, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        parts = [(rows[:, self.numeric] - self.mean) / self.std]
+        for column, levels in self.categorical:
+            code = rows[:, column].round().long().clamp(0, levels - 1)
+            parts.append(nn.functional.one_hot(code, levels).to(rows.dtype))
+        return self.net(torch.cat(parts, dim=1))
+
+
+def german_case(device: torch.device, seed: int = 0) -> Case:
+    frame = pd.read_csv(GERMAN)
+    target = (frame.pop("creditability") == "bad").to_numpy(dtype=np.int64)
+    features, columns = [], []
+    for name in frame.columns:
+        if frame[name].dtype.kind in "iuf":
+            features.append(FeatureConfig(name=name, label=name, kind="numeric", decimals=0))
+            columns.append(frame[name].to_numpy(dtype=np.float64))
+        else:
+            levels = sorted(frame[name].astype(str).unique())
+            features.append(FeatureConfig(name=name, label=name, kind="categorical", categories=levels))
+            columns.append(frame[name].astype(str).map({v: i for i, v in enumerate(levels)}).to_numpy(np.float64))
+    x = np.column_stack(columns)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    train, test = order[:800], order[800:]
+    numeric = [j for j, f in enumerate(features) if f.kind == "numeric"]
+    categorical = [(j, len(f.categories or [])) for j, f in enumerate(features) if f.kind == "categorical"]
+    torch.manual_seed(seed)
+    module = GermanMLP(numeric, categorical, x[train][:, numeric].mean(0), x[train][:, numeric].std(0) + 1e-9)
+    optimiser = torch.optim.Adam(module.parameters(), lr=3e-3, weight_decay=1e-3)
+    inputs = torch.as_tensor(x[train], dtype=torch.float32)
+    labels = torch.as_tensor(target[train])
+    for _ in range(300):
+        optimiser.zero_grad()
+        loss = nn.functional.cross_entropy(module(inputs), labels)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        scores = torch.softmax(module(torch.as_tensor(x[test], dtype=torch.float32)), 1)[:, 1].numpy()
+    auc = _auc(scores, target[test])
+    print(f"german credit: MLP trained on 800 applicants, held-out AUC {auc:.3f}")
+    stats = fit_reference(x[train], features)
+    ids = [f"G-{i:04d}" for i in range(len(x))]
+    return Case("german credit (UCI Statlog)", stats, TorchModel(module, device, "german MLP"), 1, x, ids)
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    ranks = pd.Series(scores).rank().to_numpy()
+    positives = labels == 1
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def demo_case(device: torch.device) -> Case:
+    artifacts = build_demo(Path(__file__).resolve().parent.parent / ".cache" / "demo")
+    features = [FeatureConfig(**f) for f in FEATURES]
+    reference = model_inputs(pd.read_parquet(artifacts.reference)).astype(np.float64)
+    table = pd.read_parquet(artifacts.decisions)
+    model = load_model(
+        ModelConfig(path=artifacts.model, classes=["approved", "declined"], explain="declined"), len(features),
+        device=str(device),
+    )
+    return Case("demo portfolio", fit_reference(reference, features), model, 1,
+                model_inputs(table).astype(np.float64), table["customer_id"].astype(str).tolist())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(case: Case, x: np.ndarray, ids: list[str], seed: int, quality: bool, args) -> tuple[Explanations, float]:
+    defaults = ExplainConfig()
+    engine = BatchedLime(
+        stats=case.stats, model=case.model, explain_index=case.explain_index, num_samples=args.samples,
+        top_k=args.top_k, seed=seed, memory_budget_mb=args.memory_mb, deletion_check=True,
+        stability_runs=args.runs if quality else 1, adaptive=quality,
+        max_samples_factor=args.factor, confidence=args.confidence or defaults.confidence,
+    )
+    synchronize(case.model.device)
+    start = time.perf_counter()
+    out = engine.explain(x, ids)
+    synchronize(case.model.device)
+    return out, time.perf_counter() - start
+
+
+def agreement(a: Explanations, b: Explanations, mask: np.ndarray | None = None) -> float:
+    same = np.array([set(p.tolist()) == set(q.tolist()) for p, q in zip(a.feature_index, b.feature_index,
+                                                                           strict=True)])
+    if mask is not None:
+        same = same[mask]
+    return float(same.mean()) if len(same) else float("nan")
+
+
+def report(case: Case, args) -> None:
+    x, ids = case.x, case.ids
+    if args.decisions:
+        x, ids = x[: args.decisions], ids[: args.decisions]
+    n = len(ids)
+    run(case, x[:8], ids[:8], 1, True, args)  # warm-up (allocations, kernels)
+    plain_a, t_plain_a = run(case, x, ids, args.seed, False, args)
+    stable_a, t_stable_a = run(case, x, ids, args.seed, True, args)
+    plain_b, t_plain_b = run(case, x, ids, args.seed + 1, False, args)
+    stable_b, t_stable_b = run(case, x, ids, args.seed + 1, True, args)
+    t_plain, t_stable = (t_plain_a + t_plain_b) / 2, (t_stable_a + t_stable_b) / 2
+    both = stable_a.stable & stable_b.stable
+    k = args.top_k
+    print(f"\n== {case.name}: {n} decisions, S = {args.samples}, top-{k}, {args.runs} streams, cap "
+          f"{args.factor} x S per stream, device {case.model.device}")
+    print(f"same top-{k} set across two seeds: plain {agreement(plain_a, plain_b):.1%} -> stability+adaptive "
+          f"{agreement(stable_a, stable_b):.1%} (among the {both.mean():.1%} stable in both runs: "
+          f"{agreement(stable_a, stable_b, both):.1%})")
+    samples = np.concatenate([stable_a.num_samples, stable_b.num_samples])
+    values, counts = np.unique(samples, return_counts=True)
+    spread = ", ".join(f"{v:,}: {c / len(samples):.1%}" for v, c in zip(values, counts, strict=True))
+    print(f"samples per decision: plain {args.samples:,}; stability+adaptive mean {samples.mean():,.0f} "
+          f"({samples.mean() / args.samples:.2f} x; {spread})")
+    print(f"stable at S (before adaptation): {(stable_a.num_samples == args.runs * args.samples).mean():.1%} of "
+          f"decisions needed no extra samples; stable after adaptation: {stable_a.stable.mean():.1%}")
+    print(f"throughput: plain {n / t_plain:,.1f} decisions/s, stability+adaptive {n / t_stable:,.1f} decisions/s "
+          f"(cost {t_stable / t_plain:.2f} x, same process, interleaved)")
+    print(f"deletion check holds: plain {plain_a.deletion_holds.mean():.1%}, stability+adaptive "
+          f"{stable_a.deletion_holds.mean():.1%}")
+    config = SimpleNamespace(review=ReviewConfig())
+    for label, out in (("plain", plain_a), ("stability+adaptive", stable_a)):
+        reasons = review_reasons(out, config)  # type: ignore[arg-type]
+        gated = sum(1 for r in reasons if r)
+        by_reason = {name: sum(1 for r in reasons if name in r) for name in
+                     ("low-fidelity", "prediction-gap", "unstable", "deletion-fails")}
+        print(f"review gate ({label}, [review] defaults): {gated} of {n} ({gated / n:.1%}) {by_reason}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["demo", "german", "both"], default="both")
+    parser.add_argument("--decisions", type=int, default=200, help="decisions per dataset (0: all)")
+    parser.add_argument("--samples", type=int, default=ExplainConfig().num_samples)
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=ExplainConfig().stability_runs)
+    parser.add_argument("--factor", type=int, default=ExplainConfig().max_samples_factor)
+    parser.add_argument("--confidence", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (CPU)")
+    parser.add_argument("--memory-mb", type=int, default=None, help="engine memory budget per chunk")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.dataset in ("demo", "both"):
+        report(demo_case(device), args)
+    if args.dataset in ("german", "both"):
+        report(german_case(device), args)
+
+
+if __name__ == "__main__":
+    main()
