@@ -2,28 +2,29 @@
 
     .venv/bin/python bench/bench_render.py                 # 2,000 documents per mode (the figure to quote)
     .venv/bin/python bench/bench_render.py --count 200     # quicker
-    .venv/bin/python bench/bench_render.py --count 200 --experiments   # + batch-and-split experiments
+    .venv/bin/python bench/bench_render.py --count 0 --experiments   # side-by-side design comparison only
 
 Each mode runs in a fresh process (spawn), renders synthetic decisions of the demo's features through the
 real API (tasks.render.render_customer_reports) in shards of 256, after a 5-document warm-up that is not
 counted. PDFs/s is reported on wall time and on CPU time (CPU time is what a core delivers when other jobs
 share the machine). Peak RSS is ru_maxrss of each rendering process.
 
---experiments also measures, in one process on the same documents:
-  split-weasyprint  lay out N customers as ONE document, then write each customer's pages as its own PDF
-                    (Document.copy + write_pdf: PDF/A, attachment and per-customer font subsets survive);
-  split-pikepdf     lay out and write ONE PDF for N customers, then split it per customer with pikepdf
-                    (needs the PDF/A metadata and attachment re-made, loses the tag tree, and every part
-                    carries the font subsets of the whole batch).
+--experiments times, in one process, interleaved document by document (so machine load hits all alike):
+  whole statement   the customer's page and the rights notice + audit annex laid out and written by WeasyPrint
+                    as ONE document per customer (the design before the shared pages);
+  own + shared      what the renderer does: only the customer's own page per customer, the run's shared pages
+                    (rights notice, annex) laid out once and appended with pikepdf (render_pdf.append_shared);
+  own + shared, stock parser   the same with WeasyPrint's tinyhtml5 parser and full UA stylesheet instead of
+                    expat and templates/customer_report/ua.css (byte-identical PDFs).
+Tried before and dropped (see git history of this file): laying out N customers as one document and splitting
+it (WeasyPrint Document.copy, or pikepdf) was slower, and a pikepdf split leaked other customers' glyph subsets.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import multiprocessing as mp
 import os
-import re
 import resource
 import sys
 import tempfile
@@ -94,90 +95,52 @@ def bench(count: int, workers: int, language: str, tags: bool) -> None:
 # ---------------------------------------------------------------------------------------------- experiments
 
 
-def _experiments(count: int, batch: int, language: str, tags: bool) -> None:
-    import pikepdf
+def _experiments(count: int, language: str, tags: bool) -> None:
+    import dataclasses
 
-    from tasks.render import _pdf_settings, customer_documents
+    from tasks.render import (
+        PAGES_MARK,
+        _customer_pdf,
+        _pdf_settings,
+        _shared,
+        _shared_after,
+        customer_documents,
+        shared_html,
+    )
     from tasks.render_pdf import document_kind, layout, write
 
     config, run, rows, applicants = _inputs(count, language, tags)
     docs = customer_documents(rows, applicants, config, run)
     kind = document_kind("customer_report")
+    stock = dataclasses.replace(kind, ua=None)
     settings = _pdf_settings(config, run)
+    shared = _shared(config, run)
+    shared_after = _shared_after(kind, settings, shared)
+    pages = shared_after(1).count
+    body = shared_html(shared, 0).split("<body>", 1)[1].split("</body>", 1)[0]
+
+    def whole(doc: Any) -> bytes:
+        html = doc.html.replace(PAGES_MARK, str(1 + pages)).replace("</body>", body + "</body>")
+        return write(layout(kind, html, settings), doc.part, settings, kind)
+
+    variants = {
+        "whole statement": whole,
+        "own + shared": lambda doc: _customer_pdf(doc, kind, settings, shared_after),
+        "own + shared, stock parser": lambda doc: _customer_pdf(doc, stock, settings, shared_after),
+    }
     for doc in docs[:WARMUP]:
-        write(layout(kind, doc.html, settings), doc.part, settings, kind)
-    docs = docs[WARMUP:]
-
-    def timed(fn: Any) -> tuple[float, float, list[bytes]]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = fn()
-        return time.perf_counter() - wall, time.process_time() - cpu, out
-
-    def one_by_one() -> list[bytes]:
-        return [write(layout(kind, d.html, settings), d.part, settings, kind) for d in docs]
-
-    body = re.compile(r"<body>(.*)</body>", re.S)
-    extra_css = "<style>.bd{break-before:page;page:bd}@page :nth(1 of bd){counter-reset:page 1}</style>"
-
-    def batched_html(chunk: list[Any]) -> str:
-        head = chunk[0].html.split("<body>")[0].replace("</head>", extra_css + "</head>")
-        parts = [f'<div class="bd" id="bd-{i}">{body.search(d.html).group(1)}</div>' for i, d in enumerate(chunk)]
-        return head + "<body>" + "".join(parts) + "</body></html>"
-
-    def starts(document: Any, n: int) -> list[int]:
-        first = {}
-        for index, page in enumerate(document.pages):
-            for anchor in page.anchors:
-                if anchor.startswith("bd-"):
-                    first.setdefault(int(anchor[3:]), index)
-        return [first[i] for i in range(n)] + [len(document.pages)]
-
-    def split_weasyprint() -> list[bytes]:
-        out = []
-        for s in range(0, len(docs), batch):
-            chunk = docs[s:s + batch]
-            document = layout(kind, batched_html(chunk), settings)
-            bounds = starts(document, len(chunk))
-            for i, d in enumerate(chunk):
-                out.append(write(document, d.part, settings, kind, pages=document.pages[bounds[i]:bounds[i + 1]]))
-        return out
-
-    def split_pikepdf() -> list[bytes]:
-        out = []
-        for s in range(0, len(docs), batch):
-            chunk = docs[s:s + batch]
-            document = layout(kind, batched_html(chunk), settings)
-            bounds = starts(document, len(chunk))
-            whole = pikepdf.open(io.BytesIO(document.write_pdf(pdf_variant=settings.variant)))
-            for i, d in enumerate(chunk):
-                part = pikepdf.new()
-                part.pages.extend(whole.pages[bounds[i]:bounds[i + 1]])
-                part.Root.OutputIntents = part.copy_foreign(whole.make_indirect(whole.Root.OutputIntents))
-                part.Root.Lang = pikepdf.String(settings.lang)
-                with part.open_metadata(set_pikepdf_as_editor=False) as meta:
-                    meta["pdfaid:part"], meta["pdfaid:conformance"] = "3", "B"
-                    meta["dc:title"] = d.part.title
-                spec = pikepdf.AttachedFileSpec(part, d.part.attachment, mime_type="application/json",
-                                                filename=d.part.attachment_name)
-                spec.obj.AFRelationship = pikepdf.Name.Data
-                part.attachments[d.part.attachment_name] = spec
-                part.Root.AF = pikepdf.Array([spec.obj])
-                buffer = io.BytesIO()
-                part.save(buffer, deterministic_id=True)
-                out.append(buffer.getvalue())
-        return out
-
-    wall, cpu, single = timed(one_by_one)
-    print(_line("one document per customer", len(docs), wall, cpu, "-"), flush=True)
-    wall, cpu, split = timed(split_weasyprint)
-    same = sum(a == b for a, b in zip(single, split, strict=True))
-    print(_line(f"split-weasyprint (N={batch})", len(docs), wall, cpu, "-",
-                f"  ({same}/{len(docs)} byte-identical to one-per-customer)"), flush=True)
-    wall, cpu, pk = timed(split_pikepdf)
-    size = sum(map(len, pk)) / len(pk) / 1024
-    print(_line(f"split-pikepdf (N={batch})", len(docs), wall, cpu, "-",
-                f"  ({size:.0f} KB/PDF vs {sum(map(len, single)) / len(single) / 1024:.0f}; no tags; shared fonts)"),
-          flush=True)
+        for render in variants.values():
+            render(doc)
+    totals = {name: [0.0, 0.0] for name in variants}
+    for doc in docs[WARMUP:]:
+        for name, render in variants.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            render(doc)
+            totals[name][0] += time.perf_counter() - wall
+            totals[name][1] += time.process_time() - cpu
+    made = len(docs) - WARMUP
+    for name, (wall, cpu) in totals.items():
+        print(_line(name, made, wall, cpu, "-", f"  ({cpu / made * 1000:.0f} ms CPU per PDF)"), flush=True)
 
 
 def main() -> None:
@@ -186,8 +149,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for 'all cores'")
     parser.add_argument("--language", choices=["en", "zh-CN"], default="en")
     parser.add_argument("--no-tags", action="store_true", help="untagged PDF/A-3b ([report] pdf_tags = false)")
-    parser.add_argument("--experiments", action="store_true", help="also time batch-and-split variants")
-    parser.add_argument("--batch", type=int, default=32, help="customers per batch in the experiments")
+    parser.add_argument("--experiments", action="store_true", help="also time the design variants side by side")
     args = parser.parse_args()
     tags = not args.no_tags
     print(f"limelight report rendering: {args.count} {args.language} documents per mode, PDF/A-3b"
@@ -195,7 +157,7 @@ def main() -> None:
     if args.count > 0:
         bench(args.count, args.workers, args.language, tags)
     if args.experiments:
-        _experiments(min(args.count, 400) or 40, args.batch, args.language, tags)
+        _experiments(min(args.count, 200) or 40, args.language, tags)
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other jobs on the machine inflate wall times)")
 
 

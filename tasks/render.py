@@ -11,22 +11,36 @@ identifier is a hash of the content.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.config import Config, FeatureConfig
 from tasks.errors import InputError, LimelightError
-from tasks.render_pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
+from tasks.render_pdf import (
+    DocumentKind,
+    PdfPart,
+    PdfSettings,
+    SharedPages,
+    append_shared,
+    document_kind,
+    jinja_environment,
+    layout,
+    require_fonts,
+    shared_pages,
+    write,
+)
 from tasks.render_summary import summary_document
 from tasks.render_text import (
     Band,
@@ -66,6 +80,8 @@ ATTACHMENT_NAME = "explanation.json"
 EXPLANATION_SCHEMA = "limelight.explanation/1"
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _BETWEEN_TAGS = re.compile(r">\n\s*<")  # template indentation only: text never starts a line there
+# In report.html, where the page total goes: a comment, which autoescaped customer text can never produce.
+PAGES_MARK = "<!--limelight:pages-->"
 
 
 @dataclass(frozen=True)
@@ -249,6 +265,51 @@ def _decision_label(config: Config, shared: _Shared, applicant: Mapping[str, Any
     return None
 
 
+_QUALITY_COLUMNS = ("stability", "order_agrees", "selection_z", "stable", "num_samples", "prediction_gap",
+                    "deletion_delta", "deletion_holds")
+
+
+def _quality(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The explanation-quality columns of a decision (tasks/aggregate.py), JSON-ready; None where absent."""
+    out: dict[str, Any] = {}
+    for name in _QUALITY_COLUMNS:
+        value = row.get(name)
+        if _is_missing(value):
+            out[name] = None
+        elif isinstance(value, bool | np.bool_):
+            out[name] = bool(value)
+        elif name == "num_samples":
+            out[name] = int(value)
+        else:
+            number = float(value)
+            out[name] = number if math.isfinite(number) else None  # JSON has no infinity (z: nothing to separate)
+    reasons = row.get("review_reasons")
+    out["review_reasons"] = [] if _is_missing(reasons) or not str(reasons) else str(reasons).split(",")
+    return out
+
+
+def _review_note(tc: Mapping[str, str], reasons: list[str], fid: str, min_fid: str) -> str:
+    """The status box's note: fidelity alone keeps the fidelity wording; other gates name every failed check."""
+    if not reasons or reasons == ["low-fidelity"]:
+        return fill(tc["status_review_note"], fidelity=fid, min=min_fid)
+    labels = [tc.get("reason_" + r.replace("-", "_"), r) for r in reasons]
+    return fill(tc["status_review_note_checks"], reasons="; ".join(labels))
+
+
+def _quality_line(tc: Mapping[str, str], quality: Mapping[str, Any]) -> str | None:
+    """The annex's one-line account of the checks, or None when the run computed none."""
+    parts = []
+    if quality["stable"] is not None:
+        samples = f" ({quality['num_samples']:,} {tc['quality_samples']})" if quality["num_samples"] else ""
+        parts.append(f"{tc['quality_stable']} {tc['yes'] if quality['stable'] else tc['no']}{samples}")
+    if quality["prediction_gap"] is not None:
+        parts.append(f"{tc['quality_gap']} {quality['prediction_gap']:.4f}")
+    if quality["deletion_holds"] is not None:
+        delta = f" ({quality['deletion_delta']:+.4f})" if quality["deletion_delta"] is not None else ""
+        parts.append(f"{tc['quality_deletion']} {tc['yes'] if quality['deletion_holds'] else tc['no']}{delta}")
+    return " · ".join(parts) or None
+
+
 def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applicant: Mapping[str, Any] | None,
                     shared: _Shared) -> tuple[dict[str, Any], dict[str, Any]]:
     """The template context of one report and the JSON document attached to it."""
@@ -260,6 +321,7 @@ def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applica
     local_pred = _float(first["local_pred"], "local_pred", decision_id)
     intercept = _float(first["intercept"], "intercept", decision_id)
     needs_review = bool(first["needs_review"])
+    quality = _quality(first)
     factors = [_factor(row, shared, decision_id) for row in rows]
     min_fid = threshold_text(run.min_fidelity)
     fid = fidelity_text(fidelity, run.min_fidelity)
@@ -288,7 +350,8 @@ def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applica
         "probability_label": fill(tc["probability"], outcome=shared.outcome_noun),
         "probability_note": fill(tc["probability_note"], outcome=shared.outcome_noun),
         "needs_review": needs_review,
-        "review_note": fill(tc["status_review_note"], fidelity=fid, min=min_fid),
+        "review_note": _review_note(tc, quality["review_reasons"], fid, min_fid),
+        "quality": _quality_line(tc, quality),
         "status_note": fill(tc["status_ok_note"], min=min_fid),
         "factors": factors,
         "chart": _chart(factors),
@@ -317,6 +380,7 @@ def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applica
         "fidelity": fidelity,
         "needs_review": needs_review,
         "min_fidelity": run.min_fidelity,
+        "quality": quality,
         "language": config.report.language,
         "factors": [
             {"rank": f["rank"], "feature": f["feature"], "label": f["label"], "condition": f["condition"],
@@ -450,15 +514,8 @@ def customer_documents(rows: pd.DataFrame, applicants: pd.DataFrame, config: Con
     if len(set(filenames.values())) != len(filenames):
         raise LimelightError("two decision ids map to the same report file name (sha256 prefix collision)")
     template = document_kind("customer_report").template
-    common = {
-        "lang": config.report.language,
-        "t": shared.texts,
-        "lender": _lender(config),
-        "notice": shared.notice,
-        "versions": _versions(run),
-        "audit": audit_rows(run, shared.texts["customer"]),
-        "doc_title": shared.title,
-    }
+    common = {"lang": config.report.language, "t": shared.texts, "lender": _lender(config),
+              "doc_title": shared.title}
     documents = []
     for decision_id, records in groups.items():
         context, attachment = _report_context(decision_id, records, people.get(decision_id), shared)
@@ -476,6 +533,32 @@ def customer_documents(rows: pd.DataFrame, applicants: pd.DataFrame, config: Con
     return documents
 
 
+def _customer_pdf(doc: CustomerDocument, kind: DocumentKind, settings: PdfSettings,
+                  shared_after: Callable[[int], SharedPages]) -> bytes:
+    """The customer's own page(s), then the run's shared pages (rights notice, audit annex) appended.
+
+    ``shared_after(n)`` gives the shared pages numbered from page n + 1. The footer's page total is written
+    into the HTML: this customer's pages (one, unless the statement runs long: then laid out again with the
+    right total) plus the shared pages.
+    """
+    count = shared_after(1).count
+    own = 1
+    while True:
+        document = layout(kind, doc.html.replace(PAGES_MARK, str(own + count)), settings)
+        if len(document.pages) == own or own > 8:
+            break
+        own = len(document.pages)
+    return append_shared(write(document, doc.part, settings, kind), shared_after(own))
+
+
+def _shared_after(kind: DocumentKind, settings: PdfSettings, shared: _Shared) -> Callable[[int], SharedPages]:
+    @functools.lru_cache(maxsize=4)
+    def after(own: int) -> SharedPages:
+        return shared_pages(kind, shared_html(shared, own), settings, own)
+
+    return after
+
+
 def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config: Config, run: RunInfo,
                             out_dir: Path) -> list[RenderedReport]:
     """One PDF per decision in ``rows`` (explanations.parquet rows), written to ``out_dir/report_filename(id)``.
@@ -490,13 +573,33 @@ def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config
         return []
     kind = document_kind("customer_report")
     settings = _pdf_settings(config, run)
+    shared_after = _shared_after(kind, settings, _shared(config, run))
     results = []
     for doc in documents:
-        pdf = write(layout(kind, doc.html, settings), doc.part, settings, kind)
+        pdf = _customer_pdf(doc, kind, settings, shared_after)
         path = out_dir / doc.filename
         _write_atomic(path, pdf)
         results.append(RenderedReport(doc.decision_id, path, hashlib.sha256(pdf).hexdigest(), doc.needs_review))
     return results
+
+
+def shared_html(shared: _Shared, lead: int) -> str:
+    """The HTML of the pages every customer of the run shares (rights notice, audit annex), after ``lead``
+    blank pages that stand for the customer's own. Made from config and run data only: no customer data."""
+    config, run = shared.config, shared.run
+    template = jinja_environment().get_template("customer_report/shared.html")
+    html = template.render(
+        lang=config.report.language,
+        t=shared.texts,
+        lender=_lender(config),
+        notice=shared.notice,
+        versions=_versions(run),
+        audit=audit_rows(run, shared.texts["customer"]),
+        doc_title=shared.title,
+        run_id=clean_text(run.run_id, limit=80),
+        lead=lead,
+    )
+    return _BETWEEN_TAGS.sub("><", html)
 
 
 # ---------------------------------------------------------------------------------------------- summary

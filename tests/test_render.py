@@ -17,7 +17,9 @@ from test_render_support import (
     embedded_files,
     flat,
     has_sentence,
+    outline,
     pdf_text,
+    structure_problems,
     synthetic_inputs,
 )
 
@@ -247,9 +249,11 @@ def test_us_notice_with_regulator(tmp_path: Path) -> None:
     lender = {"name": "Example Bank", "address": ["1 Main St", "Springfield"], "contact": ["1-800-000-0000"],
               "regulator": ["Consumer Financial Protection Bureau, 1700 G Street NW, Washington, DC 20552"]}
     config = demo_config("en", jurisdiction="us", lender=lender)
-    docs = customer_documents(*synthetic_inputs(1, config), config, demo_run(config))
-    assert "Consumer Financial Protection Bureau, 1700 G Street NW" in docs[0].html
-    assert "Equal Credit Opportunity Act" in docs[0].html
+    rows, applicants = synthetic_inputs(1, config)
+    report = render_customer_reports(rows, applicants, config, demo_run(config), tmp_path)[0]
+    text = flat(pdf_text(report.path))
+    assert "Consumer Financial Protection Bureau, 1700 G Street NW" in text
+    assert "Equal Credit Opportunity Act" in text
 
 
 @pytest.mark.parametrize(
@@ -288,3 +292,59 @@ def test_tagged_variant_pdfa_3a(tmp_path: Path) -> None:
         with pdf.open_metadata(set_pikepdf_as_editor=False) as meta:
             assert meta.get("pdfaid:conformance") == "A"
         assert "/StructTreeRoot" in pdf.Root and list(pdf.attachments) == ["explanation.json"]
+
+
+def test_shared_pages_follow_with_structure_outline_and_page_numbers(english) -> None:
+    """The rights notice and the audit annex are rendered once per run and appended: the PDF must read as one
+    document (page numbers, tags, bookmarks), and those pages must carry no customer's data."""
+    _, _, _, applicants, reports = english
+    customers = [r.decision_id for r in reports] + list(applicants["full_name"])
+    for report in reports:
+        own, shared = flat(pdf_text(report.path, 1, 1)), flat(pdf_text(report.path, 2, 2))
+        assert "Page 1 of 2" in own and report.decision_id in own and "Your rights" not in own
+        assert "Page 2 of 2" in shared and "Your rights" in shared and "Audit annex" in shared
+        assert not [c for c in customers if c in shared]
+        assert structure_problems(report.path) == []
+        entries = outline(report.path)
+        assert (0, "Statement of reasons for your credit decision", 1) in entries
+        assert (1, "Principal reasons", 1) in entries
+        assert (1, "Your rights", 2) in entries and (1, "Audit annex", 2) in entries
+        with pikepdf.open(report.path) as pdf:
+            assert len(pdf.pages) == 2
+            assert [int(p.obj.StructParents) for p in pdf.pages] == [0, 1]
+
+
+def test_a_long_statement_gets_its_own_second_page(tmp_path: Path) -> None:
+    lender = {"name": "Example Bank", "address": [f"Address line {i}" for i in range(60)], "contact": ["0800"]}
+    config = demo_config("en", lender=lender)
+    rows, applicants = synthetic_inputs(1, config, seed=4)
+    report = render_customer_reports(rows, applicants, config, demo_run(config), tmp_path)[0]
+    pages = [flat(pdf_text(report.path, n, n)) for n in (1, 2, 3)]
+    assert "Page 1 of 3" in pages[0] and "Page 2 of 3" in pages[1] and "Page 3 of 3" in pages[2]
+    assert "Principal reasons" in pages[0] + pages[1] and "Your rights" in pages[2]
+    assert structure_problems(report.path) == []
+    assert (1, "Audit annex", 3) in outline(report.path)
+
+
+def test_template_html_path_gives_the_same_bytes_as_weasyprints_own(tmp_path: Path) -> None:
+    """render_pdf parses our templates with expat and a cut-down UA stylesheet (ua.css) for speed; the PDFs
+    must not change. Fails when a template uses an element ua.css does not cover, or WeasyPrint's UA changes."""
+    import dataclasses
+
+    from tasks.render import PAGES_MARK, _pdf_settings, _shared, shared_html
+    from tasks.render_pdf import document_kind, layout, write
+
+    config = demo_config("en")
+    run = demo_run(config)
+    rows, applicants = synthetic_inputs(3, config, seed=8, review_share=0.5)
+    applicants["full_name"] = ["Zoë O'Brien <b>&amp;", "שלום עולם", "王小明 \u202eevil"]
+    docs = customer_documents(rows, applicants, config, run)
+    kind = document_kind("customer_report")
+    assert kind.ua is not None
+    stock = dataclasses.replace(kind, ua=None)
+    settings = _pdf_settings(config, run)
+    htmls = [d.html.replace(PAGES_MARK, "2") for d in docs] + [shared_html(_shared(config, run), 1)]
+    htmls.append(htmls[-1].replace("<p>", "<p>not XML: <br> \x0b", 1))  # expat refuses: tinyhtml5 parses it
+    for html, part in zip(htmls, [d.part for d in docs] + [None, None], strict=True):
+        assert write(layout(kind, html, settings), part, settings, kind) == \
+            write(layout(stock, html, settings), part, settings, stock)

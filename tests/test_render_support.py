@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pikepdf
 
 from tasks.render_samples import demo_config, demo_run, synthetic_inputs
 
-__all__ = ["decoded_pdf", "demo_config", "demo_run", "embedded_files", "flat", "has_sentence", "pdf_text",
-           "synthetic_inputs"]
+__all__ = ["decoded_pdf", "demo_config", "demo_run", "embedded_files", "flat", "has_sentence", "outline",
+           "pdf_text", "structure_problems", "synthetic_inputs"]
 
 
 def pdf_text(path: Path, first: int | None = None, last: int | None = None) -> str:
@@ -76,3 +77,52 @@ def embedded_files(path: Path) -> dict[str, bytes]:
                 if annot.get("/Subtype") == "/FileAttachment":
                     files[f"annot:{annot.FS.get('/F')}"] = annot.FS.EF.F.read_bytes()
     return files
+
+
+def structure_problems(path: Path) -> list[str]:
+    """What is wrong with a tagged PDF's structure tree (empty when sound): every page's /StructParents has a
+    parent-tree entry with one structure element per marked-content id of the page, those elements name that
+    page as /Pg, and every element's /P is the element that lists it."""
+    problems: list[str] = []
+    with pikepdf.open(path) as pdf:
+        root = pdf.Root.StructTreeRoot
+        nums = root.ParentTree.Nums
+        tree = {int(nums[i]): nums[i + 1] for i in range(0, len(nums), 2)}
+        for number, page in enumerate(pdf.pages, start=1):
+            mcids = {int(m) for m in re.findall(rb"/MCID (\d+)", page.obj.Contents.read_bytes())}
+            entry = tree.get(int(page.obj.get("/StructParents", -1)))
+            if entry is None:
+                problems.append(f"page {number}: no parent-tree entry")
+                continue
+            if mcids != set(range(len(entry))):
+                problems.append(f"page {number}: {len(mcids)} marked contents, {len(entry)} parent-tree elements")
+            if any(element.Pg.objgen != page.obj.objgen for element in entry):
+                problems.append(f"page {number}: a parent-tree element names another page")
+        document = root.K[0]
+        stack = [(document, root)]
+        while stack:
+            element, parent = stack.pop()
+            if element.P.objgen != parent.objgen:
+                problems.append(f"{element.S} element: /P is not its parent")
+            kids = element.get("/K")
+            if isinstance(kids, pikepdf.Array):
+                stack.extend((kid, element) for kid in kids if isinstance(kid, pikepdf.Dictionary) and "/S" in kid)
+    return problems
+
+
+def outline(path: Path) -> list[tuple[int, str, int]]:
+    """The PDF's outline (bookmarks) as (depth, title, page number), in order."""
+    entries: list[tuple[int, str, int]] = []
+    with pikepdf.open(path) as pdf:
+        pages = {page.obj.objgen: number for number, page in enumerate(pdf.pages, start=1)}
+
+        def walk(item: pikepdf.Dictionary | None, depth: int) -> None:
+            while item is not None:
+                entries.append((depth, str(item.Title), pages[item.Dest[0].objgen]))
+                if "/First" in item:
+                    walk(item.First, depth + 1)
+                item = item.get("/Next")
+
+        if "/Outlines" in pdf.Root and "/First" in pdf.Root.Outlines:
+            walk(pdf.Root.Outlines.First, 0)
+    return entries
