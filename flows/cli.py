@@ -1,16 +1,24 @@
 """The ``limelight`` command line.
 
     limelight run CONFIG [--out DIR] [--devices SPEC] [--cluster ADDRESS] [--limit N] [--ids FILE]
+                         [--deadline ISO [--best-effort]]
     limelight explain CONFIG --out FILE      explanations Parquet only, no PDFs
     limelight validate CONFIG                check config, inputs and model; list every problem
     limelight demo [--out DIR]               build the demo inputs if needed, then run config/demo.toml
+    limelight serve [CONFIG] [--out DIR] [--cron CRON] [--timezone TZ]   serve prefect.yaml's nightly deployment
+    limelight rerender MANIFEST [--out DIR]  re-render a published run; check every PDF's SHA-256
 
-A problem the user must fix (:class:`LimelightError`) prints one red line and exits 2; anything else
-exits 1. Prefect runs against one server: ``PREFECT_API_URL`` when set, else a temporary local one.
+Exit codes (EXIT_*): 0 every decision reported; 1 a crash (traceback), or the run's accounting does not
+hold; 2 a problem the user must fix (:class:`LimelightError`: one red line, no outputs); 3 the run
+finished and published, but some decisions failed (``failures.parquet``) or were not reached before
+the deadline; 4 the calibration batch shows the deadline would be missed (no outputs; ``--best-effort``
+goes on); 130 interrupted. Prefect runs against one server: ``PREFECT_API_URL`` when set, else a
+temporary local one.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import sys
@@ -49,6 +57,7 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 T = TypeVar("T")
+EXIT_OK, EXIT_CRASH, EXIT_INPUT, EXIT_INCOMPLETE, EXIT_DEADLINE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 ConfigArg = Annotated[Path, typer.Argument(help="the run's TOML config", show_default=False)]
 DevicesOpt = Annotated[
@@ -67,15 +76,19 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _guard(action: Callable[[], T]) -> T:
-    """LimelightError: one red line, exit 2. Anything else: the traceback, exit 1."""
+    """LimelightError: one red line, exit 2 (4 for a missed deadline). Anything else: the traceback, exit 1."""
+    from tasks.deadline import DeadlineMissed
+
     try:
         return action()
+    except DeadlineMissed as error:
+        raise _fail(str(error).splitlines()[0], EXIT_DEADLINE) from None
     except LimelightError as error:
-        raise _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, 2) from None
+        raise _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, EXIT_INPUT) from None
     except ServerError as error:
-        raise _fail(str(error), 1) from None
+        raise _fail(str(error), EXIT_CRASH) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
+        raise _fail("interrupted", EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception:
@@ -105,10 +118,13 @@ def _progress_bar() -> Iterator[None]:
 
 
 def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
     from flows.cluster import resolve_devices
-    from flows.pipeline import limelight_flow
+    from flows.pipeline import _probe_writable, limelight_flow, message_hook
     from flows.server import prefect_server
     from tasks.config import load_config
+    from tasks.deadline import parse_deadline
 
     # Cheap checks first, so a typo fails in a second instead of after starting a server.
     loaded = load_config(config)
@@ -116,26 +132,49 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
         resolve_devices(options.get("devices") or loaded.run.devices, None, loaded.run.torch_threads)
     if options.get("ids") and not Path(options["ids"]).is_file():
         raise InputError(f"{options['ids']}: ids file not found")
+    _probe_writable(str(out), mode)  # type: ignore[arg-type]
+    if options.get("deadline"):
+        parse_deadline(options["deadline"], datetime.now(UTC))
+    elif options.get("best_effort"):
+        raise InputError("--best-effort: only with --deadline")
     # A batch scheduler's SIGTERM unwinds like Ctrl-C: the workers and the temporary server are stopped.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        with prefect_server(), _progress_bar():
+        with prefect_server(), _progress_bar(), message_hook(_say):
             return limelight_flow(
                 config_path=str(config), out=str(out), mode=mode,
                 devices=options.get("devices"), cluster=options.get("cluster"), limit=options.get("limit"),
                 ids_file=str(options["ids"]) if options.get("ids") else None,
+                deadline=options.get("deadline"), best_effort=bool(options.get("best_effort")),
+                trigger="cli", started_by=_user(),
             )
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+def _say(message: str) -> None:
+    console.print(f"[cyan]{escape(message)}[/]", soft_wrap=True, highlight=False)
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
+    """The run's table; then exit 3 when decisions failed or were not reached, 1 when the accounting is broken."""
     for warning in summary.get("warnings", []):
         errors.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     counts = summary["counts"]
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("run", summary["run_id"])
     table.add_row("decisions", f"{counts['decisions_in']} on {summary['devices']}")
+    if "reported" in counts:
+        table.add_row("reported", str(counts["reported"]))
+        table.add_row("failed", str(counts["failed"]))
+        table.add_row("not reached", str(counts["not_reached"]))
     rate = summary.get("decisions_per_second")
     table.add_row("explanations", f"{summary['seconds']['explain']:.1f} s" + (f" ({rate} decisions/s)" if rate else ""))
     table.add_row("needs review", str(counts["needs_review"]))
@@ -145,6 +184,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for name, path in summary["outputs"].items():
         table.add_row(name, escape(path))
     console.print(table)
+    accounting = summary.get("accounting") or {}
+    if accounting and not accounting.get("holds", True):
+        raise _fail(f"run {summary['run_id']}: decisions unaccounted for ({accounting.get('problem')})", EXIT_CRASH)
+    if counts.get("failed") or counts.get("not_reached"):
+        where = summary["outputs"].get("failures.parquet", "the failures table")
+        raise _fail(f"run {summary['run_id']}: {counts['failed']} decision(s) failed (see {where}), "
+                    f"{counts['not_reached']} not reached", EXIT_INCOMPLETE)
 
 
 @app.command()
@@ -155,11 +201,18 @@ def run(
     cluster: ClusterOpt = None,
     limit: LimitOpt = None,
     ids: IdsOpt = None,
+    deadline: Annotated[str | None, typer.Option(
+        "--deadline", help="finish by this time (ISO 8601 with zone, e.g. 2026-11-23T09:00+01:00)")] = None,
+    best_effort: Annotated[bool, typer.Option(
+        "--best-effort", help="with --deadline: go on even if the estimate misses it; publish what is done")] = False,
 ) -> None:
-    """Explain the decisions and write explanations, one PDF per customer, the summary and the manifest."""
+    """Explain the decisions and write explanations, one PDF per customer, the summary and the manifest.
+
+    Rerunning the same command on the same --out after a crash resumes the run.
+    """
     target = out or Path("out") / config.stem
     summary = _guard(lambda: _run_flow(config, target, "run", devices=devices, cluster=cluster, limit=limit,
-                                       ids=ids))
+                                       ids=ids, deadline=deadline, best_effort=best_effort))
     _print_summary(summary)
 
 
@@ -236,6 +289,65 @@ def demo(
     config = _guard(_build_demo)
     summary = _guard(lambda: _run_flow(config, out, "run", devices=devices))
     _print_summary(summary)  # lists the reports folder and the summary PDF
+
+
+def _serve(config: Path | None, out: str | None, **options: Any) -> None:
+    """Build the nightly deployment (prefect.yaml + overrides), check its config, then serve it until stopped."""
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import nightly_deployment
+    from flows.server import configured_api_url
+    from tasks.config import load_config
+
+    if not configured_api_url():
+        raise LimelightError("limelight serve needs a Prefect server whose scheduler runs: start one (prefect "
+                             "server start) and set PREFECT_API_URL")
+    deployment = nightly_deployment(config, out, **options)
+    load_config(deployment.parameters["config_path"])  # a typo fails now, not at 02:00
+    schedule = deployment.schedules[0].schedule
+    console.print(
+        f"serving [bold]limelight/{escape(deployment.name)}[/]: cron '{escape(schedule.cron)}' "
+        f"({escape(schedule.timezone or 'UTC')}), config {escape(deployment.parameters['config_path'])}, "
+        f"out {escape(deployment.parameters['out'])}; Ctrl-C stops", soft_wrap=True, highlight=False,
+    )
+    prefect_serve(deployment, print_starting_message=False)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Argument(help="the run's TOML config (default: prefect.yaml's)")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="output folder; {date} is the run_date")] = None,
+    cron: Annotated[str | None, typer.Option("--cron", help="cron schedule (default: prefect.yaml's)")] = None,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="IANA time zone of the schedule (default: prefect.yaml's)")
+    ] = None,
+    devices: DevicesOpt = None,
+    cluster: ClusterOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="deployment name (default: nightly)")] = None,
+) -> None:
+    """Serve the nightly deployment of prefect.yaml: each night explains the day before (run_date)."""
+    _guard(lambda: _serve(config, out, cron=cron, timezone=timezone, devices=devices, cluster=cluster, name=name))
+
+
+@app.command()
+def rerender(
+    manifest: Annotated[Path, typer.Argument(help="a published run's manifest.json", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", help="folder for the re-rendered PDFs "
+                                                           "(default: out/rerender-<run id>)")] = None,
+) -> None:
+    """Re-render a published run's reports and summary from its manifest and inputs; check each PDF's SHA-256."""
+    from tasks.rerender import load_manifest
+    from tasks.rerender import rerender as rerender_run
+
+    def action() -> Any:
+        target = out or Path("out") / f"rerender-{load_manifest(manifest)['run_id']}"
+        with console.status("re-rendering the run's PDFs"):
+            return rerender_run(manifest, target)
+
+    result = _guard(action)
+    what = f"{result.reports} reports" + (" and the summary" if result.summary else "")
+    console.print(f"[green]✓[/] run {escape(result.run_id)}: {what} re-rendered into {escape(str(result.out))}, "
+                  "byte-identical to the manifest", soft_wrap=True, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

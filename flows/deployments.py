@@ -1,66 +1,148 @@
-"""Nightly deployments of the limelight flow.
+"""The nightly deployment of the limelight flow, defined once in ``prefect.yaml`` at the repository root.
 
-Serve a schedule from a long-running process (it needs a real Prefect server, ``PREFECT_API_URL``)::
+``limelight serve`` (flows/cli.py) builds it from that file, with command-line overrides, and serves it
+from a long-running process; ``prefect deploy --name nightly`` registers the same definition for a work
+pool. Operators trigger a night by hand with ``prefect deployment run 'limelight/nightly' -p
+run_date=2026-11-20``.
 
-    python -m flows.deployments config/bank.toml --out '/data/limelight/{date}' --cron '0 2 * * *' \\
-        --timezone Europe/London --devices auto
-
-``{date}`` (the run's UTC start date) and ``{run_id}`` in ``--out`` give every night its own folder.
-Trigger a run by hand with ``prefect deployment run 'limelight/nightly' --watch``.
+A nightly run without ``run_date`` explains the day before its scheduled start in the schedule's time zone
+(:func:`scheduled_run_date`, called by the flow), so a run started late still explains its own night.
+This module must not import flows.pipeline at import time: the flow imports :func:`scheduled_run_date`.
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from flows.pipeline import limelight_flow
+from tasks.errors import ConfigError
 
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO / "prefect.yaml"
 DEFAULT_NAME = "nightly"
+FLOW_NAME = "limelight"
 
 
-def nightly_deployment(
-    config: str,
-    out: str,
-    *,
-    cron: str = "0 2 * * *",
-    timezone: str = "UTC",
-    devices: str | None = None,
-    cluster: str | None = None,
-    name: str = DEFAULT_NAME,
-) -> Any:
-    """A ``RunnerDeployment`` of the flow with a cron schedule and fixed parameters."""
-    from prefect.schedules import Cron
+@dataclass(frozen=True)
+class NightlySpec:
+    """One deployment of prefect.yaml: its cron schedule and the flow's parameters."""
 
-    parameters: dict[str, Any] = {"config_path": config, "out": out, "mode": "run"}
-    if devices:
-        parameters["devices"] = devices
-    if cluster:
-        parameters["cluster"] = cluster
-    return limelight_flow.to_deployment(
+    name: str
+    cron: str
+    timezone: str
+    parameters: dict[str, Any]
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    concurrency_limit: int | None = None
+
+
+def read_spec(name: str = DEFAULT_NAME, path: Path = PREFECT_YAML) -> NightlySpec:
+    """The deployment ``name`` of a prefect.yaml; relative paths in its parameters resolve against its folder."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: not readable YAML ({str(error).splitlines()[0]})") from None
+    entries = {d.get("name"): d for d in document.get("deployments") or [] if isinstance(d, dict)}
+    if name not in entries:
+        raise ConfigError(f"{path}: deployments: no deployment named {name!r} (found: {', '.join(map(str, entries))})")
+    entry = entries[name]
+    crons = [s for s in entry.get("schedules") or [] if isinstance(s, dict) and s.get("cron")]
+    if not crons:
+        raise ConfigError(f"{path}: deployments.{name}.schedules: needs a cron schedule")
+    parameters = dict(entry.get("parameters") or {})
+    for key in ("config_path", "out"):
+        if parameters.get(key):
+            parameters[key] = str((path.parent / str(parameters[key])).resolve())
+    return NightlySpec(
         name=name,
-        schedules=[Cron(cron, timezone=timezone)],
+        cron=str(crons[0]["cron"]),
+        timezone=str(crons[0].get("timezone") or "UTC"),
         parameters=parameters,
-        tags=["limelight"],
-        description="Explain the night's credit decisions and render the customer reports.",
+        description=entry.get("description"),
+        tags=list(entry.get("tags") or []),
+        concurrency_limit=entry.get("concurrency_limit"),
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    from prefect import serve
+def nightly_deployment(
+    config: str | Path | None = None,
+    out: str | None = None,
+    *,
+    cron: str | None = None,
+    timezone: str | None = None,
+    devices: str | None = None,
+    cluster: str | None = None,
+    name: str | None = None,
+    spec: str = DEFAULT_NAME,
+    spec_path: Path = PREFECT_YAML,
+) -> Any:
+    """A ``RunnerDeployment`` of the flow: prefect.yaml's deployment ``spec``, overridden where given.
 
-    parser = argparse.ArgumentParser(description="Serve the nightly limelight deployment.")
-    parser.add_argument("config")
-    parser.add_argument("--out", required=True, help="output folder; may contain {date} and {run_id}")
-    parser.add_argument("--cron", default="0 2 * * *")
-    parser.add_argument("--timezone", default="UTC")
-    parser.add_argument("--devices")
-    parser.add_argument("--cluster")
-    parser.add_argument("--name", default=DEFAULT_NAME)
-    args = parser.parse_args(argv)
-    serve(nightly_deployment(args.config, args.out, cron=args.cron, timezone=args.timezone, devices=args.devices,
-                             cluster=args.cluster, name=args.name))
+    ``name`` renames the deployment (default: ``spec``), e.g. to serve a second schedule beside the first.
+
+    ``out`` may contain ``{date}`` (the run's run_date) and ``{run_id}``; paths given here resolve
+    against the current folder, so the served runs find them whatever their working directory.
+    """
+    from prefect.schedules import Cron
+
+    from flows.pipeline import limelight_flow
+    from tasks.schedule import zone
+
+    entry = read_spec(spec, spec_path)
+    name = name or entry.name
+    parameters = dict(entry.parameters)
+    if config is not None:
+        parameters["config_path"] = str(Path(config).expanduser().resolve())
+    if out is not None:
+        parameters["out"] = str(Path(out).expanduser().resolve())
+    for key, value in (("devices", devices), ("cluster", cluster)):
+        if value:
+            parameters[key] = value
+    if "config_path" not in parameters or "out" not in parameters:
+        raise ConfigError(f"{spec_path}: deployments.{entry.name}.parameters: needs config_path and out")
+    parameters.update({"mode": "run", "trigger": "nightly", "started_by": f"deployment {FLOW_NAME}/{name}"})
+    timezone = timezone or entry.timezone
+    zone(timezone)
+    try:
+        schedule = Cron(cron or entry.cron, timezone=timezone)
+    except ValueError as error:
+        raise ConfigError(f"cron {cron or entry.cron!r}: {str(error).splitlines()[0]}") from None
+    return limelight_flow.to_deployment(
+        name=name,
+        schedules=[schedule],
+        parameters=parameters,
+        tags=entry.tags,
+        description=entry.description,
+        concurrency_limit=entry.concurrency_limit,
+    )
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+def scheduled_run_date() -> str | None:
+    """The night a scheduled deployment's run explains when it was given no ``run_date``.
+
+    The day before the run's expected start (its scheduled time; now for a run triggered by hand), in
+    the time zone of the deployment's cron schedule. None outside a deployment run, or for a deployment
+    without a cron schedule (an ad-hoc run explains what it is given).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    from tasks.schedule import previous_day
+
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context is not None else None
+    if flow_run is None or flow_run.deployment_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(flow_run.deployment_id)
+    crons = [s.schedule for s in deployment.schedules or [] if getattr(s.schedule, "cron", None)]
+    if not crons:
+        return None
+    moment = flow_run.expected_start_time or flow_run.start_time or flow_run.created
+    assert moment is not None
+    return previous_day(moment, crons[0].timezone or "UTC").isoformat()

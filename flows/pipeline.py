@@ -7,6 +7,12 @@ as soon as its explanations exist; back in the flow process the parts are merged
 ``explanations.parquet``, the run summary is rendered, and everything staged is published into the
 output folder with the manifest last.
 
+Nothing is lost: every selected decision ends as a report (an explanation row in ``explain`` mode),
+a row of ``failures.parquet`` (bad input row, the model failing on it, its report failing, or the
+worker dying on it), or "not reached" when a deadline stopped the run; the manifest checks
+``in = reported + failed + not_reached``. A killed run is resumed by rerunning the same command
+(tasks/runstate.py).
+
 The CLI (flows/cli.py) runs this flow against one Prefect server (flows/server.py); it can also be
 deployed (flows/deployments.py).
 """
@@ -16,18 +22,24 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
+import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import dask
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -36,21 +48,39 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
-from prefect.futures import as_completed
 
 from flows.cluster import RESOURCE, DevicePlan, check_cluster, resolve_devices, task_runner
+from flows.deployments import scheduled_run_date
 from tasks import manifest as mf
 from tasks.config import Config, load_config
 from tasks.data import DecisionsIndex, read_reference, scan_decisions, select_positions
+from tasks.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, parse_deadline
 from tasks.errors import InputError, LimelightError
-from tasks.io import file_sha256
+from tasks.io import file_sha256, write_table_atomic
 from tasks.runinfo import RunInfo
-from tasks.shard import Shard, ShardResult, explain_shard, merge_parts, plan_shards
+from tasks.runstate import Found, find_run, load_record, run_identity, save_record, write_state
+from tasks.schedule import night_sha256, parse_run_date, select_day
+from tasks.shard import (
+    Failure,
+    Shard,
+    ShardResult,
+    explain_shard,
+    merge_parts,
+    one_line,
+    plan_shards,
+    prepare_worker,
+    split_shard,
+)
 
 Mode = Literal["run", "explain"]
 #: Progress callbacks of the process that runs the flow (the CLI's progress bar): (stage, done, total).
 ProgressHook = Callable[[str, int, int], None]
 _HOOKS: list[ProgressHook] = []
+#: Messages for the person watching (the deadline estimate), in the process that runs the flow.
+MessageHook = Callable[[str], None]
+_MESSAGES: list[MessageHook] = []
+#: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
+ALLOWED_FAILURES = 1
 
 
 @contextlib.contextmanager
@@ -63,9 +93,25 @@ def progress_hook(hook: ProgressHook) -> Iterator[None]:
         _HOOKS.remove(hook)
 
 
+@contextlib.contextmanager
+def message_hook(hook: MessageHook) -> Iterator[None]:
+    """Receive one-line messages (the deadline estimate) while a flow runs in this process."""
+    _MESSAGES.append(hook)
+    try:
+        yield
+    finally:
+        _MESSAGES.remove(hook)
+
+
 def _progress(stage: str, done: int, total: int) -> None:
     for hook in list(_HOOKS):
         hook(stage, done, total)
+
+
+def _say(message: str) -> None:
+    get_run_logger().info(message)
+    for hook in list(_MESSAGES):
+        hook(message)
 
 
 def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -93,25 +139,49 @@ def renderer_available() -> bool:
 # --- tasks in the flow process ------------------------------------------------------------------
 
 
+@dataclass
+class Selection:
+    """The decisions a run explains: ``selected`` (global positions, in order) of which ``planned`` go to
+    the workers (the others failed at input); ``shards`` cut ``planned``."""
+
+    selected: np.ndarray
+    planned: np.ndarray
+    shards: list[Shard]
+    input_failures: dict[int, str]
+
+
 @task(name="load-config", **IO, **NOT_CACHED)
 def load_config_task(config_path: str) -> Config:
     return load_config(config_path)
 
 
 @task(name="validate-inputs", **IO, **NOT_CACHED)
-def validate_inputs(config: Config, require_report_columns: bool) -> DecisionsIndex:
-    """Check decisions and reference (streamed; first problem raises); return the ids for planning."""
-    index = scan_decisions(config, require_report_columns=require_report_columns)
+def validate_inputs(config: Config, require_report_columns: bool) -> tuple[DecisionsIndex, dict[int, str]]:
+    """Check decisions and reference (streamed; an input-level problem raises); return the ids for planning
+    and the rows with row-level problems (position -> reason), which fail alone."""
+    row_failures: dict[int, str] = {}
+    index = scan_decisions(config, require_report_columns=require_report_columns, row_failures=row_failures)
     assert index is not None
     read_reference(config)
-    get_run_logger().info("%d decisions in %d file(s) are valid", index.num_rows, len(index.files))
-    return index
+    get_run_logger().info("%d decisions in %d file(s); %d with row-level problems", index.num_rows,
+                          len(index.files), len(row_failures))
+    return index, row_failures
 
 
 @task(name="plan-shards", **NOT_CACHED)
-def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file: str | None) -> list[Shard]:
-    positions = select_positions(index, limit, ids_file, config.data.id_column)
-    return plan_shards(index, config.run.shard_size, positions)
+def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file: str | None,
+              run_date: str | None = None, row_failures: dict[int, str] | None = None) -> Selection:
+    if run_date:  # a night's run: that day's decisions only (tasks/schedule.py)
+        positions = select_day(index, config, run_date, limit, ids_file)
+    else:
+        positions = select_positions(index, limit, ids_file, config.data.id_column)
+    selected = np.arange(index.num_rows, dtype=np.int64) if positions is None else positions
+    bad = np.isin(selected, np.fromiter(row_failures or {}, np.int64)) if row_failures else np.zeros(0, bool)
+    if not bad.any():
+        return Selection(selected, selected, plan_shards(index, config.run.shard_size, positions), {})
+    planned = selected[~bad]
+    failures = {int(p): (row_failures or {})[int(p)] for p in selected[bad]}
+    return Selection(selected, planned, plan_shards(index, config.run.shard_size, planned), failures)
 
 
 @task(name="checksums", **IO, **NOT_CACHED)
@@ -124,9 +194,17 @@ def checksums_task(config: Config) -> tuple[str, str, str]:
 
 
 @task(name="merge-explanations", **IO, **NOT_CACHED)
-def merge_task(results: list[ShardResult], target: str, id_column: str, run: RunInfo) -> int:
+def merge_task(results: list[ShardResult], target: str, id_column: str, run: RunInfo, exclude: set[str]) -> int:
     metadata = {b"limelight.run": json.dumps(run.to_dict(), sort_keys=True).encode("utf-8")}
-    return merge_parts(results, Path(target), id_column, metadata)
+    return merge_parts(results, Path(target), id_column, metadata, exclude)
+
+
+@task(name="explanation-quality", **IO, **NOT_CACHED)
+def quality_task(explanations: str) -> dict[str, Any]:
+    """Stability, fidelity, deletion-check and review figures of the run, for the manifest."""
+    from tasks.aggregate import quality_summary
+
+    return quality_summary(pd.read_parquet(explanations))
 
 
 @task(name="render-summary", **NOT_CACHED)
@@ -146,28 +224,58 @@ def summary_task(
 def explain_task(config: Config, shard: Shard, run: RunInfo, staging: str) -> ShardResult:
     result = explain_shard(config, shard, run, staging)
     get_run_logger().info(
-        "%s: %d decisions in %.1f s on %s (%s)", shard.name, result.decisions, result.seconds, result.device,
-        result.worker,
+        "%s: %d decisions (%d failed) in %.1f s on %s (%s)", shard.name, result.decisions, len(result.failures),
+        result.seconds, result.device, result.worker,
     )
     return result
+
+
+@task(name="prepare-worker", **NOT_CACHED)
+def prepare_task(config: Config, run: RunInfo) -> str:
+    return prepare_worker(config, run)
 
 
 #: Reports per render task: small enough to spread a shard's reports over every worker.
 RENDER_BATCH = 32
 
 
-@task(name="render-reports", task_run_name="render-shard-{result.index:05d}-from-{start}", **IO, **NOT_CACHED)
+def _report_entry(report: Any) -> dict[str, Any]:
+    return {"id": report.decision_id, "file": f"{mf.REPORTS}/{Path(report.path).name}", "sha256": report.sha256,
+            "needs_review": bool(report.needs_review)}
+
+
+@task(name="render-reports", task_run_name="render-{result.name}-from-{start}", **IO, **NOT_CACHED)
 def render_task(
     config: Config, run: RunInfo, result: ShardResult, reports_dir: str, start: int, stop: int
-) -> list[Any]:
-    """Render the customer reports of decisions ``[start, stop)`` of one shard, from its part files."""
+) -> dict[str, list[Any]]:
+    """Render the customer reports of decisions ``[start, stop)`` of one shard, from its part files.
+
+    A report that fails alone (its data breaks the template, say) becomes a failure of that decision;
+    a problem of the whole step (fonts, notices: a LimelightError for the batch) fails the run.
+    """
     from tasks.render import render_customer_reports
 
-    applicants = pd.read_parquet(result.applicants).iloc[start:stop]
+    applicants = pd.read_parquet(result.applicants).iloc[start:stop].reset_index(drop=True)
     id_column = config.data.id_column
     rows = pd.read_parquet(result.part)
     rows = rows[rows[id_column].isin(set(applicants[id_column]))]
-    return list(render_customer_reports(rows, applicants.reset_index(drop=True), config, run, Path(reports_dir)))
+    out = Path(reports_dir)
+    try:
+        return {"reports": [_report_entry(r) for r in render_customer_reports(rows, applicants, config, run, out)],
+                "failures": []}
+    except LimelightError:
+        raise
+    except Exception:  # find the decisions it fails on
+        made: list[dict[str, Any]] = []
+        failures: list[Failure] = []
+        for decision in applicants[id_column]:
+            own = applicants[applicants[id_column] == decision].reset_index(drop=True)
+            try:
+                made += [_report_entry(r) for r in render_customer_reports(
+                    rows[rows[id_column] == decision], own, config, run, out)]
+            except Exception as error:
+                failures.append((str(decision), "render", one_line(error)))
+        return {"reports": made, "failures": failures}
 
 
 # --- the subflow that owns the Dask cluster -----------------------------------------------------
@@ -176,61 +284,267 @@ def render_task(
 @dataclass
 class ShardOutputs:
     results: list[ShardResult]
-    reports: list[Any] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    render_failures: list[Failure] = field(default_factory=list)
+    worker_failed: list[tuple[Shard, str]] = field(default_factory=list)  # one-decision shards whose task died
+    unexplained: list[Shard] = field(default_factory=list)  # not reached before the deadline
+    unrendered: list[str] = field(default_factory=list)  # explained, report not reached before the deadline
+    reused_shards: int = 0
+    reused_batches: int = 0
+    estimate: str | None = None
+    stopped_at_deadline: bool = False
     cluster_seconds: float = 0.0  # starting the workers
     explain_seconds: float = 0.0  # from the workers being up to the last shard explained
     render_seconds: float = 0.0  # from then to the last report rendered
 
 
-def _collect(futures: Sequence[Any], sizes: Sequence[int], stage: str, artifact: Any | None) -> list[Any]:
-    """Wait for futures in completion order (failing fast), reporting progress in decisions; results in order."""
-    total, done = sum(sizes), 0
-    size_of = dict(zip(map(id, futures), sizes, strict=True))
-    _progress(stage, 0, total)
-    updates = 0
-    for future in as_completed(list(futures)):
-        future.result()  # raises the task's exception on failure
-        done += size_of[id(future)]
-        _progress(stage, done, total)
-        if artifact is not None and (done * 50 // max(total, 1) > updates or done == total):
-            updates = done * 50 // max(total, 1)
-            update_progress_artifact(artifact, progress=100.0 * done / max(total, 1))
-    return [future.result() for future in futures]
+def _wait_any(futures: Sequence[Any], timeout: float) -> list[Any]:
+    """The futures that are done, waiting up to ``timeout`` seconds for the first one (polling: cheap, and
+    independent of which Dask client made them)."""
+    end = time.monotonic() + timeout
+    while True:
+        done = [f for f in futures if f.wrapped_future.done()]
+        if done or time.monotonic() >= end:
+            return done
+        time.sleep(0.05)
+
+
+class _Work:
+    """The subflow's bookkeeping: a window of shards in flight (in selection order), their render batches,
+    records of finished work (resume), bisection of shards whose task fails, the deadline."""
+
+    def __init__(self, config: Config, shards: list[Shard], run: RunInfo, staging: Path, render: bool,
+                 workers: int, deadline: datetime | None, best_effort: bool) -> None:
+        self.config, self.run, self.staging, self.render = config, run, staging, render
+        self.queue: deque[Shard] = deque(shards)
+        self.window = max(2, 2 * workers)
+        self.workers = workers
+        self.deadline, self.best_effort = deadline, best_effort
+        self.explaining: dict[Any, Shard] = {}
+        self.rendering: dict[Any, tuple[ShardResult, int, int]] = {}
+        self.out = ShardOutputs(results=[])
+        self.batches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self.total = sum(s.size for s in shards)
+        self.explained = 0  # decisions explained or failed (progress)
+        self.finished = 0  # decisions at their end (reported or failed), all
+        self.finished_here = 0  # ... of them by this process (not taken from records): the calibration
+        self.reused_decisions = 0
+        self.calibration = sum(s.size for s in shards[:workers])
+        self.clock = time.perf_counter()
+        self.explain_done_at: float | None = None
+        self.artifact: Any = None
+        self.updates = 0
+
+    # -- explain --
+    def fill(self) -> None:
+        while self.queue and len(self.explaining) < self.window:
+            shard = self.queue.popleft()
+            record = load_record(self.staging, f"explain-{shard.name}")
+            if record is not None:
+                result = ShardResult.from_dict(record)
+                if Path(result.part).is_file() and Path(result.applicants).is_file():
+                    self.out.reused_shards += 1
+                    self.explained_ok(result, reused=True)
+                    continue
+            with dask.annotate(resources={RESOURCE: 1}):
+                self.explaining[explain_task.submit(self.config, shard, self.run, str(self.staging))] = shard
+
+    def explained_ok(self, result: ShardResult, reused: bool = False) -> None:
+        self.out.results.append(result)
+        if not reused:
+            save_record(self.staging, f"explain-{result.name}", result.to_dict())
+        self.explained += result.decisions + len(result.failures)
+        self.ended(len(result.failures), reused)
+        if not self.render:
+            self.ended(result.decisions, reused)
+            return
+        for start in range(0, result.decisions, RENDER_BATCH):
+            self.submit_render(result, start, min(start + RENDER_BATCH, result.decisions))
+
+    def explained_failed(self, shard: Shard, error: BaseException) -> None:
+        if isinstance(error, LimelightError | OSError):  # the run's problem (the model does not load, an input
+            self.cancel()                                   # file went away): stop; a rerun resumes
+            raise error
+        if shard.size == 1:
+            self.out.worker_failed.append((shard, one_line(error)))
+            self.explained += 1
+            self.ended(1, False)
+            return
+        left, right = split_shard(shard)
+        get_run_logger().warning("%s failed (%s): splitting it into %s and %s", shard.name, one_line(error),
+                                 left.name, right.name)
+        self.queue.extendleft([right, left])
+
+    # -- render --
+    def submit_render(self, result: ShardResult, start: int, stop: int) -> None:
+        key = f"render-{result.name}-{start}"
+        record = load_record(self.staging, key)
+        if record is not None and all((self.staging / r["file"]).is_file() for r in record["reports"]):
+            self.out.reused_batches += 1
+            self.rendered_ok(result, start, record, reused=True)
+            return
+        reports_dir = str(self.staging / mf.REPORTS)
+        # No resource: rendering needs no device; any worker takes a batch as soon as its shard is explained.
+        self.rendering[render_task.submit(self.config, self.run, result, reports_dir, start, stop)] = (
+            result, start, stop)
+
+    def rendered_ok(self, result: ShardResult, start: int, batch: dict[str, Any], reused: bool = False,
+                    record: bool = True) -> None:
+        if record and not reused:
+            save_record(self.staging, f"render-{result.name}-{start}", batch)
+        self.batches[(result.order, start)] = batch["reports"]
+        self.out.render_failures += [tuple(f) for f in batch["failures"]]  # type: ignore[misc]
+        self.ended(len(batch["reports"]) + len(batch["failures"]), reused)
+
+    def render_failed(self, result: ShardResult, start: int, stop: int, error: BaseException) -> None:
+        if isinstance(error, LimelightError | OSError):
+            self.cancel()
+            raise error
+        failures = [(i, "render", one_line(error)) for i in result.ids[start:stop]]
+        self.rendered_ok(result, start, {"reports": [], "failures": failures}, record=False)  # a rerun retries
+
+    # -- progress, deadline --
+    def ended(self, count: int, reused: bool) -> None:
+        self.finished += count
+        if reused:
+            self.reused_decisions += count
+        else:
+            self.finished_here += count
+        _progress("explain", self.explained, self.total)
+        if self.render:
+            _progress("render", self.finished, self.total)
+        if self.artifact is not None and (self.finished * 50 // max(self.total, 1) > self.updates
+                                          or self.finished == self.total):
+            self.updates = self.finished * 50 // max(self.total, 1)
+            update_progress_artifact(self.artifact, progress=100.0 * self.finished / max(self.total, 1))
+
+    def check_estimate(self) -> None:
+        calibrated = min(self.calibration, self.total - self.reused_decisions)
+        if self.deadline is None or self.out.estimate is not None or self.finished_here < max(calibrated, 1):
+            return
+        if self.finished >= self.total:
+            return
+        guess = estimate(total=self.total - self.reused_decisions, done=self.finished_here,
+                         elapsed_s=time.perf_counter() - self.clock, workers=self.workers,
+                         num_samples=self.config.explain.num_samples, now=mf.utc_now(), deadline=self.deadline)
+        self.out.estimate = guess.describe()
+        if not guess.meets and not self.best_effort:
+            self.cancel()
+            raise DeadlineMissed(f"deadline: {self.out.estimate} (--best-effort goes on and publishes what is "
+                                 "finished by then)")
+        _say(self.out.estimate)
+
+    def stop_time(self) -> float | None:
+        return None if self.deadline is None else self.deadline.timestamp() - PUBLISH_MARGIN_S
+
+    def cancel(self) -> None:
+        for future in [*self.explaining, *self.rendering]:
+            with contextlib.suppress(Exception):
+                future.wrapped_future.cancel()
+
+    def stop_at_deadline(self) -> None:
+        self.cancel()
+        self.out.stopped_at_deadline = True
+        self.out.unexplained = sorted([*self.queue, *self.explaining.values()], key=lambda s: s.order)
+        self.out.unrendered = [i for result, start, stop in self.rendering.values() for i in result.ids[start:stop]]
+        self.queue.clear()
+        self.explaining.clear()
+        self.rendering.clear()
+
+    def run_all(self) -> None:
+        stop = self.stop_time()
+        self.fill()
+        while self.explaining or self.rendering or self.queue:
+            if stop is not None and time.time() >= stop:
+                get_run_logger().warning("deadline reached: stopping; publishing what is finished")
+                self.stop_at_deadline()
+                break
+            timeout = 1.0 if stop is None else min(1.0, stop - time.time())
+            for future in _wait_any([*self.explaining, *self.rendering], timeout):
+                self.handle(future)
+            if not self.explaining and self.explain_done_at is None and not self.queue:
+                self.explain_done_at = time.perf_counter()
+            self.fill()
+            self.check_estimate()
+
+    def handle(self, future: Any) -> None:
+        if future in self.explaining:
+            shard = self.explaining.pop(future)
+            try:
+                result = future.result()
+            except Exception as error:
+                self.explained_failed(shard, error)
+            else:
+                self.explained_ok(result)
+            return
+        result, start, stop = self.rendering.pop(future)
+        try:
+            batch = future.result()
+        except Exception as error:
+            self.render_failed(result, start, stop, error)
+        else:
+            self.rendered_ok(result, start, batch)
 
 
 @flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
 def explain_shards(
-    config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool
+    config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int = 1,
+    deadline: datetime | None = None, best_effort: bool = False,
 ) -> ShardOutputs:
-    """Fan the shards out to the workers (one DEVICE each), then render each shard's reports."""
+    """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
+
+    At most two shards per worker are in flight, so the selection's order (an ids file's urgency) is
+    kept and a deadline stops with little work lost. A shard whose task fails (its worker died twice)
+    is split in halves down to the decision that fails.
+    """
     logger = get_run_logger()
     clock = time.perf_counter()
     runner = FlowRunContext.get().task_runner  # type: ignore[union-attr]
     if hasattr(runner, "client"):
         runner.client  # noqa: B018 - start the workers now, so the timings below are the work's own
     cluster_seconds = time.perf_counter() - clock
-    progress = create_progress_artifact(progress=0.0, key="limelight-progress", description="shards explained")
-    clock = time.perf_counter()
-    with dask.annotate(resources={RESOURCE: 1}):
-        explained = explain_task.map(unmapped(config), shards, unmapped(run), unmapped(staging))
-    rendered, batches = [], []
-    if render:
-        reports_dir = str(Path(staging) / mf.REPORTS)
-        # No resource: rendering needs no device; any worker takes a batch as soon as its shard is explained.
-        for shard, future in zip(shards, explained, strict=True):
-            for start in range(0, shard.size, RENDER_BATCH):
-                stop = min(start + RENDER_BATCH, shard.size)
-                rendered.append(render_task.submit(config, run, future, reports_dir, start, stop))
-                batches.append(stop - start)
-    results = _collect(explained, [s.size for s in shards], "explain", progress)
-    explain_seconds = time.perf_counter() - clock
-    logger.info("explained %d decisions in %d shards", sum(r.decisions for r in results), len(results))
-    clock = time.perf_counter()
-    reports = [report for batch in _collect(rendered, batches, "render", None) for report in batch]
-    return ShardOutputs(results, reports, cluster_seconds, explain_seconds, time.perf_counter() - clock)
+    if shards:  # a model that does not load stops the run here, before any shard
+        with dask.annotate(resources={RESOURCE: 1}):
+            logger.info("model ready: %s", prepare_task.submit(config, run).result())
+    work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort)
+    work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
+                                             description="decisions finished")
+    work.run_all()
+    end = time.perf_counter()
+    explain_end = work.explain_done_at or end
+    out = work.out
+    out.results.sort(key=lambda r: r.order)
+    out.reports = [r for key in sorted(work.batches) for r in work.batches[key]]
+    out.cluster_seconds, out.explain_seconds = cluster_seconds, explain_end - work.clock
+    out.render_seconds = end - explain_end if render else 0.0
+    logger.info("explained %d decisions in %d shards (%d reused)", sum(r.decisions for r in out.results),
+                len(out.results), out.reused_shards)
+    return out
 
 
 # --- the flow -----------------------------------------------------------------------------------
+
+
+def _probe_writable(out: str, mode: Mode) -> None:
+    """Fail before any work when the output cannot be written (nothing is created here)."""
+    plain = "{" not in out
+    path = Path(out.split("{", 1)[0] or ".").expanduser().absolute()
+    if mode == "explain" and plain:
+        if path.is_dir():
+            raise InputError(f"--out {out}: is a folder; explain writes one Parquet file")
+        path = path.parent
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a folder" if existing == path else f"{existing} is not a folder"
+        raise InputError(f"--out {out}: {what}")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".limelight-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise InputError(f"--out {out}: cannot write in {existing} ({error.strerror or error})") from None
 
 
 def _prepare_out(out: Path, mode: Mode) -> tuple[Path, list[Path]]:
@@ -257,12 +571,13 @@ def _cleanup(staging: Path, created: list[Path]) -> None:
 
 def _markdown(run: RunInfo, counts: dict[str, int], plan: DevicePlan, seconds: dict[str, float],
               outputs: dict[str, str], review: list[str], top: list[tuple[str, int]]) -> str:
-    rate = counts["decisions_in"] / seconds["explain"] if seconds["explain"] > 0 else 0.0
+    rate = counts["reported"] / seconds["explain"] if seconds["explain"] > 0 else 0.0
     lines = [
         f"# limelight run `{run.run_id}`",
         "",
-        f"- **Decisions explained:** {counts['decisions_in']} ({counts['shards']} shards on {plan.describe()})",
-        f"- **Needing human review** (fidelity < {run.min_fidelity}): {counts['needs_review']}",
+        f"- **Decisions:** {counts['decisions_in']} in, {counts['reported']} reported, {counts['failed']} failed, "
+        f"{counts['not_reached']} not reached ({counts['shards']} shards on {plan.describe()})",
+        f"- **Needing human review** (low fidelity, prediction gap or unstable top-k): {counts['needs_review']}",
         f"- **Reports:** {counts['reports_made']}",
         f"- **Engine:** {run.engine}, {run.num_samples} samples, top {run.top_k}, seed {run.seed}",
         f"- **Explanation time:** {seconds['explain']:.1f} s ({rate:.1f} decisions/s); total {seconds['total']:.1f} s",
@@ -294,6 +609,39 @@ def _worker_table(results: list[ShardResult]) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda row: row["worker"])
 
 
+def _in_order(ids: Sequence[str], selected_ids: pa.Array) -> list[str]:
+    """``ids`` in the order of the selection."""
+    if not ids:
+        return []
+    where = pc.index_in(pa.array(ids, pa.string()), value_set=selected_ids).to_numpy(zero_copy_only=False)
+    return [ids[i] for i in np.argsort(where, kind="stable")]
+
+
+def failures_table(failures: Sequence[Failure], id_column: str, selected_ids: pa.Array) -> pa.Table:
+    """``failures.parquet``: one row per failed decision (id, stage, error), in the selection's order."""
+    ids = pa.array([f[0] for f in failures], pa.string())
+    order = np.argsort(pc.index_in(ids, value_set=selected_ids).to_numpy(zero_copy_only=False), kind="stable")
+    return pa.table({
+        id_column: ids.take(pa.array(order, pa.int64())),
+        "stage": pa.array([failures[i][1] for i in order], pa.string()),
+        "error": pa.array([failures[i][2] for i in order], pa.string()),
+    })
+
+
+def _already_complete(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The summary of a run this output folder already holds, complete, for the same inputs."""
+    counts = manifest.get("counts", {})
+    names = [n for n in (*manifest.get("outputs", {}), mf.MANIFEST) if (out / n).exists()]
+    return {
+        "run_id": manifest["run_id"], "counts": counts, "review_ids": manifest.get("review", {}).get("ids", []),
+        "outputs": {name: str(out / name) for name in names}, "devices": "none (already complete)",
+        "seconds": {"workers_start": 0.0, "explain": 0.0, "render": 0.0, "total": 0.0},
+        "decisions_per_second": None, "workers": [], "accounting": manifest.get("accounting", {}),
+        "already_complete": True,
+        "warnings": [f"run {manifest['run_id']} of these inputs is already complete in {out}: nothing to do"],
+    }
+
+
 @flow(name="limelight", persist_result=False, log_prints=False)
 def limelight_flow(
     config_path: str,
@@ -303,16 +651,31 @@ def limelight_flow(
     limit: int | None = None,
     ids_file: str | None = None,
     mode: Mode = "run",
+    run_date: str | None = None,
+    deadline: str | None = None,
+    best_effort: bool = False,
+    trigger: str = "cli",
+    started_by: str | None = None,
 ) -> dict[str, Any]:
-    """Explain the configured decisions and publish explanations, reports, summary and manifest.
+    """Explain the configured decisions and publish explanations, reports, summary, failures and manifest.
 
-    ``mode="explain"`` writes only the explanations Parquet file at ``out``. ``{date}`` (UTC start date)
-    and ``{run_id}`` in ``out`` are filled in, so scheduled runs can each write their own folder.
+    ``run_date`` (YYYY-MM-DD) explains only that day's decisions (``[data] date_column``); a scheduled
+    deployment's run without it explains the day before its scheduled start (flows/deployments.py).
+    ``mode="explain"`` writes only the explanations Parquet file at ``out``. ``{date}`` (run_date, else the
+    UTC start date) and ``{run_id}`` in ``out`` are filled in, so scheduled runs each write their own folder.
+    ``deadline`` (ISO 8601 with its zone) estimates the finish after a calibration batch and stops if it would
+    be missed, unless ``best_effort``; at the deadline the run stops and publishes what is finished.
+    ``trigger`` and ``started_by`` are recorded in the manifest (the audit trail).
     """
     logger = get_run_logger()
     clock = time.perf_counter()
     started = mf.utc_now()
     warnings: list[str] = []
+    run_date = run_date or scheduled_run_date()
+    if run_date:
+        run_date = parse_run_date(run_date).isoformat()
+        logger.info("run_date %s: explaining that day's decisions", run_date)
+    deadline_at = parse_deadline(deadline, started) if deadline else None
 
     config = load_config_task(config_path)
     plan = resolve_devices(devices or config.run.devices, cluster, config.run.torch_threads)
@@ -321,57 +684,106 @@ def limelight_flow(
         warnings.append("the report step (tasks/render.py) is not installed: no PDFs rendered")
         logger.warning(warnings[-1])
         render = False
-    index = validate_inputs(config, require_report_columns=render)
-    shards = plan_task(config, index, limit, ids_file)
+    out = out.replace("{date}", run_date or started.date().isoformat())
+    _probe_writable(out, mode)
+    index, row_failures = validate_inputs(config, require_report_columns=render)
+    selection = plan_task(config, index, limit, ids_file, run_date, row_failures)
+    shards = selection.shards
     if plan.kind == "cluster":
         assert plan.address is not None
         plan = check_cluster(plan.address)
     model_sha, decisions_sha, reference_sha = checksums_task(config)
-    run = mf.build_run_info(
+    if run_date:  # a night of a hive-partitioned dataset is its own partition: later nights leave it unchanged
+        decisions_sha = night_sha256(index.files, config, run_date) or decisions_sha
+    checksums = {"config": config.source_sha256 or "", "model": model_sha, "decisions": decisions_sha,
+                 "reference": reference_sha}
+
+    resumable = "{run_id}" not in out  # a folder named after a new run id is never an earlier run's
+    found = Found()
+    identity = ""
+    if resumable:
+        out_path = Path(out).expanduser().resolve()
+        identity = run_identity(mode=mode, checksums=checksums, selection=selection.selected, extra={"render": render})
+        found = find_run(out_path if mode == "run" else out_path.parent, identity=identity, mode=mode,
+                         target=out_path)
+        if found.manifest is not None and found.staging is None:
+            logger.info("run %s of these inputs is already complete in %s", found.manifest["run_id"], out_path)
+            return _already_complete(found.manifest, out_path)
+    run = found.run or mf.build_run_info(
         config, run_id=mf.new_run_id(started), started=started, model_sha256=model_sha,
         decisions_sha256=decisions_sha, reference_sha256=reference_sha,
     )
-    out = out.replace("{date}", started.date().isoformat()).replace("{run_id}", run.run_id)
-    out_path = Path(out).expanduser().resolve()
+    out_path = Path(out.replace("{run_id}", run.run_id)).expanduser().resolve()
     folder, created = _prepare_out(out_path, mode)
-    staging = mf.staging_dir(folder, run.run_id)
-    staging.mkdir()
-    decisions = sum(s.size for s in shards)
-    logger.info("run %s: %d decisions in %d shards on %s", run.run_id, decisions, len(shards), plan.describe())
+    staging = found.staging or mf.staging_dir(folder, run.run_id)
+    if found.staging is None:
+        staging.mkdir()
+        write_state(staging, identity=identity or run.run_id, mode=mode, target=str(out_path), run=run)
+    else:
+        logger.info("resuming run %s from %s", run.run_id, staging)
+    decisions = len(selection.selected)
+    logger.info("run %s: %d decisions (%d failed at input) in %d shards on %s", run.run_id, decisions,
+                len(selection.input_failures), len(shards), plan.describe())
     try:
         runner = task_runner(plan, config.run.torch_threads)
-        outputs = explain_shards.with_options(task_runner=runner)(config, shards, run, str(staging), render)
+        with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+            outputs = explain_shards.with_options(task_runner=runner)(
+                config, shards, run, str(staging), render, max(plan.workers, 1), deadline_at, best_effort)
         results = outputs.results
-        review_ids = [i for r in results for i in r.review_ids]
+        selected_ids = index.ids.take(pa.array(selection.selected, pa.int64())).combine_chunks()
+
+        def shard_ids(shard: Shard) -> list[str]:
+            rows = selection.planned[shard.first : shard.first + shard.size]
+            return [str(i) for i in index.ids.take(pa.array(rows, pa.int64())).to_pylist()]
+
+        id_at = {p: str(index.ids[p].as_py()) for p in selection.input_failures}
+        failures: list[Failure] = [(id_at[p], "input", reason) for p, reason in selection.input_failures.items()]
+        failures += [f for r in results for f in r.failures]
+        failures += outputs.render_failures
+        failures += [(shard_ids(s)[0], "worker", error) for s, error in outputs.worker_failed]
+        not_reached = _in_order([i for s in outputs.unexplained for i in shard_ids(s)] + outputs.unrendered,
+                                selected_ids)
+        explained = [i for r in results for i in r.ids]
+        reported = [r["id"] for r in outputs.reports] if render else explained
+        exclude = set(explained) - set(reported) if render else set()
+        accounting = mf.accounting(selected_ids.to_pylist(), reported, [f[0] for f in failures], not_reached)
+        if not accounting["holds"]:
+            logger.error("accounting does not hold: %s", accounting["problem"])
+        review_ids = [i for r in results for i in r.review_ids if i not in exclude]
         merged = staging / mf.EXPLANATIONS
-        rows = merge_task(results, str(merged), config.data.id_column, run)
-        # The run summary's count keys (tasks/render_summary.py) and the execution's; a failing shard fails
-        # the run, so nothing is ever "failed" in a published run.
+        rows = merge_task(results, str(merged), config.data.id_column, run, exclude)
+        failed_path = staging / mf.FAILURES
+        write_table_atomic(failures_table(failures, config.data.id_column, selected_ids), failed_path)
+        # The run summary's count keys (tasks/render_summary.py) and the execution's.
         counts = {
             "decisions_in": decisions,
+            "reported": accounting["reported"],
+            "failed": accounting["failed"],
+            "not_reached": accounting["not_reached"],
             "reports_made": len(outputs.reports),
             "needs_review": len(review_ids),
-            "failed": 0,
             "shards": len(shards),
             "workers": plan.workers,
         }
         if mode == "explain":
             merged.replace(out_path)
             published = {mf.EXPLANATIONS: str(out_path)}
+            if failures:
+                target = out_path.with_name(f"{out_path.stem}.failures.parquet")
+                failed_path.replace(target)
+                published[mf.FAILURES] = str(target)
             _cleanup(staging, [])
         else:
-            names = [mf.EXPLANATIONS]
-            described: dict[str, Any] = {mf.EXPLANATIONS: {**mf.describe_file(merged), "rows": rows}}
+            names = [mf.EXPLANATIONS, mf.FAILURES]
+            described: dict[str, Any] = {mf.EXPLANATIONS: {**mf.describe_file(merged), "rows": rows},
+                                         mf.FAILURES: {**mf.describe_file(failed_path), "rows": len(failures)}}
             if render:
+                _keep_only_reports(staging / mf.REPORTS, {Path(r["file"]).name for r in outputs.reports})
                 summary_counts = {k: counts[k] for k in ("decisions_in", "reports_made", "needs_review", "failed")}
                 summary_task(str(merged), summary_counts, review_ids, config, run, str(staging / mf.SUMMARY))
                 names += [mf.REPORTS, mf.SUMMARY]
                 described[mf.SUMMARY] = mf.describe_file(staging / mf.SUMMARY)
-                described[mf.REPORTS] = [
-                    {"id": r.decision_id, "file": f"{mf.REPORTS}/{Path(r.path).name}", "sha256": r.sha256,
-                     "needs_review": r.needs_review}
-                    for r in outputs.reports
-                ]
+                described[mf.REPORTS] = outputs.reports
             execution = mf.Execution(
                 devices=devices or config.run.devices, cluster=cluster, workers=plan.workers, shards=len(shards),
                 shard_size=config.run.shard_size, torch_threads=config.run.torch_threads, limit=limit,
@@ -382,13 +794,21 @@ def limelight_flow(
             manifest = mf.build_manifest(
                 config, run, finished=mf.utc_now(), execution=execution,
                 counts={**counts, "explanation_rows": rows}, review_ids=review_ids,
-                outputs=described,
+                outputs=described, extra={**_audit(
+                    identity=identity, trigger=trigger, started_by=started_by, run_date=run_date, started=started,
+                    accounting=accounting, failures=failures, not_reached=not_reached, deadline=deadline_at,
+                    best_effort=best_effort, outputs=outputs, resumed=found.staging is not None,
+                ), "quality": quality_task(str(merged))},
             )
-            mf.publish(staging, out_path, names, manifest)
+            mf.publish(staging, out_path, names, manifest, keep_staging=bool(not_reached))
             published = {name: str(out_path / name) for name in [*names, mf.MANIFEST]}
-    except BaseException:
-        _cleanup(staging, created)
+    except LimelightError:
+        _cleanup(staging, created)  # a problem to fix: its inputs change, so nothing here can be resumed
         raise
+    except BaseException:
+        if found.staging is None and not any((staging / "records").glob("*.json")):
+            _cleanup(staging, created)
+        raise  # else the staging folder stays: rerunning the same command resumes the run
     seconds = {
         "workers_start": outputs.cluster_seconds,
         "explain": outputs.explain_seconds,
@@ -403,16 +823,51 @@ def limelight_flow(
     )
     create_table_artifact(key="limelight-workers", table=_worker_table(results),
                           description="decisions explained per worker")
+    explained_here = sum(r.decisions for r in results)
     return {
         "run_id": run.run_id,
         "counts": counts,
+        "accounting": accounting,
         "review_ids": review_ids,
         "outputs": published,
         "devices": plan.describe(),
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "decisions_per_second": round(decisions / outputs.explain_seconds, 2) if outputs.explain_seconds else None,
+        "decisions_per_second": round(explained_here / outputs.explain_seconds, 2) if outputs.explain_seconds
+        else None,
         "workers": _worker_table(results),
         "warnings": warnings,
+        "estimate": outputs.estimate,
+        "stopped_at_deadline": outputs.stopped_at_deadline,
+        "resumed": {"shards": outputs.reused_shards, "render_batches": outputs.reused_batches}
+        if found.staging is not None else None,
     }
 
 
+def _keep_only_reports(folder: Path, names: set[str]) -> None:
+    """Remove from the staged reports what is not a finished report of this run (a batch cut at the deadline,
+    a killed writer's temporary file), so the published folder holds exactly the manifest's reports."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.name not in names:
+            path.unlink()
+
+
+def _audit(*, identity: str, trigger: str, started_by: str | None, run_date: str | None, started: datetime,
+           accounting: dict[str, Any], failures: Sequence[Failure], not_reached: Sequence[str],
+           deadline: datetime | None, best_effort: bool, outputs: ShardOutputs, resumed: bool) -> dict[str, Any]:
+    """The manifest's audit trail: who or what started the run, its identity, what ended how."""
+    return {
+        "identity": identity,
+        "trigger": {"trigger": trigger, "started_by": started_by, "run_date": run_date,
+                    "attempt_started_at": mf.iso(started)},
+        "accounting": accounting,
+        "failures": {"file": mf.FAILURES, "count": len(failures),
+                     "by_stage": dict(sorted(Counter(f[1] for f in failures).items()))},
+        "not_reached_ids": list(not_reached),
+        "deadline": None if deadline is None else {
+            "deadline": deadline.isoformat(), "best_effort": best_effort, "estimate": outputs.estimate,
+            "stopped_at_deadline": outputs.stopped_at_deadline,
+        },
+        "resumed": {"resumed": resumed, "shards_reused": outputs.reused_shards,
+                    "render_batches_reused": outputs.reused_batches},
+    }

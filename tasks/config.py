@@ -38,6 +38,11 @@ class DataConfig(_Strict):
     decisions: Path = Field(description="decisions Parquet file or (hive-partitioned) dataset directory")
     reference: Path = Field(description="population Parquet that LIME draws its feature statistics from")
     id_column: str = "customer_id"
+    date_column: str | None = Field(
+        default=None,
+        description="column or hive partition key holding each decision's date; a nightly run (run_date) "
+        "explains the decisions of one day; default: [report] date_column",
+    )
 
 
 class ModelConfig(_Strict):
@@ -78,10 +83,38 @@ class ExplainConfig(_Strict):
         description="fuse the sampler with torch.compile: 'auto' where a compiler is available (first use costs"
         " ~20 s per worker process, cached on disk after)",
     )
+    stability_runs: int = Field(
+        default=2, ge=1, le=16,
+        description="independent sample streams per decision (R); the reported fit pools them. 1: the plain engine,"
+        " no stability check and no adaptation",
+    )
+    adaptive: bool = Field(default=True, description="double the samples of decisions whose top-k is not stable")
+    max_samples_factor: int = Field(
+        default=8, ge=1, le=64, description="adaptation stops at this multiple of num_samples per stream (a power of 2)"
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0,
+        description="one-sided confidence that the top-k set's selection margin is positive (see docs/method.md)",
+    )
+
+    @field_validator("max_samples_factor")
+    @classmethod
+    def _power_of_two(cls, factor: int) -> int:
+        if factor & (factor - 1):
+            raise ValueError("must be a power of 2 (samples double each adaptation round)")
+        return factor
 
 
 class ReviewConfig(_Strict):
     min_fidelity: float = Field(default=0.3, ge=0.0, le=1.0, description="below this: human review")
+    max_prediction_gap: float = Field(
+        default=0.3, gt=0.0, le=1.0, description="above this |local_pred - model_pred|: human review"
+    )
+    require_stable: bool = Field(default=True, description="a top-k not stable at the sample cap: human review")
+    require_deletion: bool = Field(
+        default=False, description="a failed deletion check (removing the factors does not move the output as"
+        " stated): human review",
+    )
 
 
 class RunConfig(_Strict):

@@ -273,6 +273,12 @@ def _check_feature_values(
             problems.add(f"{_where(file, offset + row, ids, id_column)}: column '{feature.name}': missing value")
             skip.add(feature.name)
             continue
+        row = _first(pc.is_inf(_plain(column))) if _is_float(column) else None
+        if row is not None:
+            problems.add(f"{_where(file, offset + row, ids, id_column)}: column '{feature.name}': "
+                         f"{_plain(column)[row].as_py()} is not a finite number")
+            skip.add(feature.name)
+            continue
         if feature.kind == "categorical":
             text = _as_string(column)
             row = _first(pc.invert(pc.is_in(text, value_set=pa.array(feature.categories, pa.string()))))
@@ -286,6 +292,40 @@ def _check_feature_values(
 
 def _is_float(column: pa.ChunkedArray | pa.Array) -> bool:
     return pa.types.is_floating(_value_type(column.type))
+
+
+def _plain(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int, str]:
+    """Row-level problems of a batch of decisions: row (0-based, in ``table``) -> reason naming the column.
+
+    These are the problems a night's run survives (the decision goes to the failures table): a missing
+    value, NaN or infinity in a feature, and a category the config does not list. A row with several
+    problems gets the first, in feature order.
+    """
+    reasons: dict[int, str] = {}
+    for feature in features:
+        column = table.column(feature.name)
+        missing = pc.is_null(column, nan_is_null=True)
+        for row in np.flatnonzero(pc.fill_null(missing, False).to_numpy(zero_copy_only=False)):
+            reasons.setdefault(int(row), f"column '{feature.name}': missing value")
+        if _is_float(column):
+            values = _plain(column)
+            infinite = pc.fill_null(pc.is_inf(values), False).to_numpy(zero_copy_only=False)
+            for row in np.flatnonzero(infinite):
+                reasons.setdefault(int(row), f"column '{feature.name}': {values[int(row)].as_py()} is not a finite "
+                                             "number")
+        if feature.kind == "categorical":
+            text = _as_string(column)
+            unknown = pc.and_(pc.invert(pc.is_in(text, value_set=pa.array(feature.categories, pa.string()))),
+                              pc.is_valid(text))
+            allowed = ", ".join(feature.categories or [])
+            for row in np.flatnonzero(pc.fill_null(unknown, False).to_numpy(zero_copy_only=False)):
+                reasons.setdefault(int(row), f"column '{feature.name}': {text[int(row)].as_py()!r} is not a "
+                                             f"configured category ({allowed})")
+    return reasons
 
 
 def encode(table: pa.Table, features: Sequence[FeatureConfig], file: str = "", offset: int = 0,
@@ -367,13 +407,17 @@ def _schema_checked(
 
 
 def scan_decisions(
-    config: Config, *, require_report_columns: bool = False, problems: list[str] | None = None
+    config: Config, *, require_report_columns: bool = False, problems: list[str] | None = None,
+    row_failures: dict[int, str] | None = None,
 ) -> DecisionsIndex | None:
     """Validate the decisions (streamed) and return the files and ids for planning.
 
     With ``problems`` given, every problem found is appended to it (and None returned if any);
     otherwise the first one raises :class:`InputError`. ``require_report_columns`` makes a
     missing ``[report]`` column a problem (it is when reports are rendered).
+
+    With ``row_failures`` given, row-level problems (:func:`row_problems`) do not stop the scan: they
+    are recorded there as global row position -> reason naming the file, row and column.
     """
     sink = _Problems(problems)
     start = len(problems) if problems is not None else 0
@@ -385,6 +429,7 @@ def scan_decisions(
         return None
     extra = report_columns(config) if require_report_columns else []
     id_chunks: list[pa.Array] = []
+    base = dict(zip((f.path for f in files), np.cumsum([0] + [f.num_rows for f in files]).tolist(), strict=False))
     for source, broken in _schema_checked(files, config, sink, need_id=True, extra=extra):
         columns = [id_column] + [f.name for f in config.features if f.name not in broken]
         if id_column in broken:
@@ -396,7 +441,12 @@ def scan_decisions(
                 sink.add(f"{_where(source.path, offset + row, None, id_column)}: column '{id_column}': missing id")
                 broken.add(id_column)
                 break
-            _check_feature_values(table, config.features, broken, source.path, offset, ids, id_column, sink)
+            if row_failures is not None and not broken:
+                for row, reason in row_problems(table, config.features).items():
+                    where = _where(source.path, offset + row, None, id_column)
+                    row_failures[base[source.path] + offset + row] = f"{where}: {reason}"
+            else:
+                _check_feature_values(table, config.features, broken, source.path, offset, ids, id_column, sink)
             id_chunks.append(ids)
     if problems is not None and len(problems) > start:
         return None

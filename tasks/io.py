@@ -61,6 +61,15 @@ def write_json_atomic(target: str | Path, data: Any) -> Path:
     return write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
+def write_table_atomic(table: Any, target: str | Path) -> Path:
+    """A pyarrow Table as a Parquet file, atomically."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(target) as temp:
+        pq.write_table(table, temp)
+    return Path(target)
+
+
 def replace_dir(source: Path, target: Path) -> None:
     """Move the folder ``source`` to ``target``, replacing any folder already there.
 

@@ -25,6 +25,7 @@ MANIFEST_VERSION = 1
 EXPLANATIONS = "explanations.parquet"
 REPORTS = "reports"
 SUMMARY = "summary.pdf"
+FAILURES = "failures.parquet"
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".limelight-staging-"
 
@@ -119,7 +120,9 @@ def build_manifest(
     counts: Mapping[str, int],
     review_ids: Sequence[str],
     outputs: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The manifest; ``extra`` adds the audit trail (trigger, identity, failures, deadline, ...)."""
     started = datetime.strptime(run.generated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     model_source = str(config.model.path) if config.model.path else config.model.entrypoint
     return {
@@ -163,7 +166,30 @@ def build_manifest(
         "review": {"min_fidelity": run.min_fidelity, "ids": list(review_ids)},
         "outputs": dict(outputs),
         "run": run.to_dict(),
+        **dict(extra or {}),
     }
+
+
+def accounting(selected: Sequence[str], reported: Sequence[str], failed: Sequence[str],
+               not_reached: Sequence[str]) -> dict[str, Any]:
+    """Counts and whether every selected decision ends in exactly one of reported / failed / not reached.
+
+    ``holds`` is false when the three lists overlap, repeat an id, or do not cover the selection;
+    ``problem`` then says how (one line).
+    """
+    counts = {"decisions_in": len(selected), "reported": len(reported), "failed": len(failed),
+              "not_reached": len(not_reached)}
+    ends = [*reported, *failed, *not_reached]
+    problem = None
+    if len(ends) != len(set(ends)):
+        problem = "a decision is counted twice"
+    elif set(ends) != set(selected) or len(set(selected)) != len(selected):
+        missing = len(set(selected) - set(ends))
+        unknown = len(set(ends) - set(selected))
+        problem = f"{missing} decision(s) unaccounted for, {unknown} unknown"
+    if problem is None and counts["decisions_in"] != counts["reported"] + counts["failed"] + counts["not_reached"]:
+        problem = "in != reported + failed + not_reached"
+    return {**counts, "holds": problem is None, "problem": problem}
 
 
 def staging_dir(out: Path, run_id: str) -> Path:
@@ -174,11 +200,13 @@ def describe_file(path: Path) -> dict[str, Any]:
     return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
-def publish(staging: Path, out: Path, names: Sequence[str], manifest: dict[str, Any] | None) -> list[Path]:
+def publish(staging: Path, out: Path, names: Sequence[str], manifest: dict[str, Any] | None,
+            keep_staging: bool = False) -> list[Path]:
     """Rename staged outputs into ``out`` (a folder replaces the old one whole), manifest last.
 
-    Each rename is atomic; the staging folder is removed afterwards. A previous run's outputs that
-    this run does not produce (e.g. ``reports/`` after ``explain``) are left alone.
+    Each rename is atomic; the staging folder is removed afterwards, unless ``keep_staging`` (a run
+    stopped at its deadline keeps its records, so a rerun finishes the rest). A previous run's outputs
+    that this run does not produce (e.g. ``reports/`` after ``explain``) are left alone.
     """
     published = []
     if manifest is not None:  # the old manifest goes first: it must never describe a mix of runs
@@ -192,5 +220,6 @@ def publish(staging: Path, out: Path, names: Sequence[str], manifest: dict[str, 
         published.append(target)
     if manifest is not None:
         published.append(write_json_atomic(Path(out) / MANIFEST, manifest))
-    shutil.rmtree(staging, ignore_errors=True)
+    if not keep_staging:
+        shutil.rmtree(staging, ignore_errors=True)
     return published

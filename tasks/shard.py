@@ -17,13 +17,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.config import Config
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 #: Worker environment variable set by flows/cluster.py: "cpu" or "cuda" (the one visible device).
 DEVICE_ENV = "LIMELIGHT_DEVICE"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,16 @@ class Piece:
 
 @dataclass(frozen=True)
 class Shard:
+    """Decisions ``[first, first + size)`` of the run's selection, as file pieces.
+
+    ``path`` is empty for a planned shard; the halves of a shard split after failing are
+    ``path + (0,)`` and ``path + (1,)``, so (index, path) sorts in the order of the selection.
+    """
+
     index: int
     pieces: tuple[Piece, ...]
+    first: int = 0
+    path: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -63,7 +73,33 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"shard-{self.index:05d}"
+        return f"shard-{self.index:05d}" + "".join(f".{i}" for i in self.path)
+
+    @property
+    def order(self) -> tuple[int, tuple[int, ...]]:
+        return self.index, self.path
+
+
+def split_shard(shard: Shard) -> tuple[Shard, Shard]:
+    """The two halves of a shard (of at least two decisions), in order."""
+    if shard.size < 2:
+        raise ValueError("a shard of one decision cannot be split")
+    half = shard.size // 2
+    left: list[Piece] = []
+    right: list[Piece] = []
+    seen = 0
+    for piece in shard.pieces:
+        if seen + piece.size <= half:
+            left.append(piece)
+        elif seen >= half:
+            right.append(piece)
+        else:
+            cut = piece.start + (half - seen)
+            left.append(Piece(piece.source, piece.start, cut))
+            right.append(Piece(piece.source, cut, piece.stop))
+        seen += piece.size
+    return (Shard(shard.index, tuple(left), shard.first, (*shard.path, 0)),
+            Shard(shard.index, tuple(right), shard.first + half, (*shard.path, 1)))
 
 
 def plan_shards(index: DecisionsIndex, shard_size: int, positions: np.ndarray | None = None) -> list[Shard]:
@@ -79,7 +115,7 @@ def plan_shards(index: DecisionsIndex, shard_size: int, positions: np.ndarray | 
     shards = []
     for number, first in enumerate(range(0, len(positions), shard_size)):
         chunk = positions[first : first + shard_size]
-        shards.append(Shard(number, tuple(_pieces(index, chunk))))
+        shards.append(Shard(number, tuple(_pieces(index, chunk)), first))
     return shards
 
 
@@ -95,10 +131,10 @@ def _plan_all(files: Sequence[SourceFile], shard_size: int) -> list[Shard]:
             start += take
             room -= take
             if room == 0:
-                shards.append(Shard(len(shards), tuple(pieces)))
+                shards.append(Shard(len(shards), tuple(pieces), len(shards) * shard_size))
                 pieces, room = [], shard_size
     if pieces:
-        shards.append(Shard(len(shards), tuple(pieces)))
+        shards.append(Shard(len(shards), tuple(pieces), len(shards) * shard_size))
     return shards
 
 
@@ -161,9 +197,17 @@ def conform(frame: pd.DataFrame, id_column: str) -> pa.Table:
     return table.cast(schema)
 
 
+#: A decision that could not be explained or reported: (id, stage, one-line error).
+Failure = tuple[str, str, str]
+
+
 @dataclass(frozen=True)
 class ShardResult:
-    """What a worker sends back: counts and where the part files are (never the rows themselves)."""
+    """What a worker sends back: counts, ids and where the part files are (never the rows themselves).
+
+    ``ids`` are the decisions explained, in order (the part files hold exactly these); ``failures``
+    the shard's decisions that could not be explained, with their error.
+    """
 
     index: int
     decisions: int
@@ -174,6 +218,24 @@ class ShardResult:
     seconds: float
     device: str
     worker: str
+    name: str = ""
+    path: tuple[int, ...] = ()
+    ids: tuple[str, ...] = ()
+    failures: tuple[Failure, ...] = ()
+
+    @property
+    def order(self) -> tuple[int, tuple[int, ...]]:
+        return self.index, self.path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardResult:
+        tuples = {"review_ids", "path", "ids"}
+        values = {k: tuple(v) if k in tuples else v for k, v in data.items()}
+        values["failures"] = tuple(tuple(f) for f in data.get("failures", ()))
+        return cls(**values)
 
 
 def part_paths(staging: Path, shard: Shard) -> tuple[Path, Path]:
@@ -235,6 +297,7 @@ def _resources(config: Config, run: RunInfo, device: str) -> _Loaded:
             _CACHE.move_to_end(key)
             return _CACHE[key]
         model = load_model(config.model, len(config.features), device=device)
+        model = CheckedModel(model)
         stats = fit_reference(read_reference(config), config.features, config.explain.kernel_width)
         loaded = _Loaded(model, stats, make_explainer(config, stats, model))
         _CACHE[key] = loaded
@@ -256,8 +319,85 @@ def _set_threads(torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (what the failures table records)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def bisect_failures(explain: Callable[[np.ndarray], T], rows: np.ndarray) -> tuple[list[tuple[np.ndarray, T]],
+                                                                                   list[tuple[int, str]]]:
+    """Run ``explain`` on ``rows``; where it raises, split the rows in halves down to the failing ones.
+
+    Returns the parts that succeeded (their rows, in order, and the result) and the rows that fail
+    alone, with their error. Costs at most about 2 f log2(n) extra calls for f failing rows.
+    """
+    done: list[tuple[np.ndarray, T]] = []
+    failed: list[tuple[int, str]] = []
+    pending = [rows]
+    while pending:
+        part = pending.pop(0)
+        try:
+            done.append((part, explain(part)))
+        except Exception as error:  # the model's or the engine's: narrowed down, then recorded
+            if len(part) == 1:
+                failed.append((int(part[0]), one_line(error)))
+            else:
+                half = len(part) // 2
+                pending[:0] = [part[:half], part[half:]]
+    return done, failed
+
+
+class CheckedModel:
+    """The loaded model, refusing outputs that are not probabilities (so the decision fails, not the run).
+
+    Non-finite values, and for ``output = "probabilities"`` rows outside [0, 1] or not summing to 1,
+    raise :class:`ModelError`; :func:`bisect_failures` then finds the decisions that cause them.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        from tasks.errors import ModelError
+
+        out = self._model(x)
+        if out.dim() == 2 and len(out):
+            values = out.detach().to(dtype=torch.float64)
+            if not bool(values.isfinite().all()):
+                raise ModelError(f"{self._model.description}: non-finite output")
+            if self._model.output == "probabilities":
+                sums = values.sum(1)
+                if not bool(((values >= -1e-6) & (values <= 1 + 1e-6)).all()) or \
+                        float((sums - 1).abs().max()) > 1e-3:
+                    raise ModelError(f"{self._model.description}: output rows are not probabilities "
+                                     "(outside [0, 1] or not summing to 1)")
+        return out
+
+
+def prepare_worker(config: Config, run: RunInfo) -> str:
+    """Load this worker's model, reference statistics and explainer (kept for its shards).
+
+    Run once before any shard, so a model that is missing, corrupt or breaks the contract (checked on
+    load: input width, output shape, probabilities) stops the run before any work.
+    """
+    device = worker_device()
+    _set_threads(config.run.torch_threads)
+    loaded = _resources(config, run, device)
+    return f"{loaded.model.description} on {_describe(device)}"
+
+
 def explain_shard(config: Config, shard: Shard, run: RunInfo, staging: str | Path) -> ShardResult:
-    """Read a shard, explain it, write its explanation rows and report columns as part files."""
+    """Read a shard, explain it, write its explanation rows and report columns as part files.
+
+    A decision the model or the engine fails on (an exception, non-finite or non-probability
+    outputs) is found by bisection and returned as a failure; the others are explained as usual.
+    """
     started = time.perf_counter()
     device = worker_device()
     _set_threads(config.run.torch_threads)
@@ -265,16 +405,23 @@ def explain_shard(config: Config, shard: Shard, run: RunInfo, staging: str | Pat
     loaded = _resources(config, run, device)
     from tasks.aggregate import explanation_table
 
-    explanations = loaded.explainer.explain(rows.x, rows.ids)
-    table = conform(explanation_table(explanations, rows.x, loaded.stats, config), config.data.id_column)
+    def explain(take: np.ndarray) -> pa.Table:
+        x = rows.x[take]
+        explanations = loaded.explainer.explain(x, [rows.ids[i] for i in take])
+        return conform(explanation_table(explanations, x, loaded.stats, config), config.data.id_column)
+
+    done, failed = bisect_failures(explain, np.arange(len(rows.ids), dtype=np.int64))
+    schema = explanation_schema(config.data.id_column)
+    table = pa.concat_tables([t for _, t in done]) if done else schema.empty_table()
+    kept = np.concatenate([r for r, _ in done]) if done else np.zeros(0, np.int64)
     part, applicants = part_paths(Path(staging), shard)
     write_table(table, part)
-    write_table(rows.applicants, applicants)
+    write_table(rows.applicants.take(pa.array(kept, pa.int64())), applicants)
     review_mask = table.column("needs_review").to_numpy(zero_copy_only=False)
     review = table.column(config.data.id_column).to_numpy(zero_copy_only=False)[review_mask]
     return ShardResult(
         index=shard.index,
-        decisions=len(rows.ids),
+        decisions=len(kept),
         rows=table.num_rows,
         part=str(part),
         applicants=str(applicants),
@@ -282,6 +429,10 @@ def explain_shard(config: Config, shard: Shard, run: RunInfo, staging: str | Pat
         seconds=time.perf_counter() - started,
         device=_describe(device),
         worker=f"{os.uname().nodename}:{os.getpid()}",
+        name=shard.name,
+        path=shard.path,
+        ids=tuple(rows.ids[i] for i in kept),
+        failures=tuple((rows.ids[row], "explain", error) for row, error in sorted(failed)),
     )
 
 
@@ -293,18 +444,22 @@ def _describe(device: str) -> str:
 
 
 def merge_parts(results: Sequence[ShardResult], target: Path, id_column: str,
-                metadata: dict[bytes, bytes] | None = None) -> int:
+                metadata: dict[bytes, bytes] | None = None, exclude: set[str] | None = None) -> int:
     """Write the shards' part files, in shard order, as one Parquet file (atomically); returns rows.
 
-    Streams part by part, so memory holds one part at a time.
+    Streams part by part, so memory holds one part at a time. Rows of the ``exclude``d ids (decisions
+    whose report failed or was not reached) are left out.
     """
     schema = explanation_schema(id_column)
     if metadata:
         schema = schema.with_metadata(metadata)
     total = 0
     with atomic_path(target) as temp, pq.ParquetWriter(temp, schema) as writer:
-        for result in sorted(results, key=lambda r: r.index):
+        for result in sorted(results, key=lambda r: r.order):
             table = pq.read_table(result.part).cast(schema)
+            if exclude and exclude.intersection(result.ids):
+                keep = pc.invert(pc.is_in(table.column(id_column), value_set=pa.array(sorted(exclude), pa.string())))
+                table = table.filter(keep)
             writer.write_table(table)
             total += table.num_rows
     return total

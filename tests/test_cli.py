@@ -135,3 +135,42 @@ def test_failure_on_a_worker_is_one_line_too(prefect_api, make_config, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {broken}: not a loadable"), result.stderr
     assert not target.parent.exists()
+
+
+def test_exit_codes_of_a_finished_run():
+    """0: everything reported; 3: published, with failures or decisions not reached; 1: accounting broken."""
+    import typer
+
+    from flows.cli import EXIT_CRASH, EXIT_INCOMPLETE, _print_summary
+
+    def summary(failed: int, not_reached: int, holds: bool = True) -> dict:
+        counts = {"decisions_in": 10, "reported": 10 - failed - not_reached, "failed": failed,
+                  "not_reached": not_reached, "needs_review": 0}
+        return {"run_id": "R", "devices": "cpu", "counts": counts, "seconds": {"explain": 1.0, "total": 2.0},
+                "outputs": {"failures.parquet": "/out/failures.parquet"}, "accounting": {"holds": holds,
+                                                                                      "problem": "x"}}
+
+    _print_summary(summary(0, 0))
+    for failed, not_reached, holds, code in ((1, 0, True, EXIT_INCOMPLETE), (0, 2, True, EXIT_INCOMPLETE),
+                                             (0, 0, False, EXIT_CRASH)):
+        with pytest.raises(typer.Exit) as exit_:
+            _print_summary(summary(failed, not_reached, holds))
+        assert exit_.value.exit_code == code
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--out", "/proc/limelight-cannot/out"], "--out /proc/limelight-cannot/out: cannot write in /proc"),
+        (["--deadline", "2020-01-01T09:00+01:00"], "--deadline '2020-01-01T09:00+01:00': already passed"),
+        (["--deadline", "2030-01-01T09:00"], "give the time zone"),
+        (["--best-effort"], "--best-effort: only with --deadline"),
+    ],
+    ids=["unwritable-out", "past-deadline", "naive-deadline", "best-effort-alone"],
+)
+def test_run_refuses_bad_options_before_any_work(small_demo, tmp_path, args, expected):
+    out = ["--out", str(tmp_path / "out")] if "--out" not in args else []
+    result = runner.invoke(app, ["run", str(small_demo), *out, *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -280,3 +280,45 @@ def test_integer_ids_become_strings(tmp_path):
     index = scan_decisions(config)
     assert index is not None and index.ids[0].as_py() == "100"
     assert read_rows(config, index.files[0], 0, 2).ids == ["100", "101"]
+
+
+def test_row_level_problems_fail_the_row_not_the_run(tmp_path):
+    """NaN, inf, null and unknown categories: recorded per row (global position), every other row goes on."""
+    income = [float("nan") if i == 4 else float("inf") if i == 20 else 1.0 * i for i in range(30)]
+    housing = [HOUSING[i % 3] if i != 9 else "boat" for i in range(30)]
+    pq.write_table(decisions_table(income=income, housing=housing), tmp_path / "decisions.parquet",
+                   row_group_size=8)
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    failures: dict[int, str] = {}
+    index = scan_decisions(config, row_failures=failures)
+    assert index is not None and index.num_rows == 30
+    assert sorted(failures) == [4, 9, 20]
+    assert failures[4].endswith("decisions.parquet row 5: column 'income': missing value")
+    assert "row 10: column 'housing': 'boat' is not a configured category (own, rent, mortgage)" in failures[9]
+    assert "row 21: column 'income': inf is not a finite number" in failures[20]
+    with pytest.raises(InputError, match="row 5 .*'income': missing value"):  # without the dict: the first stops
+        scan_decisions(config)
+
+
+def test_row_positions_count_across_files(tmp_path):
+    folder = tmp_path / "decisions"
+    folder.mkdir()
+    pq.write_table(decisions_table(10), folder / "a.parquet")
+    second = decisions_table(10, customer_id=[f"D{i}" for i in range(10)],
+                             housing=[HOUSING[0]] * 3 + ["boat"] + [HOUSING[0]] * 6)
+    pq.write_table(second, folder / "b.parquet")
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path, decisions=folder)
+    failures: dict[int, str] = {}
+    scan_decisions(config, row_failures=failures)
+    assert list(failures) == [13] and "b.parquet row 4" in failures[13]
+
+
+def test_infinite_reference_value_is_an_input_error(tmp_path):
+    pq.write_table(decisions_table(), tmp_path / "decisions.parquet")
+    reference = reference_table()
+    reference = reference.set_column(0, "income", pa.array([float("-inf")] + [1.0] * 39))
+    pq.write_table(reference, tmp_path / "reference.parquet")
+    with pytest.raises(InputError, match="row 1: column 'income': -inf is not a finite number"):
+        read_reference(make_config(tmp_path))

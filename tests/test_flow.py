@@ -61,6 +61,9 @@ def test_outputs_follow_the_contract(full_run, small_demo):
     review = frame.loc[frame.needs_review, "customer_id"].drop_duplicates().tolist()
     assert manifest["review"]["ids"] == review == summary["review_ids"]
     assert manifest["versions"]["torch"] and manifest["started_at"].endswith("Z")
+    quality = manifest["quality"]
+    assert quality["decisions"] == TEST_DECISIONS and quality["needs_review"] == len(review)
+    assert quality["stable_share"] == round(float(frame.loc[frame["rank"] == 1, "stable"].mean()), 6)
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no staging folder, no temporary files
 
@@ -180,14 +183,3 @@ def test_explain_tasks_only_go_to_device_workers(prefect_api, small_demo, tmp_pa
     assert summary["counts"]["workers"] == 1
     assert sum(w["shards"] for w in summary["workers"]) == TEST_DECISIONS // TEST_SHARD
 
-
-def test_nightly_deployment_is_scheduled():
-    from flows.deployments import nightly_deployment
-
-    deployment = nightly_deployment("config/bank.toml", "/data/{date}", cron="30 1 * * *", timezone="Europe/London",
-                                    devices="auto")
-    assert deployment.name == "nightly"
-    assert deployment.parameters == {"config_path": "config/bank.toml", "out": "/data/{date}", "mode": "run",
-                                     "devices": "auto"}
-    schedule = deployment.schedules[0].schedule
-    assert schedule.cron == "30 1 * * *" and schedule.timezone == "Europe/London"

@@ -155,3 +155,25 @@ def test_dump_toml_round_trips_a_config():
         "features": [{"name": "x", "kind": "numeric"}, {"name": "c", "kind": "categorical", "categories": ["a"]}],
     }
     assert tomllib.loads(dump_toml(raw)) == raw
+
+
+def test_accounting_holds_only_when_each_decision_ends_once():
+    from tasks.manifest import accounting
+
+    ok = accounting(["a", "b", "c", "d"], ["a", "c"], ["b"], ["d"])
+    assert ok["holds"] and (ok["decisions_in"], ok["reported"], ok["failed"], ok["not_reached"]) == (4, 2, 1, 1)
+    assert accounting(["a", "b"], ["a", "b"], ["b"], [])["problem"] == "a decision is counted twice"
+    assert accounting(["a", "b"], ["a"], [], [])["problem"] == "1 decision(s) unaccounted for, 0 unknown"
+    assert not accounting(["a"], ["a", "z"], [], [])["holds"]
+
+
+def test_publish_can_keep_the_staging_folder(tmp_path):
+    from tasks.manifest import publish
+
+    staging, out = tmp_path / ".staging", tmp_path / "out"
+    staging.mkdir()
+    out.mkdir()
+    (staging / "explanations.parquet").write_bytes(b"x")
+    (staging / "state.json").write_text("{}")
+    publish(staging, out, ["explanations.parquet"], {"run_id": "r"}, keep_staging=True)
+    assert (out / "explanations.parquet").read_bytes() == b"x" and (staging / "state.json").exists()

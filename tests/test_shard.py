@@ -150,6 +150,8 @@ def test_conform_orders_and_types_columns():
         "needs_review": [False], "intercept": [0.1], "model_pred": [0.5], "local_pred": [0.4], "fidelity": [0.9],
         "direction": ["raises"], "share": [100.0], "weight": [0.2], "value": ["3"], "condition": ["x > 1"],
         "label": ["X"], "feature": ["x"], "rank": [1], "id": ["A"], "extra": [1],
+        "review_reasons": [""], "stability": [1.0], "order_agrees": [True], "selection_z": [3.0], "stable": [True],
+        "num_samples": [10000], "prediction_gap": [0.1], "deletion_delta": [-0.2], "deletion_holds": [True],
     })
     table = conform(frame, "id")
     assert table.schema.equals(explanation_schema("id"))
@@ -163,3 +165,73 @@ def test_shard_result_is_small_and_picklable():
     result = ShardResult(0, 1, 3, "/p", "/a", ("x",), 0.5, "cpu", "host:1")
     assert pickle.loads(pickle.dumps(result)) == result
     assert Path(result.part).name == "p"
+
+
+def test_split_shard_halves_pieces_in_order():
+    from tasks.shard import Shard, split_shard
+
+    index = index_of(5, 5)
+    shard = plan_shards(index, 7, np.array([3, 4, 5, 6, 7, 0, 1]))[0]
+    left, right = split_shard(shard)
+    assert (left.size, right.size) == (3, 4)
+    assert (left.first, right.first) == (0, 3)
+    assert left.pieces == (Piece(index.files[0], 3, 5), Piece(index.files[1], 0, 1))
+    assert right.pieces == (Piece(index.files[1], 1, 3), Piece(index.files[0], 0, 2))
+    assert (left.name, right.name) == ("shard-00000.0", "shard-00000.1")
+    a, b = split_shard(right)
+    assert b.first == 5 and b.name == "shard-00000.1.1" and sorted([b.order, left.order, a.order]) == [
+        left.order, a.order, b.order]
+    with pytest.raises(ValueError):
+        split_shard(Shard(0, (Piece(index.files[0], 0, 1),)))
+
+
+def test_bisection_isolates_failing_rows():
+    from tasks.shard import bisect_failures
+
+    calls = []
+
+    def explain(rows: np.ndarray) -> list[int]:
+        calls.append(len(rows))
+        if {3, 11} & set(rows.tolist()):
+            raise ValueError(f"bad rows in {rows.tolist()}\nsecond line")
+        return rows.tolist()
+
+    done, failed = bisect_failures(explain, np.arange(16))
+    assert [r for rows, _ in done for r in rows.tolist()] == [r for r in range(16) if r not in (3, 11)]
+    assert [r for r, _ in failed] == [3, 11]
+    assert failed[0][1] == "ValueError: bad rows in [3]"
+    assert len(calls) < 16  # far fewer calls than one per row
+
+
+def test_checked_model_refuses_non_probabilities():
+    import torch
+
+    from tasks.errors import ModelError
+    from tasks.shard import CheckedModel
+
+    class Fake:
+        description, output = "fake", "probabilities"
+
+        def __init__(self, out):
+            self.out = torch.tensor(out)
+
+        def __call__(self, x):
+            return self.out
+
+    assert CheckedModel(Fake([[0.2, 0.8]]))(None).shape == (1, 2)
+    assert CheckedModel(Fake([[0.2, 0.8]])).description == "fake"
+    with pytest.raises(ModelError, match="non-finite"):
+        CheckedModel(Fake([[float("nan"), 0.5]]))(None)
+    with pytest.raises(ModelError, match="not probabilities"):
+        CheckedModel(Fake([[0.9, 0.9]]))(None)
+    logits = Fake([[3.0, -1.0]])
+    logits.output = "logits"
+    CheckedModel(logits)(None)  # logits are turned into probabilities by the model wrapper: not checked here
+
+
+def test_shard_result_round_trips_as_a_record():
+    from tasks.shard import ShardResult
+
+    result = ShardResult(3, 2, 6, "p", "a", ("x",), 1.5, "cpu", "host:1", "shard-00003.1", (1,), ("x", "y"),
+                         (("z", "explain", "ValueError: no"),))
+    assert ShardResult.from_dict(result.to_dict()) == result

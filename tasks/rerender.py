@@ -1,0 +1,183 @@
+"""Re-render a published run for an auditor, and prove the PDFs are the ones the run published.
+
+From ``OUT/manifest.json`` and the inputs it names (the config and the decisions, checked against their
+recorded SHA-256) and ``explanations.parquet`` beside it, every customer report and the run summary are
+rendered again into another folder; each PDF's SHA-256 must equal the manifest's. The renderer is
+deterministic (tasks/render.py): every date and identifier comes from the run's :class:`RunInfo`, which
+the manifest records (``run``) and ``explanations.parquet`` repeats in its metadata (``limelight.run``).
+
+The model and the reference are not needed: the explanations are the run's own, not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks import manifest as mf
+from tasks.config import Config, load_config
+from tasks.data import _as_string, _iter_tables, list_source_files, report_columns
+from tasks.errors import InputError, LimelightError
+from tasks.io import file_sha256, tree_sha256
+from tasks.runinfo import RunInfo
+from tasks.schedule import night_sha256
+
+
+class RerenderMismatch(LimelightError):
+    """A re-rendered PDF's bytes differ from the ones the manifest records."""
+
+
+@dataclass(frozen=True)
+class Rerendered:
+    run_id: str
+    out: Path
+    reports: int
+    summary: bool
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a published run; a missing, unreadable or foreign file is one :class:`InputError` line."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: manifest not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable manifest ({error})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: not a limelight manifest (a JSON object with 'run', 'config', 'inputs')")
+    for key in ("run_id", "run", "config", "inputs", "outputs", "counts", "review"):
+        if key not in manifest:
+            raise InputError(f"{path}: not a limelight manifest (key '{key}' missing)")
+    return manifest
+
+
+def check_sha256(path: Path, expected: str, what: str, actual: str | None = None) -> None:
+    """An input must still be the bytes the run read: else one line naming it and both digests."""
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found (the manifest names it)")
+    actual = actual or tree_sha256(path)
+    if actual != expected:
+        raise InputError(f"{path}: {what} SHA-256 changed since the run ({actual[:16]}…, the manifest has "
+                         f"{expected[:16]}…)")
+
+
+def run_info(manifest: dict[str, Any], explanations: Path) -> RunInfo:
+    """The run's facts from the manifest; ``explanations.parquet`` must repeat the same ones."""
+    run = RunInfo.from_dict(manifest["run"])
+    metadata = pq.read_schema(explanations).metadata or {}
+    embedded = metadata.get(b"limelight.run")
+    if embedded is None or RunInfo.from_dict(json.loads(embedded)) != run:
+        raise InputError(f"{explanations}: its run metadata (limelight.run) is not the manifest's run {run.run_id}")
+    return run
+
+
+def applicants(config: Config, ids: set[str]) -> pd.DataFrame:
+    """The report columns of the decisions ``ids`` (id as text), read as the pipeline reads them.
+
+    tasks/data.py's own scan fills hive partition columns in, so a partition key shown in the report
+    (e.g. ``decision_date``) gets exactly the value and type the run's reports got.
+    """
+    id_column = config.data.id_column
+    columns = list(dict.fromkeys([id_column, *report_columns(config)]))
+    wanted = pa.array(sorted(ids), pa.string())
+    tables = []
+    for source in list_source_files(config.data.decisions, "[data] decisions"):
+        for _, table in _iter_tables(source, columns):
+            missing = [c for c in columns if c not in table.column_names]
+            if missing:
+                raise InputError(f"{source.path}: column(s) {', '.join(map(repr, missing))} not found")
+            table = table.select(columns).set_column(0, id_column, _as_string(table.column(id_column)))
+            tables.append(table.filter(pc.is_in(table.column(id_column), value_set=wanted)))
+    joined = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({id_column: []})
+    return joined.to_pandas()
+
+
+def summary_counts(counts: dict[str, Any]) -> dict[str, int]:
+    """The counts the run summary showed: its fixed keys (tasks/render_summary.py), from the manifest."""
+    from tasks.render_summary import COUNT_KEYS
+
+    return {key: int(counts[key]) for key in COUNT_KEYS}
+
+
+def _inputs(manifest: dict[str, Any], manifest_path: Path) -> tuple[Config, Path]:
+    """The run's config (decisions path as the manifest recorded it) and its explanations, all checked."""
+    config_path = Path(manifest["config"]["path"] or "")
+    check_sha256(config_path, manifest["config"]["sha256"], "config")
+    config = load_config(config_path)
+    decisions = Path(manifest["inputs"]["decisions"]["path"])
+    config = config.model_copy(update={"data": config.data.model_copy(update={"decisions": decisions})})
+    run_date = (manifest.get("trigger") or {}).get("run_date")
+    night = None  # a night of a hive-partitioned dataset is hashed over its own partition (tasks/schedule.py)
+    if run_date and decisions.is_dir():
+        night = night_sha256(list_source_files(decisions, "[data] decisions"), config, run_date)
+    check_sha256(decisions, manifest["inputs"]["decisions"]["sha256"], "decisions", night)
+    explanations = manifest_path.parent / mf.EXPLANATIONS
+    recorded = manifest["outputs"].get(mf.EXPLANATIONS, {}).get("sha256")
+    if recorded is None:
+        raise InputError(f"{manifest_path}: lists no {mf.EXPLANATIONS}")
+    check_sha256(explanations, recorded, "explanations")
+    return config, explanations
+
+
+def _compare(expected: dict[str, str], rendered: dict[str, str], out: Path) -> None:
+    """Every file the manifest lists must be rendered with the same SHA-256, and nothing else."""
+    differ = sorted(name for name in expected if name in rendered and rendered[name] != expected[name])
+    missing = sorted(set(expected) - set(rendered))
+    extra = sorted(set(rendered) - set(expected))
+    if not (differ or missing or extra):
+        return
+    if differ:
+        name = differ[0]
+        head = (f"{out / name}: re-rendered bytes differ from the run's (SHA-256 {rendered[name][:16]}…, the "
+                f"manifest has {expected[name][:16]}…)")
+    elif missing:
+        head = f"{missing[0]}: listed in the manifest but not re-rendered (no explanation rows for it)"
+    else:
+        head = f"{out / extra[0]}: re-rendered but not listed in the manifest"
+    more = len(differ) + len(missing) + len(extra) - 1
+    raise RerenderMismatch(head + (f"; {more} more file{'s' if more > 1 else ''} differ" if more else ""))
+
+
+def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
+    """Re-render the run's reports and summary into ``out`` and check every PDF against the manifest.
+
+    Raises :class:`InputError` when an input's SHA-256 changed, and :class:`RerenderMismatch` naming the
+    first file whose bytes differ. The re-rendered files stay in ``out`` either way, for inspection.
+    """
+    from tasks.render import render_customer_reports, render_run_summary
+
+    manifest_path = Path(manifest_path).resolve()
+    manifest = load_manifest(manifest_path)
+    out = Path(out).resolve()
+    if out == manifest_path.parent:
+        raise InputError(f"--out {out}: is the published run's folder; re-render into another folder")
+    config, explanations = _inputs(manifest, manifest_path)
+    run = run_info(manifest, explanations)
+    if run.config_sha256 != manifest["config"]["sha256"]:
+        raise InputError(f"{manifest_path}: run.config_sha256 is not config.sha256")
+    rows = pd.read_parquet(explanations)
+    id_column = config.data.id_column
+    people = applicants(config, set(rows[id_column].astype(str)))
+    expected: dict[str, str] = {}
+    rendered: dict[str, str] = {}
+    reports = manifest["outputs"].get(mf.REPORTS)
+    if reports is not None:
+        expected.update({entry["file"]: entry["sha256"] for entry in reports})
+        made = render_customer_reports(rows, people, config, run, out / mf.REPORTS)
+        rendered.update({f"{mf.REPORTS}/{report.path.name}": report.sha256 for report in made})
+    summary = manifest["outputs"].get(mf.SUMMARY)
+    if summary is not None:
+        expected[mf.SUMMARY] = summary["sha256"]
+        counts = summary_counts(manifest["counts"])
+        path = render_run_summary(rows, counts, list(manifest["review"]["ids"]), config, run, out / mf.SUMMARY)
+        rendered[mf.SUMMARY] = file_sha256(path)
+    _compare(expected, rendered, out)
+    return Rerendered(run.run_id, out, len(rendered) - (summary is not None), summary is not None)

@@ -1,0 +1,135 @@
+"""tasks/rerender.py and `limelight rerender`: a published run re-rendered byte for byte, or a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import InputError
+from tasks.io import file_sha256
+from tasks.rerender import RerenderMismatch, load_manifest, rerender
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTS = 6  # decisions in the published run: each report costs ~0.4 s to render again
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def published(prefect_api, small_demo, tmp_path_factory):
+    """A published run (6 reports) whose config names its own copy of the notices, so a test may edit it."""
+    import tomllib
+
+    from flows.pipeline import limelight_flow
+    from tasks.io import dump_toml
+
+    folder = tmp_path_factory.mktemp("rerender")
+    notices = folder / "notices.toml"
+    bundled = tomllib.loads((REPO / "config" / "texts" / "en.toml").read_text(encoding="utf-8"))["notices"]
+    notices.write_text(dump_toml(bundled), encoding="utf-8")
+    raw = tomllib.loads(small_demo.read_text(encoding="utf-8"))
+    raw["report"]["notices"] = str(notices)
+    config = folder / "run.toml"
+    config.write_text(dump_toml(raw), encoding="utf-8")
+    out = folder / "out"
+    limelight_flow(config_path=str(config), out=str(out), devices="cpu:1", limit=REPORTS)
+    return out, config, notices
+
+
+def _copy_run(out: Path, target: Path) -> Path:
+    """A copy of the published folder (so a test may tamper with it); returns its manifest."""
+    shutil.copytree(out, target)
+    return target / "manifest.json"
+
+
+def test_rerender_gives_byte_identical_pdfs(published, tmp_path):
+    out, _, _ = published
+    again = tmp_path / "again"
+    result = rerender(out / "manifest.json", again)
+    manifest = load_manifest(out / "manifest.json")
+    assert result.reports == REPORTS == len(manifest["outputs"]["reports"]) and result.summary
+    for entry in manifest["outputs"]["reports"]:
+        assert (again / entry["file"]).read_bytes() == (out / entry["file"]).read_bytes()
+    assert (again / "summary.pdf").read_bytes() == (out / "summary.pdf").read_bytes()
+
+
+def test_the_cli_rerenders_and_says_so(published, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out, _, _ = published
+    result = CliRunner().invoke(app, ["rerender", str(out / "manifest.json"), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert f"{REPORTS} reports and the summary" in result.output and "identical" in result.output
+
+    manifest = _copy_run(out, tmp_path / "run")
+    (tmp_path / "run" / "explanations.parquet").write_bytes(b"PAR1 not the run's explanations")
+    failed = CliRunner().invoke(app, ["rerender", str(manifest), "--out", str(tmp_path / "cli-2")])
+    assert failed.exit_code == 2
+    lines = failed.output.strip().splitlines()
+    assert len(lines) == 1 and "explanations.parquet: explanations SHA-256 changed since the run" in lines[0]
+
+
+def test_a_changed_config_is_named(published, tmp_path):
+    out, config, _ = published
+    manifest = _copy_run(out, tmp_path / "run")
+    edited = tmp_path / "edited.toml"
+    edited.write_text(config.read_text(encoding="utf-8").replace("min_fidelity = 0.3", "min_fidelity = 0.2"))
+    data = json.loads(manifest.read_text())
+    data["config"]["path"] = str(edited)
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"edited.toml: config SHA-256 changed since the run"):
+        rerender(manifest, tmp_path / "again")
+    assert not (tmp_path / "again").exists()  # checked before anything is rendered
+
+
+def test_changed_explanations_are_named(published, tmp_path):
+    import pyarrow.parquet as pq
+
+    out, _, _ = published
+    manifest = _copy_run(out, tmp_path / "run")
+    table = pq.read_table(tmp_path / "run" / "explanations.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 3), tmp_path / "run" / "explanations.parquet")
+    with pytest.raises(InputError, match=r"run/explanations.parquet: explanations SHA-256 changed"):
+        rerender(manifest, tmp_path / "again")
+
+
+def test_a_pdf_whose_recorded_bytes_differ_is_named(published, tmp_path):
+    out, _, _ = published
+    manifest = _copy_run(out, tmp_path / "run")
+    data = json.loads(manifest.read_text())
+    entry = data["outputs"]["reports"][2]
+    entry["sha256"] = "0" * 64
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(RerenderMismatch, match=rf"{entry['file']}: re-rendered bytes differ .*manifest has 0000"):
+        rerender(manifest, tmp_path / "again")
+
+
+def test_a_changed_notice_text_shows_as_differing_pdfs(published, tmp_path):
+    """The notice file is not hashed in the manifest, but it changes every report: the byte check catches it."""
+    from tasks.render_text import _load_notices
+
+    out, _, notices = published
+    original = notices.read_text(encoding="utf-8")
+    try:
+        notices.write_text(original.replace("Your rights", "Your rights (revised)"), encoding="utf-8")
+        _load_notices.cache_clear()
+        with pytest.raises(RerenderMismatch, match=rf"reports/.*\.pdf: re-rendered bytes differ.*; {REPORTS - 1} "
+                                                   "more files differ"):
+            rerender(out / "manifest.json", tmp_path / "again")
+    finally:
+        notices.write_text(original, encoding="utf-8")
+        _load_notices.cache_clear()
+    assert file_sha256(out / "summary.pdf") == load_manifest(out / "manifest.json")["outputs"]["summary.pdf"]["sha256"]
+
+
+def test_rerender_refuses_the_published_folder_and_a_missing_manifest(published, tmp_path):
+    out, _, _ = published
+    with pytest.raises(InputError, match="is the published run's folder"):
+        rerender(out / "manifest.json", out)
+    with pytest.raises(InputError, match=r"nothing.json: manifest not found"):
+        rerender(tmp_path / "nothing.json", tmp_path / "again")
