@@ -232,13 +232,14 @@ def explain(
 
 
 def _validate(config_path: Path) -> tuple[Any, list[str]]:
-    """Every problem of config, inputs and model, and the report step's own problems and warnings."""
+    """Every problem of config, inputs and model, and the warnings: decisions a run would fail alone (row-level
+    problems, as the run finds them), then the report step's own (gaps in the reason catalog)."""
     from tasks.config import load_config
     from tasks.data import validate_all
 
     config = load_config(config_path)  # a config that does not parse is one problem: raised as such
     result = validate_all(config, check_model=True)
-    warnings: list[str] = []
+    warnings: list[str] = result.row_warnings()
     if config.report.enabled:
         from tasks.render_pdf import require_fonts
         from tasks.render_text import load_notice, missing_catalog_entries
@@ -249,7 +250,7 @@ def _validate(config_path: Path) -> tuple[Any, list[str]]:
             except LimelightError as error:
                 result.problems.append(str(error))
         try:
-            warnings = missing_catalog_entries(config)
+            warnings += missing_catalog_entries(config)
         except LimelightError as error:
             result.problems.append(str(error))
     return result, warnings
@@ -257,15 +258,20 @@ def _validate(config_path: Path) -> tuple[Any, list[str]]:
 
 @app.command()
 def validate(config: ConfigArg) -> None:
-    """Check the config, the inputs and the model without explaining anything; list every problem."""
+    """Check the config, the inputs and the model without explaining anything; list every problem.
+
+    Exit 2 when a run would stop (input-level problems); decisions a run would list in failures.parquet
+    (a missing or infinite feature value, an unknown category) are warnings.
+    """
     result, warnings = _guard(lambda: _validate(config))
     for warning in warnings:
         errors.print(f"[yellow]![/] {escape(warning)}", soft_wrap=True, highlight=False)
     if result.problems:
         for problem in result.problems:
             errors.print(f"[red]✗[/] {escape(problem)}", soft_wrap=True, highlight=False)
-        count = len(result.problems)
-        raise _fail(f"{config}: {count} problem{'s' if count > 1 else ''} found", 2)
+        count, failing = len(result.problems), len(result.row_failures)
+        rows = f"; besides, {failing} decision{'s' if failing != 1 else ''} would fail alone" if failing else ""
+        raise _fail(f"{config}: {count} problem{'s' if count > 1 else ''} found{rows}", EXIT_INPUT)
     console.print(f"[green]✓[/] {escape(str(config))}: {escape(result.summary())}", soft_wrap=True,
                   highlight=False)
 

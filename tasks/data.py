@@ -298,33 +298,54 @@ def _plain(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
-def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int, str]:
-    """Row-level problems of a batch of decisions: row (0-based, in ``table``) -> reason naming the column.
+@dataclass(frozen=True)
+class RowProblem:
+    """One row-level problem of a decision: its ``kind`` (a key of :data:`ROW_PROBLEM_KINDS`), the column,
+    and the detail; ``str()`` is the text of the failures table, e.g. ``column 'income': missing value``."""
 
-    These are the problems a night's run survives (the decision goes to the failures table): a missing
-    value, NaN or infinity in a feature, and a category the config does not list. A row with several
-    problems gets the first, in feature order.
+    kind: str
+    column: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"column '{self.column}': {self.detail}"
+
+
+#: Row-level problem kinds -> (singular, plural) for counts, e.g. ``2 missing values``.
+ROW_PROBLEM_KINDS = {
+    "missing": ("missing value", "missing values"),
+    "infinite": ("infinite value", "infinite values"),
+    "category": ("unknown category", "unknown categories"),
+}
+
+
+def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int, RowProblem]:
+    """Row-level problems of a batch of decisions: row (0-based, in ``table``) -> the problem, naming the column.
+
+    These are the problems a night's run survives (the decision goes to the failures table) and that
+    ``limelight validate`` warns about: a missing value, NaN or infinity in a feature, and a category the
+    config does not list. A row with several problems gets the first, in feature order.
     """
-    reasons: dict[int, str] = {}
+    reasons: dict[int, RowProblem] = {}
     for feature in features:
         column = table.column(feature.name)
         missing = pc.is_null(column, nan_is_null=True)
         for row in np.flatnonzero(pc.fill_null(missing, False).to_numpy(zero_copy_only=False)):
-            reasons.setdefault(int(row), f"column '{feature.name}': missing value")
+            reasons.setdefault(int(row), RowProblem("missing", feature.name, "missing value"))
         if _is_float(column):
             values = _plain(column)
             infinite = pc.fill_null(pc.is_inf(values), False).to_numpy(zero_copy_only=False)
             for row in np.flatnonzero(infinite):
-                reasons.setdefault(int(row), f"column '{feature.name}': {values[int(row)].as_py()} is not a finite "
-                                             "number")
+                reasons.setdefault(int(row), RowProblem("infinite", feature.name,
+                                                        f"{values[int(row)].as_py()} is not a finite number"))
         if feature.kind == "categorical":
             text = _as_string(column)
             unknown = pc.and_(pc.invert(pc.is_in(text, value_set=pa.array(feature.categories, pa.string()))),
                               pc.is_valid(text))
             allowed = ", ".join(feature.categories or [])
             for row in np.flatnonzero(pc.fill_null(unknown, False).to_numpy(zero_copy_only=False)):
-                reasons.setdefault(int(row), f"column '{feature.name}': {text[int(row)].as_py()!r} is not a "
-                                             f"configured category ({allowed})")
+                reasons.setdefault(int(row), RowProblem("category", feature.name, f"{text[int(row)].as_py()!r} is "
+                                                        f"not a configured category ({allowed})"))
     return reasons
 
 
@@ -408,7 +429,7 @@ def _schema_checked(
 
 def scan_decisions(
     config: Config, *, require_report_columns: bool = False, problems: list[str] | None = None,
-    row_failures: dict[int, str] | None = None,
+    row_failures: dict[int, str] | None = None, row_kinds: dict[int, str] | None = None,
 ) -> DecisionsIndex | None:
     """Validate the decisions (streamed) and return the files and ids for planning.
 
@@ -417,7 +438,9 @@ def scan_decisions(
     missing ``[report]`` column a problem (it is when reports are rendered).
 
     With ``row_failures`` given, row-level problems (:func:`row_problems`) do not stop the scan: they
-    are recorded there as global row position -> reason naming the file, row and column.
+    are recorded there as global row position -> reason naming the file, row and column, and in
+    ``row_kinds`` (when given) as position -> :attr:`RowProblem.kind`. Collecting ``problems`` too, a file
+    whose schema breaks some features still has its other features checked row by row.
     """
     sink = _Problems(problems)
     start = len(problems) if problems is not None else 0
@@ -441,10 +464,13 @@ def scan_decisions(
                 sink.add(f"{_where(source.path, offset + row, None, id_column)}: column '{id_column}': missing id")
                 broken.add(id_column)
                 break
-            if row_failures is not None and not broken:
-                for row, reason in row_problems(table, config.features).items():
+            if row_failures is not None:
+                checkable = [f for f in config.features if f.name not in broken]
+                for row, problem in row_problems(table, checkable).items():
                     where = _where(source.path, offset + row, None, id_column)
-                    row_failures[base[source.path] + offset + row] = f"{where}: {reason}"
+                    row_failures[base[source.path] + offset + row] = f"{where}: {problem}"
+                    if row_kinds is not None:
+                        row_kinds[base[source.path] + offset + row] = problem.kind
             else:
                 _check_feature_values(table, config.features, broken, source.path, offset, ids, id_column, sink)
             id_chunks.append(ids)
@@ -658,31 +684,66 @@ def select_positions(
 
 @dataclass
 class Validation:
-    """Every problem found in the config's inputs and model, and what was found when there is none."""
+    """What ``limelight validate`` found: input-level ``problems`` (a run would stop, exit 2) and the decisions
+    with row-level problems (a run would explain the others and list these in ``failures.parquet``)."""
 
     problems: list[str] = field(default_factory=list)
     decisions: int = 0
     files: int = 0
     reference_rows: int = 0
     model: str = ""
+    row_failures: dict[int, str] = field(default_factory=dict)  # global position -> the run's failure text
+    row_kinds: dict[int, str] = field(default_factory=dict)  # global position -> RowProblem.kind
+    sources: tuple[SourceFile, ...] = ()
 
     def summary(self) -> str:
+        failing = len(self.row_failures)
+        verdict = "all valid" if not failing else "no input-level problem"
         return (
-            f"{self.decisions} decisions in {self.files} file{'s' if self.files != 1 else ''}, "
-            f"reference of {self.reference_rows} rows, model {self.model}: all valid"
+            f"{self.decisions} decisions in {self.files} file{'s' if self.files != 1 else ''}: "
+            f"{self.decisions - failing} would be explained, {failing} would fail; "
+            f"reference of {self.reference_rows} rows, model {self.model}: {verdict}"
         )
+
+    def row_warnings(self, shown: int = 3) -> list[str]:
+        """One line per decisions file with row-level problems: the count per kind and the first ``shown`` rows,
+        e.g. ``d.parquet: 2 rows will go to failures.parquet (2 missing values): row 5: column 'income':
+        missing value; row 9: ...``."""
+        starts = np.cumsum([0] + [f.num_rows for f in self.sources])
+        lines = []
+        for number, source in enumerate(self.sources):
+            positions = [p for p in sorted(self.row_failures) if starts[number] <= p < starts[number + 1]]
+            if not positions:
+                continue
+            kinds = [self.row_kinds.get(p, "") for p in positions]
+            counts = ", ".join(
+                f"{kinds.count(kind)} {names[kinds.count(kind) != 1]}"
+                for kind, names in ROW_PROBLEM_KINDS.items() if kind in kinds
+            )
+            where = [self.row_failures[p].removeprefix(f"{source.path} ") for p in positions[:shown]]
+            more = f"; ... ({len(positions) - shown} more)" if len(positions) > shown else ""
+            lines.append(f"{source.path}: {len(positions)} row{'s' if len(positions) != 1 else ''} will go to "
+                         f"failures.parquet ({counts}): {'; '.join(where)}{more}")
+        return lines
 
 
 def validate_all(config: Config, *, check_model: bool = True) -> Validation:
-    """Check the report files, the decisions, the reference and (on the CPU) the model; collect every problem."""
+    """Check the report files, the decisions, the reference and (on the CPU) the model; collect every problem.
+
+    The decisions are checked as a run checks them (:func:`scan_decisions` with ``row_failures``): a
+    row-level problem (:func:`row_problems`) is not a problem here but a decision the run would fail alone.
+    """
     result = Validation()
     for key in ("reasons", "notices"):
         value = getattr(config.report, key)
         if value and not Path(value).is_file():
             result.problems.append(f"{config.source}: [report] {key}: file not found ({value})")
-    index = scan_decisions(config, require_report_columns=config.report.enabled, problems=result.problems)
+    index = scan_decisions(config, require_report_columns=config.report.enabled, problems=result.problems,
+                           row_failures=result.row_failures, row_kinds=result.row_kinds)
     if index is not None:
-        result.decisions, result.files = index.num_rows, len(index.files)
+        result.decisions, result.files, result.sources = index.num_rows, len(index.files), index.files
+    elif result.row_failures:  # input-level problems too (the files did list): still say where the bad rows are
+        result.sources = tuple(list_source_files(config.data.decisions, "[data] decisions"))
     reference = read_reference(config, problems=result.problems)
     result.reference_rows = len(reference)
     if check_model:

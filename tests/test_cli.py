@@ -69,6 +69,47 @@ def test_validate_warns_about_features_missing_from_the_reason_catalog(make_conf
     assert "no [features.open_accounts] entry" in result.output and "all valid" in result.output
 
 
+def _with_bad_rows(config: Path, target: Path) -> Path:
+    """The small demo's decisions with row-level problems at rows 17 (NaN), 18 (inf) and 30 (unknown category)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(_decisions(config))
+    income = table.column("annual_income").to_pylist()
+    income[16], income[17] = float("nan"), float("inf")
+    kind = table.column("employment_type").cast(pa.string()).to_pylist()
+    kind[29] = "astronaut"
+    table = table.set_column(table.schema.get_field_index("annual_income"), "annual_income",
+                             pa.array(income, pa.float64()))
+    table = table.set_column(table.schema.get_field_index("employment_type"), "employment_type", pa.array(kind))
+    pq.write_table(table, target)
+    return target
+
+
+def test_validate_warns_about_rows_a_run_would_fail_and_exits_0(make_config, tmp_path):
+    bad = _with_bad_rows(make_config(), tmp_path / "rows.parquet")
+    result = limelight("validate", str(make_config("rows.toml", data={"decisions": str(bad)})))
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "failures.parquet" in line)
+    assert warning.startswith(f"! {bad}: 3 rows will go to failures.parquet (1 missing value, 1 infinite value, "
+                              "1 unknown category): row 17: column 'annual_income': missing value; row 18: column "
+                              "'annual_income': inf is not a finite number; row 30: column 'employment_type': "
+                              "'astronaut' is not a configured category"), warning
+    assert "48 decisions in 1 file: 45 would be explained, 3 would fail" in result.stdout
+    assert "error" not in result.stderr and "✗" not in result.stderr
+
+
+def test_validate_lists_input_problems_and_warns_about_rows(make_config, tmp_path):
+    bad = _with_bad_rows(make_config(), tmp_path / "rows.parquet")
+    config = make_config("both.toml", data={"decisions": str(bad)}, model={"path": str(tmp_path / "missing.pt")})
+    result = limelight("validate", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert any(line.startswith(f"! {bad}: 3 rows will go to failures.parquet") for line in lines), result.stderr
+    assert any(line.startswith("✗") and "missing.pt: model file not found" in line for line in lines)
+    assert lines[-1] == f"error: {config}: 1 problem found; besides, 3 decisions would fail alone"
+
+
 def _decisions(config: Path) -> Path:
     import tomllib
 

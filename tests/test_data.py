@@ -22,6 +22,7 @@ from tasks.data import (
     report_columns,
     scan_decisions,
     select_positions,
+    validate_all,
 )
 from tasks.errors import InputError
 
@@ -322,3 +323,43 @@ def test_infinite_reference_value_is_an_input_error(tmp_path):
     pq.write_table(reference, tmp_path / "reference.parquet")
     with pytest.raises(InputError, match="row 1: column 'income': -inf is not a finite number"):
         read_reference(make_config(tmp_path))
+
+
+def test_validate_warns_about_the_rows_a_run_would_fail(tmp_path):
+    """The rows a run fails alone are no problem for validate: counted per kind, the first ones located."""
+    income = [float("nan") if i in (4, 6, 7) else float("inf") if i == 20 else 1.0 * i for i in range(30)]
+    housing = [HOUSING[i % 3] if i != 9 else "boat" for i in range(30)]
+    pq.write_table(decisions_table(income=income, housing=housing), tmp_path / "decisions.parquet",
+                   row_group_size=8)
+    pq.write_table(reference_table(), tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    result = validate_all(config, check_model=False)
+    assert result.problems == []
+    run_failures: dict[int, str] = {}
+    scan_decisions(config, row_failures=run_failures)
+    assert result.row_failures == run_failures and sorted(run_failures) == [4, 6, 7, 9, 20]
+    assert result.summary().startswith("30 decisions in 1 file: 25 would be explained, 5 would fail;")
+    assert result.summary().endswith("no input-level problem")
+    (line,) = result.row_warnings()
+    assert line == (
+        f"{tmp_path / 'decisions.parquet'}: 5 rows will go to failures.parquet (3 missing values, 1 infinite value, "
+        "1 unknown category): row 5: column 'income': missing value; row 7: column 'income': missing value; "
+        "row 8: column 'income': missing value; ... (2 more)"
+    )
+
+
+def test_validate_lists_input_problems_and_still_warns_about_rows(tmp_path):
+    folder = tmp_path / "decisions"
+    folder.mkdir()
+    pq.write_table(decisions_table(10), folder / "a.parquet")
+    second = decisions_table(10, customer_id=[f"D{i}" for i in range(10)],
+                             income=[float("nan") if i == 3 else 1.0 for i in range(10)]).drop(["dti"])
+    pq.write_table(second, folder / "b.parquet")
+    pq.write_table(reference_table(5), tmp_path / "reference.parquet")
+    result = validate_all(make_config(tmp_path, decisions=folder), check_model=False)
+    assert len(result.problems) == 2
+    assert "b.parquet: feature column 'dti' not found" in result.problems[0]
+    assert "reference has 5 rows" in result.problems[1]
+    assert result.row_failures == {13: f"{folder / 'b.parquet'} row 4: column 'income': missing value"}
+    assert result.row_warnings() == [f"{folder / 'b.parquet'}: 1 row will go to failures.parquet (1 missing value): "
+                                     "row 4: column 'income': missing value"]
