@@ -41,7 +41,7 @@ from tasks.render_pdf import (
     shared_pages,
     write,
 )
-from tasks.render_summary import summary_document
+from tasks.render_summary import quality_settings_rows, summary_document
 from tasks.render_text import (
     Band,
     Notice,
@@ -594,7 +594,7 @@ def shared_html(shared: _Shared, lead: int) -> str:
         lender=_lender(config),
         notice=shared.notice,
         versions=_versions(run),
-        audit=audit_rows(run, shared.texts["customer"]),
+        audit=[*audit_rows(run, shared.texts["customer"]), *quality_settings_rows(config, shared.texts["customer"])],
         doc_title=shared.title,
         run_id=clean_text(run.run_id, limit=80),
         lead=lead,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.aggregate import quality_summary
+from tasks.aggregate import REVIEW_REASONS, quality_summary
 from tasks.config import Config
 from tasks.errors import InputError
 from tasks.render_pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
@@ -89,7 +89,8 @@ def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: s
 
 
 def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str]) -> list[str]:
-    """Stability, deletion check and review gates in words (nothing for tables without those columns)."""
+    """Stability and deletion check in words (nothing for tables without those columns); the review gates are
+    the gating table's."""
     if "review_reasons" not in explanations.columns:
         return []
     q = quality_summary(explanations)
@@ -103,11 +104,116 @@ def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str]) -> list[st
     if q["deletion_holds_share"] is not None:
         holds = int(firsts["deletion_holds"].dropna().astype(bool).sum())
         lines.append(fill(ts["quality_deletion"], holds=f"{holds:,}", total=total))
-    r = q["review_reasons"]
-    lines.append(fill(ts["quality_gates"], count=f"{q['needs_review']:,}", low=f"{r['low-fidelity']:,}",
-                      gap=f"{r['prediction-gap']:,}", unstable=f"{r['unstable']:,}",
-                      deletion=f"{r['deletion-fails']:,}"))
     return lines
+
+
+def sample_rounds(config: Config) -> list[int]:
+    """Samples per decision after each adaptation round (all R streams): S·R, 2·S·R, … up to the cap; S alone
+    when there is one stream (no stability check, no adaptation)."""
+    s, runs = config.explain.num_samples, config.explain.stability_runs
+    if runs == 1 or not config.explain.adaptive:
+        return [s * runs]
+    return [s * runs * 2**a for a in range(int(math.log2(config.explain.max_samples_factor)) + 1)]
+
+
+def _samples_chart(firsts: pd.DataFrame, config: Config, ts: Mapping[str, str]) -> dict[str, Any] | None:
+    """Decisions per sample count (one bar per adaptation round), stacked stable / not stable / not measured;
+    None when the table has no ``num_samples``."""
+    if "num_samples" not in firsts.columns:
+        return None
+    samples = pd.to_numeric(firsts["num_samples"], errors="coerce")
+    known = samples.notna()
+    if not known.any():
+        return None
+    stable = firsts["stable"] if "stable" in firsts.columns else pd.Series([None] * len(firsts), index=firsts.index)
+    status = ["none" if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
+              else "stable" if bool(v) else "unstable" for v in stable]
+    table: dict[int, dict[str, int]] = {n: {"stable": 0, "unstable": 0, "none": 0} for n in sample_rounds(config)}
+    for n, st in zip(samples[known].astype(int), [s for s, k in zip(status, known, strict=True) if k], strict=True):
+        table.setdefault(int(n), {"stable": 0, "unstable": 0, "none": 0})[st] += 1
+    base = sample_rounds(config)[0]
+    width, height, left, bottom, top = 300, 150, 34, 30, 14
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    values = sorted(table)
+    biggest = max(sum(c.values()) for c in table.values()) or 1
+    step = plot_w / len(values)
+    bar_w = min(step - 6, 48)
+    bars, items = [], []
+    for i, n in enumerate(values):
+        c = table[n]
+        cx = left + i * step + step / 2
+        y = top + plot_h
+        segments = []
+        for key, colour in (("stable", "#1d3557"), ("unstable", "#b5452b"), ("none", "#8d99ae")):
+            h = c[key] / biggest * plot_h
+            if c[key]:
+                y -= h
+                segments.append({"y": f"{y:.2f}", "height": f"{h:.2f}", "fill": colour})
+        factor = n / base if base else 0
+        bars.append({"x": f"{cx - bar_w / 2:.2f}", "width": f"{bar_w:.2f}", "segments": segments,
+                     "count": sum(c.values()), "cx": f"{cx:.2f}", "cy": f"{y - 3:.2f}", "label": f"{n:,}",
+                     "factor": f"{factor:g}×" if factor else ""})
+        items.append(fill(ts["samples_item"], samples=f"{n:,}", stable=f"{c['stable']:,}",
+                          unstable=f"{c['unstable']:,}"))
+    return {
+        "width": width, "height": height, "bars": bars, "axis_y": f"{top + plot_h:.2f}", "left": left,
+        "right": f"{left + plot_w:.2f}", "label_y": f"{top + plot_h + 11:.2f}", "factor_y": f"{top + plot_h + 21:.2f}",
+        "alt": fill(ts["samples_alt"], items="; ".join(items)),
+        "distribution": {str(n): dict(table[n]) for n in values},
+        "unmeasured": any(c["none"] for c in table.values()),
+    }
+
+
+def _gates(firsts: pd.DataFrame, ts: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Decisions per review reason (a decision can fail several checks), with bar widths; [] without the column."""
+    if "review_reasons" not in firsts.columns:
+        return []
+    reasons = [_split_reasons(v) for v in firsts["review_reasons"]]
+    counts = {r: sum(r in rs for rs in reasons) for r in REVIEW_REASONS}
+    biggest = max(counts.values()) or 1
+    return [{"reason": r, "label": ts["gate_" + r.replace("-", "_")], "count": f"{counts[r]:,}",
+             "value": counts[r], "width": f"{counts[r] / biggest * 110:.2f}",
+             "alt": fill(ts["gates_alt"], label=ts["gate_" + r.replace("-", "_")], count=f"{counts[r]:,}")}
+            for r in REVIEW_REASONS]
+
+
+def _split_reasons(value: Any) -> list[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value):
+        return []
+    return [r for r in str(value).split(",") if r]
+
+
+def _reasons_by_id(firsts: pd.DataFrame, id_column: str) -> dict[str, list[str]]:
+    if "review_reasons" not in firsts.columns:
+        return {}
+    return {str(i): _split_reasons(v) for i, v in zip(firsts[id_column], firsts["review_reasons"], strict=True)}
+
+
+def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[str, str]]:
+    """The run's explanation-quality settings ([explain] stability and adaptation, [review] gates) as (label,
+    value) rows after :func:`tasks.render_text.audit_rows`, for the customer annex and the run summary.
+
+    RunInfo does not carry them, so they come from the config; a re-render reads the run's own config (its
+    SHA-256 is checked against the manifest), so the rows, like the rest of the page, are the same bytes."""
+    e, r = config.explain, config.review
+    yes, no = tc["yes"], tc["no"]
+    adaptive = fill(tc["adaptive_value"], factor=str(e.max_samples_factor)) if e.adaptive else no
+    return [
+        {"label": tc["stability_runs"], "value": str(e.stability_runs), "css": ""},
+        {"label": tc["adaptive"], "value": adaptive, "css": ""},
+        {"label": tc["confidence"], "value": threshold_text(e.confidence), "css": ""},
+        {"label": tc["max_prediction_gap"], "value": threshold_text(r.max_prediction_gap), "css": ""},
+        {"label": tc["require_stable"], "value": yes if r.require_stable else no, "css": ""},
+        {"label": tc["require_deletion"], "value": yes if r.require_deletion else no, "css": ""},
+    ]
+
+
+def quality_settings(config: Config) -> dict[str, Any]:
+    """The same settings for the JSON attachment."""
+    e, r = config.explain, config.review
+    return {"stability_runs": e.stability_runs, "adaptive": e.adaptive, "max_samples_factor": e.max_samples_factor,
+            "confidence": e.confidence, "min_fidelity": r.min_fidelity, "max_prediction_gap": r.max_prediction_gap,
+            "require_stable": r.require_stable, "require_deletion": r.require_deletion}
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
@@ -132,12 +238,18 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
     for r in reasons:
         r["alt"] = fill(ts["reasons_alt"], label=r["label"], raises=r["raises"], lowers=r["lowers"])
     fid_by_id = dict(zip(per_decision[id_column].astype(str), per_decision["fidelity"], strict=True))
+    firsts = explanations[explanations["rank"] == 1]
+    reasons_by_id = _reasons_by_id(firsts, id_column)
     limit = config.report.review_list_limit
     shown = [{"id": clean_text(i, limit=120),
               "fidelity": fidelity_text(fid_by_id[str(i)], run.min_fidelity)
               if str(i) in fid_by_id and math.isfinite(fid_by_id[str(i)])
-              else "—"}
+              else "—",
+              "reasons": ", ".join(ts.get("gate_" + r.replace("-", "_"), clean_text(r, 40))
+                                   for r in reasons_by_id.get(str(i), []))}
              for i in review_ids[:limit]]
+    samples = _samples_chart(firsts, config, ts)
+    gates = _gates(firsts, ts)
     min_fid = threshold_text(run.min_fidelity)
     below = int((fidelity < run.min_fidelity).sum())
     lender = config.report.lender
@@ -167,7 +279,11 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "review_more": fill(ts["review_more"], count=f"{len(review_ids) - len(shown):,}")
         if len(review_ids) > len(shown) else None,
         "quality": _quality_lines(explanations, ts),
-        "params": audit_rows(run, tc),
+        "samples": samples,
+        "gates": gates,
+        "gates_note": fill(ts["gates_note"], count=f"{int(firsts['needs_review'].astype(bool).sum()):,}")
+        if gates and "needs_review" in firsts.columns else None,
+        "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc)],
         "versions": " · ".join(f"{clean_text(k, 60)} {clean_text(v, 120)}" for k, v in sorted(run.versions.items())),
     }
     kind = document_kind("run_summary", "summary.html")
@@ -181,6 +297,8 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "reason_frequency": [{k: r[k] for k in ("feature", "raises", "lowers", "total", "first")} for r in reasons],
         "review_ids": [str(i) for i in review_ids],
         "quality": quality_summary(explanations) if "review_reasons" in explanations.columns else None,
+        "quality_settings": quality_settings(config),
+        "samples_per_decision": samples["distribution"] if samples else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
     }
     part = PdfPart(

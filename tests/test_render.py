@@ -348,3 +348,25 @@ def test_template_html_path_gives_the_same_bytes_as_weasyprints_own(tmp_path: Pa
     for html, part in zip(htmls, [d.part for d in docs] + [None, None], strict=True):
         assert write(layout(kind, html, settings), part, settings, kind) == \
             write(layout(stock, html, settings), part, settings, stock)
+
+
+def test_annex_lists_the_quality_settings_of_the_run(tmp_path: Path) -> None:
+    """The stability and review-gate settings come from the run's config (RunInfo does not carry them)."""
+    config = demo_config("en")
+    rows, applicants = synthetic_inputs(1, config, seed=4)
+    report = render_customer_reports(rows, applicants, config, demo_run(config), tmp_path / "a")[0]
+    annex = flat(pdf_text(report.path, 2, 2))
+    for row in ("Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 8× S per stream",
+                "Confidence of a stable set of reasons 0.95", "Maximum prediction gap allowed 0.30",
+                "Unstable reasons: human review yes", "Failed deletion check: human review no"):
+        assert row in annex
+    explain = config.explain.model_copy(update={"stability_runs": 4, "adaptive": False, "confidence": 0.99})
+    review = config.review.model_copy(update={"max_prediction_gap": 0.125, "require_stable": False,
+                                              "require_deletion": True})
+    other = config.model_copy(update={"explain": explain, "review": review})
+    report = render_customer_reports(rows, applicants, other, demo_run(other), tmp_path / "b")[0]
+    annex = flat(pdf_text(report.path, 2, 2))
+    for row in ("Independent sample streams (R) 4", "Adaptive sample size no", "Confidence of a stable set of reasons"
+                " 0.99", "Maximum prediction gap allowed 0.125", "Unstable reasons: human review"
+                " no", "Failed deletion check: human review yes"):
+        assert row in annex

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pikepdf
 import pytest
-from test_render_support import demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
+from test_render_support import decoded_pdf, demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
 
 from tasks.errors import InputError
 from tasks.render import render_run_summary
+from tasks.render_summary import sample_rounds
+from tasks.render_text import fidelity_text
 
 
 def test_summary_content_and_archival_metadata(tmp_path: Path) -> None:
@@ -64,3 +69,89 @@ def test_summary_needs_the_count_keys(tmp_path: Path) -> None:
     rows, _ = synthetic_inputs(2, config)
     with pytest.raises(InputError, match="reports_made"):
         render_run_summary(rows, {"decisions_in": 2}, [], config, demo_run(config), tmp_path / "s.pdf")
+
+
+def _with_quality(rows: pd.DataFrame, seed: int = 3) -> pd.DataFrame:
+    """The synthetic rows with issue 6's quality columns, as the stable engine (R = 2, S = 5000, factor 8) writes
+    them: decisions that never became stable spent the cap (80,000) and are gated as 'unstable'."""
+    rng = random.Random(seed)
+    per_id = {}
+    for decision_id, fidelity in rows.drop_duplicates("customer_id")[["customer_id", "fidelity"]].itertuples(
+            index=False):
+        samples = rng.choice((10_000, 10_000, 10_000, 20_000, 40_000, 80_000))
+        stable = samples < 80_000 or rng.random() < 0.3
+        gap = rng.choice((0.01, 0.02, 0.4)) if fidelity >= 0.3 else 0.05
+        reasons = [r for r, failed in (("low-fidelity", fidelity < 0.3), ("prediction-gap", gap > 0.3),
+                                       ("unstable", not stable)) if failed]
+        per_id[decision_id] = {"num_samples": samples, "stable": stable, "stability": 1.0 if stable else 0.0,
+                               "order_agrees": stable, "selection_z": 3.0 if stable else 0.5, "prediction_gap": gap,
+                               "deletion_delta": 0.1, "deletion_holds": True, "review_reasons": ",".join(reasons),
+                               "needs_review": bool(reasons)}
+    extra = pd.DataFrame([per_id[i] for i in rows["customer_id"]], index=rows.index)
+    return pd.concat([rows.drop(columns=["needs_review"]), extra], axis=1)
+
+
+def test_summary_shows_samples_gates_review_reasons_and_quality_settings(tmp_path: Path) -> None:
+    config = demo_config("en", review_list_limit=200)
+    run = demo_run(config)
+    rows = _with_quality(synthetic_inputs(80, config, seed=5, review_share=0.2)[0])
+    firsts = rows[rows["rank"] == 1]
+    review = sorted(firsts.loc[firsts["needs_review"], "customer_id"])
+    reasons = {i: r.split(",") for i, r in zip(firsts["customer_id"], firsts["review_reasons"], strict=True)}
+    assert any(len(r) > 1 for r in reasons.values())
+    counts = {"decisions_in": 80, "reports_made": 80, "needs_review": len(review), "failed": 0}
+    path = render_run_summary(rows, counts, review, config, run, tmp_path / "summary.pdf")
+    text = flat(pdf_text(path))
+    # samples chart: one bar per adaptation round (S·R · 1, 2, 4, 8), stable / not stable in the alt text
+    assert "Samples per decision" in text
+    assert "10,000 20,000 40,000 80,000 1× 2× 4× 8×" in text  # the axis: samples, then the round's factor
+    alt = decoded_pdf(path)
+    for samples in (10_000, 20_000, 40_000, 80_000):
+        at = firsts[firsts["num_samples"] == samples]
+        item = f"{samples:,}: {int(at['stable'].sum())} stable, {int((~at['stable']).sum())} not stable"
+        assert item.encode() in alt
+    # gating breakdown: decisions per failed check (several per decision possible)
+    label = {"low-fidelity": "low fidelity", "prediction-gap": "prediction gap", "unstable": "unstable",
+             "deletion-fails": "deletion check"}
+    gates = " ".join(f"{label[r]} {sum(r in rs for rs in reasons.values())}" for r in label)
+    assert "Review checks failed" in text and gates in text
+    assert f"{len(review)} decisions gated to human review; a decision can fail several checks" in text
+    # the review list names each decision's failed checks (raw order: the list is set in columns)
+    raw = subprocess.run(["pdftotext", "-raw", "-enc", "UTF-8", str(path), "-"], check=True,
+                         capture_output=True).stdout.decode("utf-8").splitlines()
+    for decision_id in review:
+        fidelity = firsts.loc[firsts["customer_id"] == decision_id, "fidelity"].iloc[0]
+        named = ", ".join(label[r] for r in reasons[decision_id])
+        assert f"{decision_id} {fidelity_text(fidelity, run.min_fidelity)} · {named}" in raw
+    # the quality settings in the parameters
+    for row in ("Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 8× S per stream",
+                "Confidence of a stable set of reasons 0.95", "Maximum prediction gap allowed 0.30",
+                "Unstable reasons: human review yes", "Failed deletion check: human review no"):
+        assert row in text
+    attached = json.loads(embedded_files(path)["run-summary.json"])
+    assert attached["quality_settings"] == {
+        "stability_runs": 2, "adaptive": True, "max_samples_factor": 8, "confidence": 0.95, "min_fidelity": 0.3,
+        "max_prediction_gap": 0.3, "require_stable": True, "require_deletion": False}
+    assert sum(sum(v.values()) for v in attached["samples_per_decision"].values()) == 80
+
+
+def test_sample_rounds_follow_the_explain_settings() -> None:
+    config = demo_config("en")
+    assert sample_rounds(config) == [10_000, 20_000, 40_000, 80_000]
+    explain = config.explain
+    plain = config.model_copy(update={"explain": explain.model_copy(update={"stability_runs": 1})})
+    assert sample_rounds(plain) == [5000]
+    fixed = config.model_copy(update={"explain": explain.model_copy(update={"adaptive": False, "stability_runs": 3})})
+    assert sample_rounds(fixed) == [15_000]
+
+
+def test_chinese_summary_quality_labels(tmp_path: Path) -> None:
+    config = demo_config("zh-CN")
+    rows = _with_quality(synthetic_inputs(30, config, seed=8, review_share=0.3)[0])
+    firsts = rows[rows["rank"] == 1]
+    review = sorted(firsts.loc[firsts["needs_review"], "customer_id"])
+    counts = {"decisions_in": 30, "reports_made": 30, "needs_review": len(review), "failed": 0}
+    path = render_run_summary(rows, counts, review, config, demo_run(config), tmp_path / "s.pdf")
+    text = flat(pdf_text(path))
+    assert "每个决定的样本数" in text and "未通过的复核检查" in text and "保真度低" in text
+    assert "独立样本流数（R） 2" in text and "理由不稳定时转人工复核 是" in text
