@@ -84,23 +84,22 @@ ALLOWED_FAILURES = 1
 
 
 @contextlib.contextmanager
-def progress_hook(hook: ProgressHook) -> Iterator[None]:
+def _registered(hooks: list[Any], hook: Any) -> Iterator[None]:
+    hooks.append(hook)
+    try:
+        yield
+    finally:
+        hooks.remove(hook)
+
+
+def progress_hook(hook: ProgressHook) -> contextlib.AbstractContextManager[None]:
     """Receive (stage, done, total) while a flow runs in this process."""
-    _HOOKS.append(hook)
-    try:
-        yield
-    finally:
-        _HOOKS.remove(hook)
+    return _registered(_HOOKS, hook)
 
 
-@contextlib.contextmanager
-def message_hook(hook: MessageHook) -> Iterator[None]:
+def message_hook(hook: MessageHook) -> contextlib.AbstractContextManager[None]:
     """Receive one-line messages (the deadline estimate) while a flow runs in this process."""
-    _MESSAGES.append(hook)
-    try:
-        yield
-    finally:
-        _MESSAGES.remove(hook)
+    return _registered(_MESSAGES, hook)
 
 
 def _progress(stage: str, done: int, total: int) -> None:
@@ -197,6 +196,12 @@ def checksums_task(config: Config) -> tuple[str, str, str]:
 def merge_task(results: list[ShardResult], target: str, id_column: str, run: RunInfo, exclude: set[str]) -> int:
     metadata = {b"limelight.run": json.dumps(run.to_dict(), sort_keys=True).encode("utf-8")}
     return merge_parts(results, Path(target), id_column, metadata, exclude)
+
+
+def _report_sources(config: Config) -> dict[str, str]:
+    from tasks.render_text import report_sources
+
+    return report_sources(config)
 
 
 @task(name="explanation-quality", **IO, **NOT_CACHED)
@@ -798,7 +803,7 @@ def limelight_flow(
                     identity=identity, trigger=trigger, started_by=started_by, run_date=run_date, started=started,
                     accounting=accounting, failures=failures, not_reached=not_reached, deadline=deadline_at,
                     best_effort=best_effort, outputs=outputs, resumed=found.staging is not None,
-                ), "quality": quality_task(str(merged))},
+                ), "quality": quality_task(str(merged)), "report_sources": _report_sources(config) if render else None},
             )
             mf.publish(staging, out_path, names, manifest, keep_staging=bool(not_reached))
             published = {name: str(out_path / name) for name in [*names, mf.MANIFEST]}

@@ -76,6 +76,26 @@ def _source(configured: str | None, bundled_dir: Path, language: str) -> Path:
     return bundled_dir / f"{language}.toml"
 
 
+def report_sources(config: Config) -> dict[str, str]:
+    """SHA-256 of what decides a report's bytes besides the run's data: the templates (their sample images
+    aside), the fixed texts of the language, the rights notice and the reason catalog. The manifest records
+    them, so a re-render can tell a changed template or text from a changed input."""
+    import hashlib
+
+    from tasks.io import file_sha256
+    from tasks.render_pdf import TEMPLATES_DIR
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file() and "sample" not in p.parts):
+        digest.update(f"{file.relative_to(TEMPLATES_DIR).as_posix()}\0{file_sha256(file)}\n".encode())
+    return {
+        "templates": digest.hexdigest(),
+        "texts": file_sha256(TEXTS_DIR / f"{config.report.language}.toml"),
+        "notices": file_sha256(notice_source(config)),
+        "reasons": file_sha256(reasons_source(config)),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- texts
 
 

@@ -127,8 +127,9 @@ def _inputs(manifest: dict[str, Any], manifest_path: Path) -> tuple[Config, Path
     return config, explanations
 
 
-def _compare(expected: dict[str, str], rendered: dict[str, str], out: Path) -> None:
-    """Every file the manifest lists must be rendered with the same SHA-256, and nothing else."""
+def _compare(expected: dict[str, str], rendered: dict[str, str], out: Path, changed: list[str]) -> None:
+    """Every file the manifest lists must be rendered with the same SHA-256, and nothing else. ``changed``:
+    the report sources (templates, texts, notices, reasons) whose SHA-256 differs from the run's."""
     differ = sorted(name for name in expected if name in rendered and rendered[name] != expected[name])
     missing = sorted(set(expected) - set(rendered))
     extra = sorted(set(rendered) - set(expected))
@@ -143,7 +144,9 @@ def _compare(expected: dict[str, str], rendered: dict[str, str], out: Path) -> N
     else:
         head = f"{out / extra[0]}: re-rendered but not listed in the manifest"
     more = len(differ) + len(missing) + len(extra) - 1
-    raise RerenderMismatch(head + (f"; {more} more file{'s' if more > 1 else ''} differ" if more else ""))
+    why = (f"; the report {', '.join(changed)} changed since the run: re-render with the limelight version that "
+           "made it" if changed else "")
+    raise RerenderMismatch(head + (f"; {more} more file{'s' if more > 1 else ''} differ" if more else "") + why)
 
 
 def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
@@ -153,6 +156,7 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     first file whose bytes differ. The re-rendered files stay in ``out`` either way, for inspection.
     """
     from tasks.render import render_customer_reports, render_run_summary
+    from tasks.render_text import report_sources
 
     manifest_path = Path(manifest_path).resolve()
     manifest = load_manifest(manifest_path)
@@ -179,5 +183,7 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
         counts = summary_counts(manifest["counts"])
         path = render_run_summary(rows, counts, list(manifest["review"]["ids"]), config, run, out / mf.SUMMARY)
         rendered[mf.SUMMARY] = file_sha256(path)
-    _compare(expected, rendered, out)
+    recorded = manifest.get("report_sources") or {}
+    current = report_sources(config) if recorded else {}
+    _compare(expected, rendered, out, [name for name, sha in recorded.items() if current.get(name) != sha])
     return Rerendered(run.run_id, out, len(rendered) - (summary is not None), summary is not None)

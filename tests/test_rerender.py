@@ -105,12 +105,14 @@ def test_a_pdf_whose_recorded_bytes_differ_is_named(published, tmp_path):
     entry = data["outputs"]["reports"][2]
     entry["sha256"] = "0" * 64
     manifest.write_text(json.dumps(data))
-    with pytest.raises(RerenderMismatch, match=rf"{entry['file']}: re-rendered bytes differ .*manifest has 0000"):
+    differ = rf"{entry['file']}: re-rendered bytes differ .*manifest has 0000"
+    with pytest.raises(RerenderMismatch, match=differ) as error:
         rerender(manifest, tmp_path / "again")
+    assert "changed since the run" not in str(error.value)  # templates and texts are the run's own
 
 
 def test_a_changed_notice_text_shows_as_differing_pdfs(published, tmp_path):
-    """The notice file is not hashed in the manifest, but it changes every report: the byte check catches it."""
+    """The notice text changes every report: the byte check catches it, and the manifest's report sources say why."""
     from tasks.render_text import _load_notices
 
     out, _, notices = published
@@ -119,7 +121,7 @@ def test_a_changed_notice_text_shows_as_differing_pdfs(published, tmp_path):
         notices.write_text(original.replace("Your rights", "Your rights (revised)"), encoding="utf-8")
         _load_notices.cache_clear()
         with pytest.raises(RerenderMismatch, match=rf"reports/.*\.pdf: re-rendered bytes differ.*; {REPORTS - 1} "
-                                                   "more files differ"):
+                                                   "more files differ; the report notices changed since the run"):
             rerender(out / "manifest.json", tmp_path / "again")
     finally:
         notices.write_text(original, encoding="utf-8")
