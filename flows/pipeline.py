@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from distributed import KilledWorker
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -81,6 +82,9 @@ MessageHook = Callable[[str], None]
 _MESSAGES: list[MessageHook] = []
 #: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
 ALLOWED_FAILURES = 1
+#: Render batches carry no poison of their own (the shard was explained); one that shared a worker with a
+#: task that killed it twice gets KilledWorker and is submitted again, up to this many attempts in all.
+RENDER_ATTEMPTS = 3
 
 
 @contextlib.contextmanager
@@ -339,6 +343,7 @@ class _Work:
         self.explain_done_at: float | None = None
         self.artifact: Any = None
         self.updates = 0
+        self.render_attempts: dict[tuple[str, int], int] = {}
 
     # -- explain --
     def fill(self) -> None:
@@ -405,6 +410,13 @@ class _Work:
         if isinstance(error, LimelightError | OSError):
             self.cancel()
             raise error
+        attempts = self.render_attempts.get((result.name, start), 1)
+        if isinstance(error, KilledWorker) and attempts < RENDER_ATTEMPTS:  # a bystander of another task's crash
+            self.render_attempts[(result.name, start)] = attempts + 1
+            get_run_logger().warning("render batch %s from %d lost its worker (%s): submitting it again",
+                                     result.name, start, one_line(error))
+            self.submit_render(result, start, stop)
+            return
         failures = [(i, "render", one_line(error)) for i in result.ids[start:stop]]
         self.rendered_ok(result, start, {"reports": [], "failures": failures}, record=False)  # a rerun retries
 

@@ -181,6 +181,8 @@ def test_reports_and_summary_show_the_checks(tmp_path: Path) -> None:
     counts = {"decisions_in": 3, "reports_made": 3, "needs_review": 1, "failed": 0}
     summary = flat(pdf_text(render_run_summary(rows, counts, [ids[0]], config, run, tmp_path / "summary.pdf")))
     assert "Stability, faithfulness and review 2 of 3 decisions have a stable set of principal reasons" in summary
-    assert "for 3 of 3 decisions" in summary and "unstable reasons 1" in summary
+    assert "in the stated direction for 3 of 3 decisions" in summary
+    assert "CUST-100000 0.50 · unstable" in summary  # the review list names the failed check
+    assert "Decisions gated to human review: 1; a decision can fail several checks" in summary
     assert json.loads(embedded_files(tmp_path / "summary.pdf")["run-summary.json"])["quality"] == json.loads(
         json.dumps(quality_summary(rows)))

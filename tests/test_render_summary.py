@@ -115,7 +115,7 @@ def test_summary_shows_samples_gates_review_reasons_and_quality_settings(tmp_pat
              "deletion-fails": "deletion check"}
     gates = " ".join(f"{label[r]} {sum(r in rs for rs in reasons.values())}" for r in label)
     assert "Review checks failed" in text and gates in text
-    assert f"{len(review)} decisions gated to human review; a decision can fail several checks" in text
+    assert f"Decisions gated to human review: {len(review)}; a decision can fail several checks" in text
     # the review list names each decision's failed checks (raw order: the list is set in columns)
     raw = subprocess.run(["pdftotext", "-raw", "-enc", "UTF-8", str(path), "-"], check=True,
                          capture_output=True).stdout.decode("utf-8").splitlines()
