@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,31 +263,17 @@ def _check_feature_values(
     id_column: str,
     problems: _Problems,
 ) -> None:
-    """Nulls, NaNs and unknown categories, first bad row per column."""
+    """Nulls, NaNs, infinities and unknown categories (:func:`_column_checks`), first bad row per column."""
     for feature in features:
         if feature.name in skip:
             continue
-        column = table.column(feature.name)
-        row = _first(pc.is_null(column, nan_is_null=True)) if column.null_count or _is_float(column) else None
-        if row is not None:
-            problems.add(f"{_where(file, offset + row, ids, id_column)}: column '{feature.name}': missing value")
-            skip.add(feature.name)
-            continue
-        row = _first(pc.is_inf(_plain(column))) if _is_float(column) else None
-        if row is not None:
-            problems.add(f"{_where(file, offset + row, ids, id_column)}: column '{feature.name}': "
-                         f"{_plain(column)[row].as_py()} is not a finite number")
-            skip.add(feature.name)
-            continue
-        if feature.kind == "categorical":
-            text = _as_string(column)
-            row = _first(pc.invert(pc.is_in(text, value_set=pa.array(feature.categories, pa.string()))))
-            if row is not None:
-                problems.add(
-                    f"{_where(file, offset + row, ids, id_column)}: column '{feature.name}': "
-                    f"{text[row].as_py()!r} is not a configured category ({', '.join(feature.categories or [])})"
-                )
+        for _, bad, detail in _column_checks(table.column(feature.name), feature):
+            rows = np.flatnonzero(bad)
+            if rows.size:
+                row = int(rows[0])
+                problems.add(f"{_where(file, offset + row, ids, id_column)}: column '{feature.name}': {detail(row)}")
                 skip.add(feature.name)
+                break
 
 
 def _is_float(column: pa.ChunkedArray | pa.Array) -> bool:
@@ -319,6 +305,33 @@ ROW_PROBLEM_KINDS = {
 }
 
 
+def _column_checks(
+    column: pa.ChunkedArray | pa.Array, feature: FeatureConfig
+) -> list[tuple[str, np.ndarray, Callable[[int], str]]]:
+    """The value checks of one feature column, in order: (kind, bool mask of the bad rows, detail of a bad row).
+
+    A missing value or NaN; an infinity; a category the config does not list (nulls are "missing", not that).
+    Both the input-level checks (:func:`_check_feature_values`) and the row-level ones (:func:`row_problems`).
+    """
+    def mask(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+
+    checks: list[tuple[str, np.ndarray, Callable[[int], str]]] = [
+        ("missing", mask(pc.is_null(column, nan_is_null=True)), lambda row: "missing value"),
+    ]
+    if _is_float(column):
+        values = _plain(column)
+        checks.append(("infinite", mask(pc.is_inf(values)),
+                       lambda row: f"{values[row].as_py()} is not a finite number"))
+    if feature.kind == "categorical":
+        text = _as_string(column)
+        known = pc.is_in(text, value_set=pa.array(feature.categories, pa.string()))
+        allowed = ", ".join(feature.categories or [])
+        checks.append(("category", mask(pc.and_(pc.invert(known), pc.is_valid(text))),
+                       lambda row: f"{text[row].as_py()!r} is not a configured category ({allowed})"))
+    return checks
+
+
 def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int, RowProblem]:
     """Row-level problems of a batch of decisions: row (0-based, in ``table``) -> the problem, naming the column.
 
@@ -328,24 +341,9 @@ def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int
     """
     reasons: dict[int, RowProblem] = {}
     for feature in features:
-        column = table.column(feature.name)
-        missing = pc.is_null(column, nan_is_null=True)
-        for row in np.flatnonzero(pc.fill_null(missing, False).to_numpy(zero_copy_only=False)):
-            reasons.setdefault(int(row), RowProblem("missing", feature.name, "missing value"))
-        if _is_float(column):
-            values = _plain(column)
-            infinite = pc.fill_null(pc.is_inf(values), False).to_numpy(zero_copy_only=False)
-            for row in np.flatnonzero(infinite):
-                reasons.setdefault(int(row), RowProblem("infinite", feature.name,
-                                                        f"{values[int(row)].as_py()} is not a finite number"))
-        if feature.kind == "categorical":
-            text = _as_string(column)
-            unknown = pc.and_(pc.invert(pc.is_in(text, value_set=pa.array(feature.categories, pa.string()))),
-                              pc.is_valid(text))
-            allowed = ", ".join(feature.categories or [])
-            for row in np.flatnonzero(pc.fill_null(unknown, False).to_numpy(zero_copy_only=False)):
-                reasons.setdefault(int(row), RowProblem("category", feature.name, f"{text[int(row)].as_py()!r} is "
-                                                        f"not a configured category ({allowed})"))
+        for kind, bad, detail in _column_checks(table.column(feature.name), feature):
+            for row in np.flatnonzero(bad):
+                reasons.setdefault(int(row), RowProblem(kind, feature.name, detail(int(row))))
     return reasons
 
 
