@@ -153,6 +153,15 @@ def load_model(model: ModelConfig, num_features: int, device: torch.device | str
     return loaded
 
 
+def is_probabilities(out: torch.Tensor) -> bool:
+    """Whether every row of a model's ``[N, C]`` output is a probability vector: values in [0, 1] (within
+    1e-6) summing to 1 (within 1e-3, float32 models). The load-time contract and the per-decision check
+    (tasks/shard.py, CheckedModel) both ask this."""
+    values = out.detach().to(torch.float64)
+    in_range = bool(((values >= -1e-6) & (values <= 1 + 1e-6)).all())
+    return in_range and float((values.sum(1) - 1).abs().max()) <= 1e-3
+
+
 def check_model_contract(model: LoadedModel, num_classes: int) -> None:
     """Call the model on two rows of zeros: the output must be [2, C] probabilities."""
     probe = torch.zeros(2, model.num_features, dtype=torch.float32, device=model.device)
@@ -173,9 +182,7 @@ def check_model_contract(model: LoadedModel, num_classes: int) -> None:
     out = out.to(torch.float64)
     if not torch.isfinite(out).all():
         raise ModelError(f"{model.description}: output is not finite")
-    in_range = bool(((out >= -1e-6) & (out <= 1 + 1e-6)).all())
-    sums_to_one = torch.allclose(out.sum(1), out.new_ones(2), atol=1e-3)
-    if model.output == "probabilities" and not (in_range and sums_to_one):
+    if model.output == "probabilities" and not is_probabilities(out):
         raise ModelError(
             f"{model.description}: outputs are not probabilities (rows must sum to 1); "
             "set [model] output = \"logits\" if it returns logits"

@@ -365,18 +365,15 @@ class CheckedModel:
         import torch
 
         from tasks.errors import ModelError
+        from tasks.model import is_probabilities
 
         out = self._model(x)
         if out.dim() == 2 and len(out):
-            values = out.detach().to(dtype=torch.float64)
-            if not bool(values.isfinite().all()):
+            if not bool(torch.isfinite(out).all()):
                 raise ModelError(f"{self._model.description}: non-finite output")
-            if self._model.output == "probabilities":
-                sums = values.sum(1)
-                if not bool(((values >= -1e-6) & (values <= 1 + 1e-6)).all()) or \
-                        float((sums - 1).abs().max()) > 1e-3:
-                    raise ModelError(f"{self._model.description}: output rows are not probabilities "
-                                     "(outside [0, 1] or not summing to 1)")
+            if self._model.output == "probabilities" and not is_probabilities(out):
+                raise ModelError(f"{self._model.description}: output rows are not probabilities "
+                                 "(outside [0, 1] or not summing to 1)")
         return out
 
 
