@@ -179,11 +179,12 @@ def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file
     else:
         positions = select_positions(index, limit, ids_file, config.data.id_column)
     selected = np.arange(index.num_rows, dtype=np.int64) if positions is None else positions
-    bad = np.isin(selected, np.fromiter(row_failures or {}, np.int64)) if row_failures else np.zeros(0, bool)
+    row_failures = row_failures or {}
+    bad = np.isin(selected, np.fromiter(row_failures, np.int64, count=len(row_failures)))
     if not bad.any():
         return Selection(selected, selected, plan_shards(index, config.run.shard_size, positions), {})
     planned = selected[~bad]
-    failures = {int(p): (row_failures or {})[int(p)] for p in selected[bad]}
+    failures = {int(p): row_failures[int(p)] for p in selected[bad]}
     return Selection(selected, planned, plan_shards(index, config.run.shard_size, planned), failures)
 
 
@@ -221,9 +222,10 @@ def summary_task(
     explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str
 ) -> str:
     from tasks.render import render_run_summary
+    from tasks.render_summary import summary_counts
 
     frame = pd.read_parquet(explanations)
-    return str(render_run_summary(frame, counts, review_ids, config, run, Path(target)))
+    return str(render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target)))
 
 
 # --- tasks on the workers -----------------------------------------------------------------------
@@ -796,8 +798,7 @@ def limelight_flow(
                                          mf.FAILURES: {**mf.describe_file(failed_path), "rows": len(failures)}}
             if render:
                 _keep_only_reports(staging / mf.REPORTS, {Path(r["file"]).name for r in outputs.reports})
-                summary_counts = {k: counts[k] for k in ("decisions_in", "reports_made", "needs_review", "failed")}
-                summary_task(str(merged), summary_counts, review_ids, config, run, str(staging / mf.SUMMARY))
+                summary_task(str(merged), counts, review_ids, config, run, str(staging / mf.SUMMARY))
                 names += [mf.REPORTS, mf.SUMMARY]
                 described[mf.SUMMARY] = mf.describe_file(staging / mf.SUMMARY)
                 described[mf.REPORTS] = outputs.reports

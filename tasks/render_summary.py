@@ -31,6 +31,12 @@ from tasks.render_text import (
 from tasks.runinfo import RunInfo
 
 COUNT_KEYS = ("decisions_in", "reports_made", "needs_review", "failed")
+
+
+def summary_counts(counts: dict[str, Any]) -> dict[str, int]:
+    """The counts the run summary shows (its fixed keys) out of a run's or a manifest's counts: the flow and
+    ``limelight rerender`` pick them here alike, so a re-rendered summary has the run's bytes."""
+    return {key: int(counts[key]) for key in COUNT_KEYS}
 SUMMARY_SCHEMA = "limelight.run-summary/1"
 _BINS = 10
 

@@ -100,13 +100,6 @@ def applicants(config: Config, ids: set[str]) -> pd.DataFrame:
     return joined.to_pandas()
 
 
-def summary_counts(counts: dict[str, Any]) -> dict[str, int]:
-    """The counts the run summary showed: its fixed keys (tasks/render_summary.py), from the manifest."""
-    from tasks.render_summary import COUNT_KEYS
-
-    return {key: int(counts[key]) for key in COUNT_KEYS}
-
-
 def _inputs(manifest: dict[str, Any], manifest_path: Path) -> tuple[Config, Path]:
     """The run's config (decisions path as the manifest recorded it) and its explanations, all checked."""
     config_path = Path(manifest["config"]["path"] or "")
@@ -156,6 +149,7 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     first file whose bytes differ. The re-rendered files stay in ``out`` either way, for inspection.
     """
     from tasks.render import render_customer_reports, render_run_summary
+    from tasks.render_summary import summary_counts
     from tasks.render_text import report_sources
 
     manifest_path = Path(manifest_path).resolve()
