@@ -61,11 +61,6 @@ def previous_day(moment: datetime, timezone: str) -> date:
     return moment.astimezone(zone(timezone)).date() - timedelta(days=1)
 
 
-def fill_out(out: str, *, day: str, run_id: str) -> str:
-    """``{date}`` and ``{run_id}`` in an output folder template."""
-    return out.replace("{date}", day).replace("{run_id}", run_id)
-
-
 def date_key(config: Config) -> str | None:
     """The column or partition key that dates each decision: ``[data] date_column``, else ``[report]``'s."""
     return config.data.date_column or config.report.date_column

@@ -13,7 +13,7 @@ import pytest
 from tasks.config import parse_config
 from tasks.data import scan_decisions
 from tasks.errors import ConfigError, InputError
-from tasks.schedule import date_key, day_positions, fill_out, parse_run_date, previous_day, select_day
+from tasks.schedule import date_key, day_positions, parse_run_date, previous_day, select_day
 
 REPO = Path(__file__).resolve().parents[1]
 DAYS = [date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
@@ -56,10 +56,6 @@ def test_yesterday_is_taken_in_the_schedules_time_zone():
     assert previous_day(datetime(2026, 2, 28, 15, 0, tzinfo=UTC), "Australia/Sydney") == date(2026, 2, 28)
     with pytest.raises(ConfigError, match="timezone 'Europe/Londres': not an IANA time zone"):
         previous_day(datetime(2026, 7, 1, tzinfo=UTC), "Europe/Londres")
-
-
-def test_out_templates_take_the_run_date():
-    assert fill_out("/data/{date}/{run_id}", day="2026-11-20", run_id="R1") == "/data/2026-11-20/R1"
 
 
 def test_the_date_key_defaults_to_the_reports_date_column(tmp_path, twelve, demo_artifacts):
