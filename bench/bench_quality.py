@@ -2,8 +2,9 @@
 
 On two credit datasets, the demo portfolio and model and the Statlog German credit data (bench/data, a small
 torch MLP trained here), it explains the same decisions with two independent seeds, first with the plain
-engine (one stream, S samples) and then with stability + adaptation ([explain] defaults: 2 streams, doubling
-up to 8 x S), side by side in one process, and prints:
+engine as lime runs it (one stream of S independent samples), the plain engine on the default Sobol design, and
+stability + adaptation ([explain] defaults: Sobol design, 2 streams, doubling up to 8 x S), side by side in one
+process, and prints:
 - the share of decisions whose top-k SET is the same under both seeds, before and after (and among the
   decisions both runs call stable);
 - the average samples spent per decision, and the throughput of both, with their ratio;
@@ -141,13 +142,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(case: Case, x: np.ndarray, ids: list[str], seed: int, quality: bool, args) -> tuple[Explanations, float]:
+def run(case: Case, x: np.ndarray, ids: list[str], seed: int, quality: bool, args,
+        design: str | None = None) -> tuple[Explanations, float]:
     defaults = ExplainConfig()
     engine = BatchedLime(
         stats=case.stats, model=case.model, explain_index=case.explain_index, num_samples=args.samples,
         top_k=args.top_k, seed=seed, memory_budget_mb=args.memory_mb, deletion_check=True,
         stability_runs=args.runs if quality else 1, adaptive=quality,
         max_samples_factor=args.factor, confidence=args.confidence or defaults.confidence,
+        design=design or args.design,
     )
     synchronize(case.model.device)
     start = time.perf_counter()
@@ -170,16 +173,19 @@ def report(case: Case, args) -> None:
         x, ids = x[: args.decisions], ids[: args.decisions]
     n = len(ids)
     run(case, x[:8], ids[:8], 1, True, args)  # warm-up (allocations, kernels)
-    plain_a, t_plain_a = run(case, x, ids, args.seed, False, args)
+    plain_a, t_plain_a = run(case, x, ids, args.seed, False, args, "random")
+    design_a, _ = run(case, x, ids, args.seed, False, args)
     stable_a, t_stable_a = run(case, x, ids, args.seed, True, args)
-    plain_b, t_plain_b = run(case, x, ids, args.seed + 1, False, args)
+    plain_b, t_plain_b = run(case, x, ids, args.seed + 1, False, args, "random")
+    design_b, _ = run(case, x, ids, args.seed + 1, False, args)
     stable_b, t_stable_b = run(case, x, ids, args.seed + 1, True, args)
     t_plain, t_stable = (t_plain_a + t_plain_b) / 2, (t_stable_a + t_stable_b) / 2
     both = stable_a.stable & stable_b.stable
     k = args.top_k
     print(f"\n== {case.name}: {n} decisions, S = {args.samples}, top-{k}, {args.runs} streams, cap "
-          f"{args.factor} x S per stream, device {case.model.device}")
-    print(f"same top-{k} set across two seeds: plain {agreement(plain_a, plain_b):.1%} -> stability+adaptive "
+          f"{args.factor} x S per stream, {args.design} design, device {case.model.device}")
+    print(f"same top-{k} set across two seeds: plain engine as lime (random design) {agreement(plain_a, plain_b):.1%}"
+          f"; plain engine, {args.design} design {agreement(design_a, design_b):.1%}; stability+adaptive "
           f"{agreement(stable_a, stable_b):.1%} (among the {both.mean():.1%} stable in both runs: "
           f"{agreement(stable_a, stable_b, both):.1%})")
     samples = np.concatenate([stable_a.num_samples, stable_b.num_samples])
@@ -189,8 +195,8 @@ def report(case: Case, args) -> None:
           f"({samples.mean() / args.samples:.2f} x; {spread})")
     print(f"stable at S (before adaptation): {(stable_a.num_samples == args.runs * args.samples).mean():.1%} of "
           f"decisions needed no extra samples; stable after adaptation: {stable_a.stable.mean():.1%}")
-    print(f"throughput: plain {n / t_plain:,.1f} decisions/s, stability+adaptive {n / t_stable:,.1f} decisions/s "
-          f"(cost {t_stable / t_plain:.2f} x, same process, interleaved)")
+    print(f"throughput: plain (random design) {n / t_plain:,.1f} decisions/s, stability+adaptive "
+          f"{n / t_stable:,.1f} decisions/s (cost {t_stable / t_plain:.2f} x, same process, interleaved)")
     print(f"deletion check holds: plain {plain_a.deletion_holds.mean():.1%}, stability+adaptive "
           f"{stable_a.deletion_holds.mean():.1%}")
     config = SimpleNamespace(review=ReviewConfig())
@@ -211,6 +217,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=ExplainConfig().stability_runs)
     parser.add_argument("--factor", type=int, default=ExplainConfig().max_samples_factor)
     parser.add_argument("--confidence", type=float, default=None)
+    parser.add_argument("--design", choices=["sobol", "random"], default=ExplainConfig().design,
+                        help="sampling design of the stability+adaptive engine")
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (CPU)")

@@ -83,14 +83,20 @@ class ExplainConfig(_Strict):
         description="fuse the sampler with torch.compile: 'auto' where a compiler is available (first use costs"
         " ~20 s per worker process, cached on disk after)",
     )
+    design: Literal["sobol", "random"] = Field(
+        default="sobol",
+        description="where the samples' uniforms come from: 'sobol', a digitally shifted Sobol sequence per decision"
+        " and stream (same distribution as lime's, less sampling noise), or 'random', independent draws as lime",
+    )
     stability_runs: int = Field(
         default=2, ge=1, le=16,
-        description="independent sample streams per decision (R); the reported fit pools them. 1: the plain engine,"
-        " no stability check and no adaptation",
+        description="independent sample streams per decision (R), num_samples / R samples each; the reported fit"
+        " pools them. 1: the plain engine, no stability check and no adaptation",
     )
     adaptive: bool = Field(default=True, description="double the samples of decisions whose top-k is not stable")
     max_samples_factor: int = Field(
-        default=8, ge=1, le=64, description="adaptation stops at this multiple of num_samples per stream (a power of 2)"
+        default=16, ge=1, le=64,
+        description="adaptation stops at this multiple of num_samples per decision (a power of 2)",
     )
     confidence: float = Field(
         default=0.95, gt=0.5, lt=1.0,
@@ -103,6 +109,23 @@ class ExplainConfig(_Strict):
         if factor & (factor - 1):
             raise ValueError("must be a power of 2 (samples double each adaptation round)")
         return factor
+
+    @model_validator(mode="after")
+    def _streams_hold_their_blocks(self) -> ExplainConfig:
+        if self.stability_runs > 1 and self.num_samples // self.stability_runs < MIN_STREAM_SAMPLES:
+            raise ValueError(
+                f"num_samples = {self.num_samples} over stability_runs = {self.stability_runs} streams leaves fewer"
+                f" than {MIN_STREAM_SAMPLES} samples per stream (8 jackknife blocks of 8)"
+            )
+        return self
+
+
+MIN_STREAM_SAMPLES = 64
+
+
+def stream_samples(num_samples: int, stability_runs: int) -> int:
+    """Samples per stream in the first round: S split over the R streams, rounded up."""
+    return -(-num_samples // stability_runs)
 
 
 class ReviewConfig(_Strict):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.aggregate import REVIEW_REASONS, quality_summary
-from tasks.config import Config
+from tasks.config import Config, stream_samples
 from tasks.errors import InputError
 from tasks.render_pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
 from tasks.render_text import (
@@ -114,12 +114,13 @@ def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str]) -> list[st
 
 
 def sample_rounds(config: Config) -> list[int]:
-    """Samples per decision after each adaptation round (all R streams): S·R, 2·S·R, … up to the cap; S alone
-    when there is one stream (no stability check, no adaptation)."""
-    s, runs = config.explain.num_samples, config.explain.stability_runs
-    if runs == 1 or not config.explain.adaptive:
-        return [s * runs]
-    return [s * runs * 2**a for a in range(int(math.log2(config.explain.max_samples_factor)) + 1)]
+    """Samples per decision after each adaptation round (all R streams of S/R): S, 2·S, … up to the cap; S
+    alone when there is one stream (no stability check, no adaptation)."""
+    e = config.explain
+    first = stream_samples(e.num_samples, e.stability_runs) * e.stability_runs
+    if e.stability_runs == 1 or not e.adaptive:
+        return [first]
+    return [first * 2**a for a in range(int(math.log2(e.max_samples_factor)) + 1)]
 
 
 def _samples_chart(firsts: pd.DataFrame, config: Config, ts: Mapping[str, str]) -> dict[str, Any] | None:
@@ -205,6 +206,7 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
     yes, no = tc["yes"], tc["no"]
     adaptive = fill(tc["adaptive_value"], factor=str(e.max_samples_factor)) if e.adaptive else no
     return [
+        {"label": tc["design"], "value": tc[f"design_{e.design}"], "css": ""},
         {"label": tc["stability_runs"], "value": str(e.stability_runs), "css": ""},
         {"label": tc["adaptive"], "value": adaptive, "css": ""},
         {"label": tc["confidence"], "value": threshold_text(e.confidence), "css": ""},
@@ -217,9 +219,10 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
 def quality_settings(config: Config) -> dict[str, Any]:
     """The same settings for the JSON attachment."""
     e, r = config.explain, config.review
-    return {"stability_runs": e.stability_runs, "adaptive": e.adaptive, "max_samples_factor": e.max_samples_factor,
-            "confidence": e.confidence, "min_fidelity": r.min_fidelity, "max_prediction_gap": r.max_prediction_gap,
-            "require_stable": r.require_stable, "require_deletion": r.require_deletion}
+    return {"design": e.design, "stability_runs": e.stability_runs, "adaptive": e.adaptive,
+            "max_samples_factor": e.max_samples_factor, "confidence": e.confidence, "min_fidelity": r.min_fidelity,
+            "max_prediction_gap": r.max_prediction_gap, "require_stable": r.require_stable,
+            "require_deletion": r.require_deletion}
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],

@@ -134,6 +134,9 @@ def test_lime_engine_leaves_stability_null() -> None:
         ({"stability_runs": 0}, "[explain] stability_runs"),
         ({"confidence": 1.0}, "[explain] confidence"),
         ({"stabilty_runs": 2}, "did you mean 'stability_runs'"),
+        ({"num_samples": 100, "stability_runs": 4},
+         "[explain]: num_samples = 100 over stability_runs = 4 streams leaves fewer than 64 samples per stream"),
+        ({"design": "halton"}, "[explain] design"),
     ],
 )
 def test_quality_config_validation(explain, message) -> None:

@@ -356,7 +356,8 @@ def test_annex_lists_the_quality_settings_of_the_run(tmp_path: Path) -> None:
     rows, applicants = synthetic_inputs(1, config, seed=4)
     report = render_customer_reports(rows, applicants, config, demo_run(config), tmp_path / "a")[0]
     annex = flat(pdf_text(report.path, 2, 2))
-    for row in ("Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 8× S per stream",
+    for row in ("Sampling design Sobol sequence, shifted per decision and stream (randomised quasi-Monte Carlo)",
+                "Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 16× S",
                 "Confidence of a stable set of reasons 0.95", "Maximum prediction gap allowed 0.30",
                 "Unstable reasons: human review yes", "Failed deletion check: human review no"):
         assert row in annex

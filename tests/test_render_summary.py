@@ -72,13 +72,13 @@ def test_summary_needs_the_count_keys(tmp_path: Path) -> None:
 
 
 def _with_quality(rows: pd.DataFrame, seed: int = 3) -> pd.DataFrame:
-    """The synthetic rows with issue 6's quality columns, as the stable engine (R = 2, S = 5000, factor 8) writes
-    them: decisions that never became stable spent the cap (80,000) and are gated as 'unstable'."""
+    """The synthetic rows with issue 6's quality columns, as the stable engine (R = 2 streams of S/2, S = 5000,
+    factor 16) writes them: decisions that never became stable spent the cap (80,000) and are gated as 'unstable'."""
     rng = random.Random(seed)
     per_id = {}
     for decision_id, fidelity in rows.drop_duplicates("customer_id")[["customer_id", "fidelity"]].itertuples(
             index=False):
-        samples = rng.choice((10_000, 10_000, 10_000, 20_000, 40_000, 80_000))
+        samples = rng.choice((5_000, 5_000, 5_000, 10_000, 20_000, 40_000, 80_000))
         stable = samples < 80_000 or rng.random() < 0.3
         gap = rng.choice((0.01, 0.02, 0.4)) if fidelity >= 0.3 else 0.05
         reasons = [r for r, failed in (("low-fidelity", fidelity < 0.3), ("prediction-gap", gap > 0.3),
@@ -102,11 +102,11 @@ def test_summary_shows_samples_gates_review_reasons_and_quality_settings(tmp_pat
     counts = {"decisions_in": 80, "reports_made": 80, "needs_review": len(review), "failed": 0}
     path = render_run_summary(rows, counts, review, config, run, tmp_path / "summary.pdf")
     text = flat(pdf_text(path))
-    # samples chart: one bar per adaptation round (S·R · 1, 2, 4, 8), stable / not stable in the alt text
+    # samples chart: one bar per adaptation round (S · 1, 2, 4, 8, 16), stable / not stable in the alt text
     assert "Samples per decision" in text
-    assert "10,000 20,000 40,000 80,000 1× 2× 4× 8×" in text  # the axis: samples, then the round's factor
+    assert "5,000 10,000 20,000 40,000 80,000 1× 2× 4× 8× 16×" in text  # the axis: samples, then the factor
     alt = decoded_pdf(path)
-    for samples in (10_000, 20_000, 40_000, 80_000):
+    for samples in (5_000, 10_000, 20_000, 40_000, 80_000):
         at = firsts[firsts["num_samples"] == samples]
         item = f"{samples:,}: {int(at['stable'].sum())} stable, {int((~at['stable']).sum())} not stable"
         assert item.encode() in alt
@@ -124,25 +124,27 @@ def test_summary_shows_samples_gates_review_reasons_and_quality_settings(tmp_pat
         named = ", ".join(label[r] for r in reasons[decision_id])
         assert f"{decision_id} {fidelity_text(fidelity, run.min_fidelity)} · {named}" in raw
     # the quality settings in the parameters
-    for row in ("Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 8× S per stream",
+    for row in ("Sampling design Sobol sequence, shifted per decision and stream (randomised quasi-Monte Carlo)",
+                "Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 16× S",
                 "Confidence of a stable set of reasons 0.95", "Maximum prediction gap allowed 0.30",
                 "Unstable reasons: human review yes", "Failed deletion check: human review no"):
         assert row in text
     attached = json.loads(embedded_files(path)["run-summary.json"])
     assert attached["quality_settings"] == {
-        "stability_runs": 2, "adaptive": True, "max_samples_factor": 8, "confidence": 0.95, "min_fidelity": 0.3,
+        "design": "sobol", "stability_runs": 2, "adaptive": True, "max_samples_factor": 16, "confidence": 0.95,
+        "min_fidelity": 0.3,
         "max_prediction_gap": 0.3, "require_stable": True, "require_deletion": False}
     assert sum(sum(v.values()) for v in attached["samples_per_decision"].values()) == 80
 
 
 def test_sample_rounds_follow_the_explain_settings() -> None:
     config = demo_config("en")
-    assert sample_rounds(config) == [10_000, 20_000, 40_000, 80_000]
+    assert sample_rounds(config) == [5_000, 10_000, 20_000, 40_000, 80_000]  # R streams of S/R, doubling to 16 S
     explain = config.explain
     plain = config.model_copy(update={"explain": explain.model_copy(update={"stability_runs": 1})})
     assert sample_rounds(plain) == [5000]
     fixed = config.model_copy(update={"explain": explain.model_copy(update={"adaptive": False, "stability_runs": 3})})
-    assert sample_rounds(fixed) == [15_000]
+    assert sample_rounds(fixed) == [5_001]  # three streams of ceil(5000 / 3)
 
 
 def test_chinese_summary_quality_labels(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tasks.config import Config, ExplainConfig
+from tasks.config import Config, ExplainConfig, stream_samples
 from tasks.engine.deletion import MAX_COMBINATIONS, DeletionCheck
 from tasks.engine.rng import decision_keys
 from tasks.engine.sampler import QuartileSampler
@@ -105,11 +105,12 @@ class BatchedLime:
     with_all_weights: bool = True
     model_rows: int | None = None  # rows per model call; default: cache-sized on CPU, the whole chunk on CUDA
     compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (see compile_enabled)
-    stability_runs: int = 1  # independent streams per decision; 1: the plain engine (no stability, no adaptation)
+    stability_runs: int = 1  # independent streams of S/R samples per decision; 1: the plain engine (no stability)
     adaptive: bool = False  # double the samples of unstable decisions, up to max_samples_factor x num_samples
-    max_samples_factor: int = 8
+    max_samples_factor: int = 16
     confidence: float = 0.95  # of the selection test (docs/method.md, "Stability")
     deletion_check: bool = True
+    design: str = "sobol"  # where the uniforms come from: "sobol" (shifted Sobol sequence) or "random" (lime's)
     _sampler: QuartileSampler = field(init=False, repr=False)
     _chunk: int = field(init=False, repr=False)
 
@@ -119,7 +120,7 @@ class BatchedLime:
         self._chunk = self.decisions_per_chunk()
 
     def _build_kernels(self) -> None:
-        self._sampler = QuartileSampler(self.stats, self.device, compile=self.compile)
+        self._sampler = QuartileSampler(self.stats, self.device, compile=self.compile, design=self.design)
         self._moments = torch.compile(kernel_moments, dynamic=True) if self.compile else kernel_moments
 
     def decisions_per_chunk(self, samples: int | None = None) -> int:
@@ -194,9 +195,10 @@ class BatchedLime:
     # ------------------------------------------------------------------ stability and adaptive sample size
 
     def _explain_stable(self, x: np.ndarray, ids: list[str]) -> Explanations:
-        """R independent streams per decision; decisions whose top-k is not stable get twice the samples per
-        stream, round after round, up to ``max_samples_factor``; the reported fit pools every sample drawn."""
-        n, s = len(x), self.num_samples
+        """R independent streams per decision, S/R samples each (so a decision stable at once costs what the
+        plain engine does); decisions whose top-k is not stable get twice the samples per stream, round after
+        round, up to ``max_samples_factor`` x S in all; the reported fit pools every sample drawn."""
+        n, s = len(x), stream_samples(self.num_samples, self.stability_runs)
         out = _Collector(ids, self.top_k, self.stats.num_features)
         cap = s * self.max_samples_factor
         carried: list[tuple[np.ndarray, WeightedMoments]] = []
@@ -205,7 +207,7 @@ class BatchedLime:
             keys, own_rows, decisions = self._inputs(x[a:b], ids[a:b])
             streams = []
             for replicate in range(self.stability_runs):
-                same_bin, target = self._draw(decisions, own_rows, ids[a:b], keys, s, replicate, keep_first=True)
+                same_bin, target = self._draw(decisions, own_rows, ids[a:b], keys, s, replicate)
                 if replicate == 0:
                     out.model_pred[a:b] = target[:, 0].cpu().numpy()
                 streams.append(self._block_moments(same_bin, target))
@@ -233,8 +235,8 @@ class BatchedLime:
                 old = to_device(index_groups(stored, slice(a, b)), self.device)
                 streams = []
                 for replicate in range(self.stability_runs):
-                    stream = replicate + rnd * _ROUND_STRIDE
-                    same_bin, target = self._draw(decisions, own_rows, sub_ids, keys, added, stream, keep_first=False)
+                    same_bin, target = self._draw(decisions, own_rows, sub_ids, keys, added, replicate,
+                                                  adaptation_round=rnd, first_row=added - 1)
                     lo, hi = replicate * BLOCKS, (replicate + 1) * BLOCKS
                     previous = index_groups(old, (slice(None), slice(lo, hi)))
                     streams.append(pairwise_merge(previous, self._block_moments(same_bin, target)))
@@ -254,12 +256,15 @@ class BatchedLime:
         return keys, own_rows, torch.as_tensor(x, dtype=torch.float32, device=device)
 
     def _draw(self, decisions: torch.Tensor, own_rows: torch.Tensor, ids: list[str], keys: torch.Tensor,
-              samples: int, stream: int, keep_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples of one stream and the model's output on them: (same_bin [B, n, d], target [B, n]). Streams
-        drawn after the first round leave out their row 0 (the decision itself, already in round 0)."""
+              samples: int, stream: int, adaptation_round: int = 0, first_row: int = 0,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples of one stream and the model's output on them: (same_bin [B, n, d], target [B, n]). Round 0
+        starts with row 0, the decision itself; later rounds add ``samples`` rows after the stream's first
+        ``first_row + 1`` (the sampler's row 0 of those draws, the decision again, is left out)."""
         batch = len(ids)
+        keep_first = adaptation_round == 0
         drawn = samples if keep_first else samples + 1
-        perturbed = self._sampler.sample(decisions, own_rows, keys, drawn, stream)
+        perturbed = self._sampler.sample(decisions, own_rows, keys, drawn, stream, adaptation_round, first_row)
         target = self._predict(perturbed.inputs.view(batch * drawn, -1)).view(batch, drawn)
         _check_finite(target, ids, self.model.description)
         if keep_first:
@@ -371,7 +376,6 @@ def _check_finite(target: torch.Tensor, ids: Sequence[str], description: str) ->
 
 
 _HOST = torch.device("cpu")
-_ROUND_STRIDE = 64  # stream of (replicate r, adaptation round a) = r + 64 a; (0, 0) is the plain engine's stream
 
 
 def _selection_method(method: str, k: int) -> str:
@@ -454,4 +458,5 @@ def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  
         adaptive=settings.adaptive,
         max_samples_factor=settings.max_samples_factor,
         confidence=settings.confidence,
+        design=settings.design,
     )

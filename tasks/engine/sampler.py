@@ -10,6 +10,10 @@ One uniform per (sample, feature) serves both draws: the bin is the inverse CDF 
 and ``(u - F(bin-1)) / p(bin)`` — uniform on [0, 1) given the bin — is the position inside the bin's
 truncated normal, read from a precomputed inverse-CDF table. Everything is laid out [B, S, d], the model's
 input layout, so no transposes are needed.
+
+The uniforms come from a *design* (``[explain] design``): ``sobol`` (default), a digitally shifted Sobol
+sequence per decision and stream (:mod:`tasks.engine.sobol`), or ``random``, independent draws as lime makes
+them. Both give every sample lime's distribution; the Sobol design's estimates have less sampling noise.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ import numpy as np
 import torch
 
 from tasks.engine.rng import UNIFORM_BITS, stream_offsets, uniform_bits
+from tasks.engine.sobol import SobolTable, digital_shifts
 from tasks.engine.stats import GRID_INTERVALS, ReferenceStats
+
+DESIGNS = ("sobol", "random")
+"""Where a sample's uniforms come from: a digitally shifted Sobol sequence per stream (:mod:`tasks.engine.sobol`),
+or independent draws (lime's own design)."""
 
 
 @dataclass
@@ -40,8 +49,13 @@ class QuartileSampler:
     draw is one fused kernel (``torch.compile``); the result is the same to float32 rounding.
     """
 
-    def __init__(self, stats: ReferenceStats, device: torch.device | str, compile: bool = False) -> None:
+    def __init__(
+        self, stats: ReferenceStats, device: torch.device | str, compile: bool = False, design: str = "sobol"
+    ) -> None:
+        if design not in DESIGNS:
+            raise ValueError(f"unknown sampling design {design!r}; expected one of {DESIGNS}")
         self.device = torch.device(device)
+        self.design = design
         self.num_features = d = stats.num_features
         values, cumulative, inverse_cdf = stats.sampling_tables()
         counts = [len(f.values) for f in stats.features]
@@ -70,7 +84,9 @@ class QuartileSampler:
             curve_slope=torch.as_tensor(np.diff(table, axis=1).reshape(-1), dtype=torch.float32, device=on),
         )
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
-        self._draw = torch.compile(draw_perturbations, dynamic=True) if compile else draw_perturbations
+        self._sobol = SobolTable(d, self.device)
+        draw = draw_random if design == "random" else draw_sobol
+        self._draw = torch.compile(draw, dynamic=True) if compile else draw
 
     def own_rows(self, own_bins: np.ndarray) -> np.ndarray:
         """Table row of each decision's own bin/code, -1 where the reference lacks it (never sampled)."""
@@ -81,19 +97,41 @@ class QuartileSampler:
         return rows
 
     def sample(
-        self, x: torch.Tensor, own_rows: torch.Tensor, keys: torch.Tensor, num_samples: int, stream: int = 0
+        self,
+        x: torch.Tensor,
+        own_rows: torch.Tensor,
+        keys: torch.Tensor,
+        num_samples: int,
+        stream: int = 0,
+        adaptation_round: int = 0,
+        first_row: int = 0,
     ) -> Perturbations:
         """Perturb decisions ``x`` (float32 [B, d]) whose own bins are table rows ``own_rows`` (int64 [B, d]).
 
         ``keys`` (int64 [B]) are the decisions' stream keys: the result for a decision depends only on its
-        own row of ``x``, ``own_rows`` and ``keys``.
+        own row of ``x``, ``own_rows`` and ``keys``. Row ``i`` of the result is row ``first_row + i`` of the
+        decision's stream ``stream``; row 0 of the result is the decision itself. The Sobol design continues
+        the stream's sequence there; the random design draws each ``adaptation_round`` from a stream of its own
+        (``stream + 64 * adaptation_round``), as the engine always has.
         """
+        x = x.to(torch.float32)
+        if self.design == "sobol":
+            rows = self._sobol.rows(first_row, num_samples)
+            shifts = digital_shifts(keys, self.num_features, stream)
+            inputs, same_bin = self._draw(rows, shifts, x, own_rows, self.tables)
+            return Perturbations(inputs=inputs, same_bin=same_bin)
+        stream += ROUND_STRIDE * adaptation_round
         offsets = self._offsets.get((num_samples, stream))
         if offsets is None:
             offsets = stream_offsets(num_samples, self.num_features, stream, self.device)
             self._offsets[(num_samples, stream)] = offsets
-        inputs, same_bin = self._draw(keys, offsets, x.to(torch.float32), own_rows, self.tables, num_samples)
+        inputs, same_bin = self._draw(keys, offsets, x, own_rows, self.tables, num_samples)
         return Perturbations(inputs=inputs, same_bin=same_bin)
+
+
+ROUND_STRIDE = 64
+"""Random design: adaptation round a of stream r draws the generator's stream ``r + 64 a``; (0, 0) is the plain
+engine's."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +146,7 @@ class SamplingTables:
     curve_slope: torch.Tensor  # float32 [rows * G]: its increase to the next grid point
 
 
-def draw_perturbations(
+def draw_random(
     keys: torch.Tensor,
     offsets: torch.Tensor,
     x: torch.Tensor,
@@ -116,8 +154,22 @@ def draw_perturbations(
     tables: SamplingTables,
     num_samples: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's inputs (float32 [B, S, d]) and the binary representation (bool [B, S, d])."""
-    bits = uniform_bits(keys, offsets, num_samples)
+    """Perturbations from independent uniforms (the counter-based generator)."""
+    return draw_perturbations(uniform_bits(keys, offsets, num_samples), x, own_rows, tables)
+
+
+def draw_sobol(
+    rows: torch.Tensor, shifts: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perturbations from Sobol rows (int64 [S, d]) shifted per decision (int64 [B, 1, d])."""
+    return draw_perturbations(torch.bitwise_xor(rows.unsqueeze(0), shifts), x, own_rows, tables)
+
+
+def draw_perturbations(
+    bits: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From 24-bit uniforms (int64 [B, S, d]): the model's inputs (float32 [B, S, d]) and the binary
+    representation (bool [B, S, d])."""
     slot = (bits >= tables.edges[0]).to(torch.int64)
     for k in range(1, tables.edges.shape[0]):
         slot += bits >= tables.edges[k]

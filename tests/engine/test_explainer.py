@@ -37,9 +37,11 @@ def lime_runs(demo):
     return first, second
 
 
-def test_top3_agrees_with_lime_as_often_as_lime_with_itself(demo, lime_runs) -> None:
+@pytest.mark.parametrize("design", ["sobol", "random"])
+def test_top3_agrees_with_lime_as_often_as_lime_with_itself(demo, lime_runs, design) -> None:
+    """Both sampling designs draw lime's distribution: the engine agrees with lime as often as lime with itself."""
     first, second = lime_runs
-    ours = engine(demo).explain(demo.decisions[:AGREEMENT_DECISIONS], demo.ids[:AGREEMENT_DECISIONS])
+    ours = engine(demo, design=design).explain(demo.decisions[:AGREEMENT_DECISIONS], demo.ids[:AGREEMENT_DECISIONS])
     lime_self = set_agreement(first.feature_index, second.feature_index)
     ours_vs_lime = (
         set_agreement(ours.feature_index, first.feature_index) + set_agreement(ours.feature_index, second.feature_index)
@@ -203,15 +205,16 @@ def test_cpu_and_cuda_give_the_same_explanations(demo) -> None:
     np.testing.assert_allclose(on_gpu.fidelity, on_cpu.fidelity, atol=1e-5)
 
 
-def test_compiled_kernels_give_the_same_explanations(demo) -> None:
+@pytest.mark.parametrize("design", ["sobol", "random"])
+def test_compiled_kernels_give_the_same_explanations(demo, design) -> None:
     """torch.compile fuses the sampler and the moments; results match eager to float32 rounding."""
     from tasks.engine.explainer import compile_enabled
 
     if not compile_enabled("auto", torch.device("cpu")):
         pytest.skip("no C++ compiler for torch.compile on this machine")
     x, ids = demo.decisions[:40], demo.ids[:40]
-    eager = engine(demo, num_samples=1000).explain(x, ids)
-    fused = engine(demo, num_samples=1000, compile=True)
+    eager = engine(demo, num_samples=1000, design=design).explain(x, ids)
+    fused = engine(demo, num_samples=1000, compile=True, design=design)
     first = fused.explain(x[:13], ids[:13])  # another batch size: shapes are dynamic
     rest = fused.explain(x[13:], ids[13:])
     np.testing.assert_array_equal(np.concatenate([first.feature_index, rest.feature_index]), eager.feature_index)

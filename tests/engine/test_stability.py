@@ -11,7 +11,7 @@ from tasks.engine.surrogate import WeightedMoments, kernel_moments, ridge_on, se
 
 
 def engine(demo, **overrides) -> BatchedLime:
-    settings = dict(stats=demo.stats, model=demo.model, explain_index=1, num_samples=600, top_k=3, seed=11,
+    settings = dict(stats=demo.stats, model=demo.model, explain_index=1, num_samples=1200, top_k=3, seed=11,
                     stability_runs=2, adaptive=True, max_samples_factor=4)
     settings.update(overrides)
     return BatchedLime(**settings)
@@ -27,12 +27,13 @@ class CountingModel:
 
 
 def test_groups_pool_to_the_plain_engines_fit(demo) -> None:
-    """Stream 0 split into blocks and pooled again is exactly the plain engine's sample set and fit."""
+    """Stream 0 (S/R = 600 samples) split into blocks and pooled again is exactly the sample set and fit of the
+    plain engine with S = 600."""
     x, ids = demo.decisions[:6], demo.ids[:6]
-    plain = engine(demo, stability_runs=1, adaptive=False, deletion_check=False).explain(x, ids)
+    plain = engine(demo, num_samples=600, stability_runs=1, adaptive=False, deletion_check=False).explain(x, ids)
     stable = engine(demo)
     keys, own_rows, decisions = stable._inputs(x, ids)
-    same_bin, target = stable._draw(decisions, own_rows, ids, keys, 600, 0, keep_first=True)
+    same_bin, target = stable._draw(decisions, own_rows, ids, keys, 600, 0)
     groups = stable._block_moments(same_bin, target)
     assert groups.total_weight.shape == (6, BLOCKS)
     pooled = flatten(combine(groups, torch.ones(1, BLOCKS, dtype=torch.float64)))
@@ -54,7 +55,7 @@ def test_stability_columns(demo) -> None:
     assert 0 < out.stable.sum() < 40  # at 2 x 600 samples some decisions are stable, some are not
     assert out.deletion_delta.shape == (40,) and out.deletion_holds.dtype == bool
     plain = engine(demo, stability_runs=1).explain(demo.decisions[:5], demo.ids[:5])
-    assert plain.stable is None and plain.stability is None and plain.num_samples.tolist() == [600] * 5
+    assert plain.stable is None and plain.stability is None and plain.num_samples.tolist() == [1200] * 5
 
 
 def test_adaptation_re_explains_only_unstable_decisions_with_more_samples(demo) -> None:
@@ -66,7 +67,7 @@ def test_adaptation_re_explains_only_unstable_decisions_with_more_samples(demo) 
     np.testing.assert_array_equal(adapted.num_samples[stable_at_s], 1200)  # stable ones: never re-explained
     np.testing.assert_array_equal(adapted.feature_index[stable_at_s], first.feature_index[stable_at_s])
     assert (adapted.num_samples[~stable_at_s] > 1200).all()  # unstable ones got more samples
-    assert set(adapted.num_samples.tolist()) <= {1200, 2400, 4800}  # doubling, capped at 4 x per stream
+    assert set(adapted.num_samples.tolist()) <= {1200, 2400, 4800}  # doubling, capped at 4 x S
     assert (adapted.num_samples[~adapted.stable] == 4800).all()  # still unstable: only at the cap
     # model rows: every sample behind each reported fit, plus one row 0 per stream and extra round, nothing else
     rounds = np.log2(adapted.num_samples / 1200)
