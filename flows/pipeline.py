@@ -59,7 +59,7 @@ from tasks.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, parse_dea
 from tasks.errors import InputError, LimelightError
 from tasks.io import file_sha256, write_table_atomic
 from tasks.runinfo import RunInfo
-from tasks.runstate import Found, find_run, load_record, run_identity, save_record, write_state
+from tasks.runstate import Found, effective_settings, find_run, load_record, run_identity, save_record, write_state
 from tasks.schedule import night_sha256, parse_run_date, select_day
 from tasks.shard import (
     Failure,
@@ -722,7 +722,8 @@ def limelight_flow(
     identity = ""
     if resumable:
         out_path = Path(out).expanduser().resolve()
-        identity = run_identity(mode=mode, checksums=checksums, selection=selection.selected, extra={"render": render})
+        identity = run_identity(mode=mode, checksums=checksums, selection=selection.selected,
+                                extra={"render": render, **effective_settings(config)})
         found = find_run(out_path if mode == "run" else out_path.parent, identity=identity, mode=mode,
                          target=out_path)
         if found.manifest is not None and found.staging is None:

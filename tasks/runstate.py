@@ -15,6 +15,7 @@ inputs, or published outputs without a manifest) is refused before any work.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import shutil
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.config import Config
 from tasks.errors import InputError
 from tasks.io import write_json_atomic
 from tasks.manifest import STAGING_PREFIX
@@ -49,6 +51,22 @@ def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarr
     return digest.hexdigest()
 
 
+def effective_settings(config: Config) -> dict[str, Any]:
+    """What decides a run's results and its resume records beyond its input files: every resolved setting
+    (defaults included, so a changed default is a different run; ``shard_size`` names the records) and
+    limelight's version; not where the inputs live nor the devices and threads, which change no result."""
+    settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads"},
+                                                       "data": {"decisions", "reference"}, "model": {"path"}})
+    return {"settings": settings, "limelight": _version()}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("limelight")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 @dataclass(frozen=True)
 class Found:
     """What an output folder holds for this run: a staging folder to resume, or a finished manifest."""
@@ -70,7 +88,8 @@ def write_state(staging: Path, *, identity: str, mode: str, target: str, run: Ru
 
 
 def _conflict(out: Path, run_id: str) -> InputError:
-    return InputError(f"--out {out}: output folder holds run {run_id} of other inputs; use another --out or remove it")
+    return InputError(f"--out {out}: output folder holds run {run_id} of other inputs or settings; use another --out "
+                      "or remove it")
 
 
 def find_run(folder: Path, *, identity: str, mode: str, target: Path) -> Found:

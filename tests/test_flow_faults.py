@@ -106,7 +106,7 @@ def test_an_output_folder_of_another_run_is_refused_before_any_work(prefect_api,
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"run_id": "20260101T000000Z-0badc0de", "identity": "x"}))
-    with pytest.raises(InputError, match="holds run 20260101T000000Z-0badc0de of other inputs; use another --out"):
+    with pytest.raises(InputError, match="holds run 20260101T000000Z-0badc0de of other inputs or settings"):
         limelight_flow(config_path=str(small_demo), out=str(out), devices="cpu:1")
     assert os.listdir(out) == ["manifest.json"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.errors import InputError
 from tasks.manifest import build_run_info, staging_dir, utc_now
-from tasks.runstate import find_run, load_record, run_identity, save_record, write_state
+from tasks.runstate import effective_settings, find_run, load_record, run_identity, save_record, write_state
 
 CHECKSUMS = {"config": "c", "model": "m", "decisions": "d", "reference": "r"}
 
@@ -54,8 +54,29 @@ def test_a_staged_run_is_found_and_another_refused(tmp_path, run):
     other = identity(checksums={**CHECKSUMS, "decisions": "new"})
     with pytest.raises(InputError) as error:
         find_run(out, identity=other, mode="run", target=out)
-    assert str(error.value) == (f"--out {out}: output folder holds run {run.run_id} of other inputs; use another "
-                                "--out or remove it")
+    assert str(error.value) == (f"--out {out}: output folder holds run {run.run_id} of other inputs or settings; "
+                                "use another --out or remove it")
+
+
+def test_identity_follows_the_resolved_settings_not_where_inputs_live(tmp_path):
+    """A changed setting, written or a default, is another run; moved inputs or other workers are not."""
+    from tasks.config import parse_config
+
+    raw = {"data": {"decisions": "d.parquet", "reference": "r.parquet"},
+           "model": {"path": "m.pt", "classes": ["a", "b"], "explain": "b"},
+           "features": [{"name": "x", "label": "X", "kind": "numeric"}]}
+
+    def settings_identity(**sections) -> str:
+        config = parse_config({**raw, **sections}, tmp_path / "limelight.toml")
+        return identity(extra=effective_settings(config))
+
+    same = settings_identity()
+    assert settings_identity(explain={"design": "sobol"}) == same  # the default, written out
+    assert settings_identity(explain={"design": "random"}) != same
+    assert settings_identity(review={"min_fidelity": 0.5}) != same
+    assert settings_identity(run={"shard_size": 10}) != same  # shards name the resume records
+    moved = {"decisions": "elsewhere/d.parquet", "reference": "elsewhere/r.parquet"}
+    assert settings_identity(data=moved, run={"devices": "cpu:2", "torch_threads": 2}) == same
 
 
 def test_published_runs_complete_or_conflicting(tmp_path):
