@@ -14,6 +14,7 @@ and prints:
 
     .venv/bin/python bench/bench_quality.py                               # CPU, 200 decisions per case
     .venv/bin/python bench/bench_quality.py --device cuda --decisions 0   # every decision (400 and 1,000)
+    .venv/bin/python bench/bench_quality.py --calibration   # is the selection test's standard error right?
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from tasks.aggregate import review_reasons  # noqa: E402
 from tasks.config import ExplainConfig, FeatureConfig, ModelConfig, ReviewConfig, stream_samples  # noqa: E402
 from tasks.demo import FEATURES, build_demo, model_inputs  # noqa: E402
 from tasks.engine import BatchedLime, Explanations, ReferenceStats, fit_reference  # noqa: E402
+from tasks.engine.stability import combine, flatten, jackknife_z, selection_margin  # noqa: E402
+from tasks.engine.surrogate import select_features  # noqa: E402
 from tasks.model import load_model  # noqa: E402
 
 GERMAN = Path(__file__).resolve().parent / "data" / "german_credit.csv.gz"
@@ -255,6 +258,36 @@ def report(case: Case, args) -> None:
         print(f"review gate ({label}, [review] defaults): {gated} of {n} ({gated / n:.1%}) {by_reason}")
 
 
+def calibration(case: Case, args, decisions: int = 60, seeds: int = 8) -> None:
+    """Is the selection test's standard error right? For each design, the first round's selection margin M of
+    a fixed top-k set (seed 0's) under ``seeds`` seeds: the jackknife's standard error of M against the spread
+    of M across the seeds (the real one). A ratio above 1 makes the test stricter than its stated confidence."""
+    x, ids = case.x[:decisions], case.ids[:decisions]
+    method = "forward_selection" if args.top_k <= 6 else "highest_weights"
+    print(f"\n== {case.name}: jackknife standard error of the selection margin against its spread across "
+          f"{seeds} seeds ({decisions} decisions, S = {args.samples}, {args.runs} streams, first round only)")
+    for design in ("sobol", "random"):
+        margins, errors, chosen = [], [], None
+        for seed in range(seeds):
+            engine = BatchedLime(stats=case.stats, model=case.model, explain_index=case.explain_index,
+                                 num_samples=args.samples, top_k=args.top_k, seed=seed, stability_runs=args.runs,
+                                 design=design, deletion_check=False)
+            groups, _ = engine.first_round_groups(x, ids)
+            count = groups.total_weight.shape[1]
+            pooled = flatten(combine(groups, torch.ones(1, count, dtype=torch.float64)))
+            if chosen is None:
+                chosen = select_features(pooled, args.top_k, method)
+            margin = selection_margin(pooled, chosen, method)
+            margins.append(margin.numpy())
+            errors.append((margin / jackknife_z(groups, chosen, margin, method)).numpy())
+        spread = np.std(margins, axis=0, ddof=1)
+        error = np.mean(errors, axis=0)
+        usable = np.isfinite(error) & (spread > 0)
+        ratio = np.median(error[usable] / spread[usable])
+        print(f"{design} design: median (jackknife standard error / spread across seeds) = {ratio:.2f} "
+              f"over {int(usable.sum())} decisions")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["demo", "german-gbm", "german-mlp", "all"], default="all")
@@ -270,9 +303,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (CPU)")
     parser.add_argument("--memory-mb", type=int, default=None, help="engine memory budget per chunk")
+    parser.add_argument("--calibration", action="store_true",
+                        help="only check the selection test's standard error against the spread across seeds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.calibration:
+        calibration(demo_case(device), args)
+        calibration(german_gbm_case(device), args)
+        return
     if args.dataset in ("demo", "all"):
         report(demo_case(device), args)
     if args.dataset in ("german-gbm", "all"):

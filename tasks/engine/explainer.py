@@ -204,14 +204,7 @@ class BatchedLime:
         carried: list[tuple[np.ndarray, WeightedMoments]] = []
 
         def first(a: int, b: int) -> None:
-            keys, own_rows, decisions = self._inputs(x[a:b], ids[a:b])
-            streams = []
-            for replicate in range(self.stability_runs):
-                same_bin, target = self._draw(decisions, own_rows, ids[a:b], keys, s, replicate)
-                if replicate == 0:
-                    out.model_pred[a:b] = target[:, 0].cpu().numpy()
-                streams.append(self._block_moments(same_bin, target))
-            groups = concat_groups(streams, dim=1)
+            groups, out.model_pred[a:b] = self.first_round_groups(x[a:b], ids[a:b])
             unstable = self._evaluate(np.arange(a, b), groups, s, out)
             if self.adaptive and s < cap and unstable.any():
                 mask = torch.as_tensor(unstable, device=groups.czz.device)
@@ -248,6 +241,19 @@ class BatchedLime:
 
             self._in_chunks(len(index), added, more)
         return out.explanations(self.with_all_weights)
+
+    def first_round_groups(self, x: np.ndarray, ids: list[str]) -> tuple[WeightedMoments, np.ndarray]:
+        """The first round of the stable path for decisions ``x`` (one chunk): the block moments of every
+        stream's S/R samples ([B, 8R, ...], stream-major) and the model's output at each decision."""
+        keys, own_rows, decisions = self._inputs(x, ids)
+        s = stream_samples(self.num_samples, self.stability_runs)
+        streams, model_pred = [], np.zeros(len(ids))
+        for replicate in range(self.stability_runs):
+            same_bin, target = self._draw(decisions, own_rows, ids, keys, s, replicate)
+            if replicate == 0:
+                model_pred = target[:, 0].cpu().numpy()
+            streams.append(self._block_moments(same_bin, target))
+        return concat_groups(streams, dim=1), model_pred
 
     def _inputs(self, x: np.ndarray, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = self.device

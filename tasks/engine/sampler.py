@@ -84,7 +84,7 @@ class QuartileSampler:
             curve_slope=torch.as_tensor(np.diff(table, axis=1).reshape(-1), dtype=torch.float32, device=on),
         )
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
-        self._sobol = SobolTable(d, self.device)
+        self._sobol = SobolTable(d, self.device) if design == "sobol" else None
         draw = draw_random if design == "random" else draw_sobol
         self._draw = torch.compile(draw, dynamic=True) if compile else draw
 
@@ -115,7 +115,7 @@ class QuartileSampler:
         (``stream + 64 * adaptation_round``), as the engine always has.
         """
         x = x.to(torch.float32)
-        if self.design == "sobol":
+        if self._sobol is not None:
             rows = self._sobol.rows(first_row, num_samples)
             shifts = digital_shifts(keys, self.num_features, stream)
             inputs, same_bin = self._draw(rows, shifts, x, own_rows, self.tables)

@@ -33,8 +33,6 @@ counters below ``2**50``)."""
 
 def sobol_rows(rows: int, num_features: int) -> torch.Tensor:
     """int64 [rows, d]: row 0 is zero (the decision's own row), row ``t`` is Sobol point ``t - 1`` in 24 bits."""
-    if num_features > MAX_FEATURES:
-        raise ValueError(f"the Sobol design has {MAX_FEATURES} dimensions; this model has {num_features} features")
     engine = torch.quasirandom.SobolEngine(num_features, scramble=False)
     points = engine.draw(max(rows - 1, 0), dtype=torch.float64)  # k / 2**30: exact
     bits = torch.floor(points * float(1 << UNIFORM_BITS)).to(torch.int64)
@@ -51,6 +49,9 @@ class SobolTable:
     """The sequence's rows on one device, grown (by doubling) as adaptation rounds reach further."""
 
     def __init__(self, num_features: int, device: torch.device) -> None:
+        if num_features > MAX_FEATURES:
+            raise ValueError(f"the Sobol design has {MAX_FEATURES:,} dimensions, one per feature; this model has "
+                             f"{num_features:,} features: use [explain] design = \"random\"")
         self.num_features, self.device = num_features, device
         self._rows = torch.zeros(0, num_features, dtype=torch.int64, device=device)
 

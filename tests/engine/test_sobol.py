@@ -8,7 +8,7 @@ from scipy.stats import qmc
 from tasks.engine import BatchedLime
 from tasks.engine.rng import decision_keys
 from tasks.engine.sampler import QuartileSampler
-from tasks.engine.sobol import digital_shifts, sobol_rows
+from tasks.engine.sobol import MAX_FEATURES, SobolTable, digital_shifts, sobol_rows
 
 
 def test_rows_are_scipys_unscrambled_sobol_sequence() -> None:
@@ -49,9 +49,11 @@ def test_adaptation_rounds_continue_the_stream(demo) -> None:
     assert torch.equal(tail.same_bin[:, 1:], whole.same_bin[:, 200:])
 
 
-def test_unknown_design_is_refused(demo) -> None:
+def test_unknown_design_and_too_many_features_are_refused(demo) -> None:
     with pytest.raises(ValueError, match="unknown sampling design 'halton'"):
         QuartileSampler(demo.stats, "cpu", design="halton")
+    with pytest.raises(ValueError, match='21,201 dimensions, one per feature; this model has 21,202 features: use'):
+        SobolTable(MAX_FEATURES + 1, torch.device("cpu"))
 
 
 def test_sobol_design_has_less_sampling_noise_than_independent_draws(demo) -> None:
