@@ -59,22 +59,26 @@ def combine(m: WeightedMoments, mask: torch.Tensor) -> WeightedMoments:
     centre_y = (w * m.mean_y).sum(1, keepdim=True) / total  # [B, 1]
     dz = m.mean_z - centre_z  # [B, G, d]
     dy = m.mean_y - centre_y  # [B, G]
-    wh = torch.einsum("hg,bg->bh", mask, w)
-    mz = torch.einsum("hg,bg,bgi->bhi", mask, w, dz) / wh.unsqueeze(-1)
-    my = torch.einsum("hg,bg,bg->bh", mask, w, dy) / wh
     wdz = w.unsqueeze(-1) * dz
-    czz = (
-        torch.einsum("hg,bgij->bhij", mask, m.czz)
-        + torch.einsum("hg,bgi,bgj->bhij", mask, wdz, dz)
-        - wh.unsqueeze(-1).unsqueeze(-1) * mz.unsqueeze(-1) * mz.unsqueeze(-2)
-    )
-    czy = (
-        torch.einsum("hg,bgi->bhi", mask, m.czy)
-        + torch.einsum("hg,bgi,bg->bhi", mask, wdz, dy)
-        - wh.unsqueeze(-1) * mz * my.unsqueeze(-1)
-    )
-    syy = torch.einsum("hg,bg->bh", mask, m.syy) + torch.einsum("hg,bg->bh", mask, w * dy * dy) - wh * my * my
+    wh = _unite(mask, w)
+    mz = _unite(mask, wdz) / wh.unsqueeze(-1)
+    my = _unite(mask, w * dy) / wh
+    scatter = m.czz + wdz.unsqueeze(-1) * dz.unsqueeze(-2)
+    czz = _unite(mask, scatter) - wh[..., None, None] * mz.unsqueeze(-1) * mz.unsqueeze(-2)
+    czy = _unite(mask, m.czy + wdz * dy.unsqueeze(-1)) - wh.unsqueeze(-1) * mz * my.unsqueeze(-1)
+    syy = _unite(mask, m.syy + w * dy * dy) - wh * my * my
     return WeightedMoments(wh, centre_z + mz, centre_y + my, czz, czy, syy)
+
+
+def _unite(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``Σ_g mask[h, g] · x[b, g, ...]`` -> ``[B, H, ...]``, summed group by group in a fixed order: every
+    decision's numbers are then the same bits whatever the batch (a matrix product would pick its kernel, and
+    so its rounding, by the batch's size)."""
+    out = torch.zeros((x.shape[0], mask.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device)
+    ones = (1,) * (x.dim() - 2)
+    for g in range(mask.shape[1]):
+        out += mask[:, g].view(1, -1, *ones) * x[:, g].unsqueeze(1)
+    return out
 
 
 def flatten(m: WeightedMoments) -> WeightedMoments:

@@ -6,7 +6,16 @@ import torch
 
 from tasks.engine import BatchedLime
 from tasks.engine.deletion import DeletionCheck
-from tasks.engine.stability import BLOCKS, combine, critical_value, flatten, replicate_agreement, selection_margin
+from tasks.engine.stability import (
+    BLOCKS,
+    combine,
+    critical_value,
+    flatten,
+    index_groups,
+    jackknife_z,
+    replicate_agreement,
+    selection_margin,
+)
 from tasks.engine.surrogate import WeightedMoments, kernel_moments, ridge_on, select_features
 
 
@@ -44,6 +53,25 @@ def test_groups_pool_to_the_plain_engines_fit(demo) -> None:
     order = torch.argsort(fit.coef.abs(), dim=1, descending=True, stable=True)
     np.testing.assert_array_equal(fit.features.gather(1, order).numpy(), plain.feature_index)
     np.testing.assert_allclose(fit.coef.gather(1, order).numpy(), plain.weights, atol=1e-9)
+
+
+def test_selection_test_gives_the_same_bits_in_any_batch(demo) -> None:
+    """Pooling and the jackknife treat each decision on its own: the same moments give the same margin and z,
+    to the last bit, alone or in a batch (a decision's row must not depend on its shard)."""
+    stable = engine(demo)
+    groups, _ = stable.first_round_groups(demo.decisions[:5], demo.ids[:5])
+
+    def margin_and_z(g):
+        count = g.total_weight.shape[1]
+        pooled = flatten(combine(g, torch.ones(1, count, dtype=torch.float64)))
+        chosen = select_features(pooled, 3, "forward_selection")
+        margin = selection_margin(pooled, chosen, "forward_selection")
+        return margin, jackknife_z(g, chosen, margin, "forward_selection")
+
+    batch_margin, batch_z = margin_and_z(groups)
+    for i in range(5):
+        alone_margin, alone_z = margin_and_z(index_groups(groups, slice(i, i + 1)))
+        assert alone_margin.item() == batch_margin[i].item() and alone_z.item() == batch_z[i].item()
 
 
 def test_stability_columns(demo) -> None:
