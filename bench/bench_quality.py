@@ -38,6 +38,7 @@ from tasks.aggregate import review_reasons  # noqa: E402
 from tasks.config import ExplainConfig, FeatureConfig, ModelConfig, ReviewConfig, stream_samples  # noqa: E402
 from tasks.demo import FEATURES, build_demo, model_inputs  # noqa: E402
 from tasks.engine import BatchedLime, Explanations, ReferenceStats, fit_reference  # noqa: E402
+from tasks.engine.explainer import selection_method  # noqa: E402
 from tasks.engine.stability import combine, flatten, jackknife_z, selection_margin  # noqa: E402
 from tasks.engine.surrogate import select_features  # noqa: E402
 from tasks.model import load_model  # noqa: E402
@@ -263,7 +264,7 @@ def calibration(case: Case, args, decisions: int = 60, seeds: int = 8) -> None:
     a fixed top-k set (seed 0's) under ``seeds`` seeds: the jackknife's standard error of M against the spread
     of M across the seeds (the real one). A ratio above 1 makes the test stricter than its stated confidence."""
     x, ids = case.x[:decisions], case.ids[:decisions]
-    method = "forward_selection" if args.top_k <= 6 else "highest_weights"
+    method = selection_method("auto", args.top_k)
     print(f"\n== {case.name}: jackknife standard error of the selection margin against its spread across "
           f"{seeds} seeds ({decisions} decisions, S = {args.samples}, {args.runs} streams, first round only)")
     for design in ("sobol", "random"):

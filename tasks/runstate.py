@@ -15,7 +15,6 @@ inputs, or published outputs without a manifest) is refused before any work.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import shutil
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ import numpy as np
 from tasks.config import Config
 from tasks.errors import InputError
 from tasks.io import write_json_atomic
-from tasks.manifest import STAGING_PREFIX
+from tasks.manifest import STAGING_PREFIX, package_versions
 from tasks.runinfo import RunInfo
 
 STATE = "state.json"
@@ -57,14 +56,7 @@ def effective_settings(config: Config) -> dict[str, Any]:
     limelight's version; not where the inputs live nor the devices and threads, which change no result."""
     settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads"},
                                                        "data": {"decisions", "reference"}, "model": {"path"}})
-    return {"settings": settings, "limelight": _version()}
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("limelight")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return {"settings": settings, "limelight": package_versions(["limelight"]).get("limelight", "unknown")}
 
 
 @dataclass(frozen=True)

@@ -297,7 +297,7 @@ class BatchedLime:
         pooled = flatten(combine(groups, torch.ones(1, count, dtype=torch.float64)))
         own = torch.block_diag(*[torch.ones(1, per_run, dtype=torch.float64)] * runs)
         streams = flatten(combine(groups, own))
-        method = _selection_method(self.feature_selection, self.top_k)
+        method = selection_method(self.feature_selection, self.top_k)
         selected = select_features(pooled, self.top_k, method)
         fit = ridge_on(pooled, selected, FINAL_ALPHA)
         order = torch.argsort(fit.coef.abs(), dim=1, descending=True, stable=True)
@@ -384,7 +384,9 @@ def _check_finite(target: torch.Tensor, ids: Sequence[str], description: str) ->
 _HOST = torch.device("cpu")
 
 
-def _selection_method(method: str, k: int) -> str:
+def selection_method(method: str, k: int) -> str:
+    """The feature selection ``method`` resolves to; lime's "auto": forward selection for k <= 6, else highest
+    weights."""
     if method == "auto":
         return "forward_selection" if k <= 6 else "highest_weights"
     return method
