@@ -20,6 +20,7 @@ def explanation_schema(id_column: str) -> pa.Schema:
         [
             (id_column, pa.string()),
             ("rank", pa.int32()),
+            ("role", pa.string()),  # ROLES: reason (principal reason), favourable, factor (not adverse)
             ("feature", pa.string()),
             ("label", pa.string()),
             ("condition", pa.string()),
@@ -41,8 +42,32 @@ def explanation_schema(id_column: str) -> pa.Schema:
             ("prediction_gap", pa.float64()),  # |local_pred - model_pred|
             ("deletion_delta", pa.float64()),
             ("deletion_holds", pa.bool_()),
+            ("kernel_width", pa.float64()),  # kernel-matched method: the decision's width (null: lime's method)
+            ("kernel_width_sqrt_d", pa.float64()),  # the same in units of sqrt(number of features)
+            ("effective_samples", pa.float64()),
+            ("fidelity_widest", pa.float64()),  # held-out fidelity at the grid's widest width (lime's 0.75)
         ]
     )
+
+
+ROLES = ("reason", "favourable", "factor")
+"""A factor's role on the letter: a principal reason for the adverse outcome (it raised the explained class's
+probability), a factor in the applicant's favour (it lowered it), or, for the other outcome, a main factor."""
+
+
+def is_adverse(model_pred: float, config: Config) -> bool:
+    """Whether a decision is in the explained (adverse) class: its probability reaches the decision threshold."""
+    return bool(model_pred >= config.report.decision_threshold)
+
+
+def factor_roles(features: np.ndarray, weights: np.ndarray, adverse: bool) -> list[tuple[int, float, str]]:
+    """The factors a letter shows, in order, with their roles: for an adverse decision the factors that raised
+    its probability (principal reasons, in the engine's order) then those that lowered it (favourable); for the
+    other outcome every factor, in the engine's order. ``features`` -1: no factor in that slot."""
+    shown = [(int(j), float(w)) for j, w in zip(features, weights, strict=True) if j >= 0]
+    if not adverse:
+        return [(j, w, "factor") for j, w in shown]
+    return [(j, w, "reason") for j, w in shown if w > 0] + [(j, w, "favourable") for j, w in shown if w <= 0]
 
 
 REVIEW_REASONS = ("low-fidelity", "prediction-gap", "unstable", "deletion-fails")
@@ -71,28 +96,31 @@ def shares(weights: np.ndarray) -> np.ndarray:
 
 
 def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, config: Config) -> pd.DataFrame:
-    """One row per (decision, rank), columns as :func:`explanation_schema`."""
+    """One row per (decision, factor shown), columns as :func:`explanation_schema`; ``rank`` counts the
+    decision's factors in the order the letter shows them (principal reasons first)."""
     id_column = config.data.id_column
-    k = expl.feature_index.shape[1]
-    share = shares(expl.weights)
     reasons = review_reasons(expl, config)
     n = len(expl.ids)
-    quality = {name: _optional(expl, name, n) for name in _QUALITY}
+    quality = {name: _optional(expl, name, n) for name in _QUALITY + _WIDTH}
+    root = float(np.sqrt(stats.num_features))
     gap = np.abs(np.asarray(expl.local_pred) - np.asarray(expl.model_pred))
     rows: dict[str, list] = {name: [] for name in explanation_schema(id_column).names}
     for b, decision_id in enumerate(expl.ids):
-        for rank in range(k):
-            j = int(expl.feature_index[b, rank])
+        factors = factor_roles(expl.feature_index[b], expl.weights[b], is_adverse(expl.model_pred[b], config))
+        share = {role: shares(np.asarray([[w for _, w, r in factors if r == role]]))[0] for role in ROLES}
+        seen = dict.fromkeys(ROLES, 0)
+        for rank, (j, weight, role) in enumerate(factors, start=1):
             feature = config.features[j]
-            weight = float(expl.weights[b, rank])
             rows[id_column].append(decision_id)
-            rows["rank"].append(rank + 1)
+            rows["rank"].append(rank)
+            rows["role"].append(role)
             rows["feature"].append(feature.name)
             rows["label"].append(feature.label)
             rows["condition"].append(stats.features[j].condition(x[b, j]))
             rows["value"].append(format_value(feature, float(x[b, j])))
             rows["weight"].append(weight)
-            rows["share"].append(float(share[b, rank]))
+            rows["share"].append(float(share[role][seen[role]]))  # within its role
+            seen[role] += 1
             rows["direction"].append(direction_of(weight))
             rows["fidelity"].append(float(expl.fidelity[b]))
             rows["local_pred"].append(float(expl.local_pred[b]))
@@ -100,13 +128,16 @@ def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, 
             rows["intercept"].append(float(expl.intercept[b]))
             rows["needs_review"].append(bool(reasons[b]))
             rows["review_reasons"].append(",".join(reasons[b]))
-            for name in _QUALITY:
+            for name in _QUALITY + _WIDTH:
                 rows[name].append(quality[name][b])
+            width = quality["kernel_width"][b]
+            rows["kernel_width_sqrt_d"].append(None if width is None else round(width / root, 6))
             rows["prediction_gap"].append(float(gap[b]))
     return pa.Table.from_pydict(rows, schema=explanation_schema(id_column)).to_pandas()
 
 
 _QUALITY = ("stability", "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds")
+_WIDTH = ("kernel_width", "effective_samples", "fidelity_widest")
 
 
 def _optional(expl: Explanations, name: str, n: int) -> list:
@@ -152,6 +183,28 @@ def _quantiles(values: pd.Series) -> dict[str, float] | None:
     return {name: round(float(v), 6) for name, v in zip(("min", "p10", "median", "p90", "max"), points, strict=True)}
 
 
+def _counts(values: pd.Series | None) -> dict[str, int]:
+    """How many decisions took each value (e.g. each kernel width), as JSON-ready strings; {} when absent."""
+    if values is None:
+        return {}
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return {f"{float(k):g}": int(v) for k, v in values.value_counts().sort_index(ascending=False).items()}
+
+
+def _fewer_reasons(table: pd.DataFrame) -> int | None:
+    """Decisions in the adverse class whose letter names fewer principal reasons than the most any letter has
+    (so fewer than k factors raised their probability)."""
+    if "role" not in table.columns or not len(table):
+        return None
+    id_column = table.columns[0]
+    reasons = table[table["role"] == "reason"].groupby(id_column).size()
+    adverse_ids = table.loc[table["role"].isin(["reason", "favourable"]), id_column].unique()
+    if not len(adverse_ids):
+        return 0
+    most = int(reasons.max()) if len(reasons) else 0
+    return int(sum(int(reasons.get(i, 0)) < most for i in adverse_ids))
+
+
 def quality_summary(table: pd.DataFrame) -> dict:
     """Explanation quality of a run, from the explanations table (one entry per decision counted once): for the
     manifest and the run summary. JSON-ready; ``None`` where a measure was not computed."""
@@ -172,6 +225,10 @@ def quality_summary(table: pd.DataFrame) -> dict:
         "prediction_gap": _quantiles(firsts["prediction_gap"]) if "prediction_gap" in firsts else None,
         "selection_z": _quantiles(firsts["selection_z"]) if "selection_z" in firsts else None,
         "deletion_holds_share": _share(firsts["deletion_holds"]) if "deletion_holds" in firsts else None,
+        "kernel_widths": _counts(firsts.get("kernel_width_sqrt_d")),
+        "fidelity_widest": _quantiles(firsts["fidelity_widest"]) if "fidelity_widest" in firsts else None,
+        "fidelity_at_least_0_5_share": _share(pd.to_numeric(firsts["fidelity"], errors="coerce").dropna() >= 0.5),
+        "adverse_with_fewer_reasons": _fewer_reasons(table),
         "needs_review": int(firsts["needs_review"].astype(bool).sum()),
         "review_reasons": counts,
     }

@@ -68,8 +68,31 @@ class ModelConfig(_Strict):
         return self.classes.index(self.explain)
 
 
+WIDTH_GRID = (0.75, 0.35, 0.2, 0.12, 0.08)
+"""The kernel-matched method's pre-registered kernel widths, in units of √d, widest (lime's default) first."""
+
+
 class ExplainConfig(_Strict):
     engine: Literal["batched", "lime"] = "batched"
+    method: Literal["kernel-matched", "lime"] = Field(
+        default="kernel-matched",
+        description="'kernel-matched' (default): samples drawn from the kernel-weighted distribution, the "
+        "applicant's own values kept, a per-decision kernel width from width_grid, held-out fidelity, reasons "
+        "from a surrogate on every feature (docs/method.md); 'lime': lime 0.2.0.1's algorithm, bit for bit",
+    )
+    width_grid: tuple[float, ...] = Field(
+        default=WIDTH_GRID, min_length=1,
+        description="kernel-matched: kernel widths tried per decision, in units of sqrt(d), widest first",
+    )
+    target_fidelity: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="kernel-matched: a width is taken when its held-out fidelity reaches this",
+    )
+    min_effective_share: float = Field(
+        default=0.2, ge=0.0, lt=1.0,
+        description="kernel-matched: a width is taken only when at least this share of its samples leave the "
+        "applicant's point (narrower kernels degenerate)",
+    )
     num_samples: int = Field(default=5000, ge=10, le=1_000_000)
     top_k: int = Field(default=3, ge=1, le=4, description="factors per decision (regulators: at most four)")
     seed: int = Field(default=20261122, ge=0, lt=2**63)
@@ -109,6 +132,24 @@ class ExplainConfig(_Strict):
         if factor & (factor - 1):
             raise ValueError("must be a power of 2 (samples double each adaptation round)")
         return factor
+
+    @field_validator("width_grid")
+    @classmethod
+    def _widest_first(cls, grid: tuple[float, ...]) -> tuple[float, ...]:
+        if any(w <= 0 for w in grid) or any(a <= b for a, b in zip(grid, grid[1:], strict=False)):
+            raise ValueError("must hold positive widths, strictly decreasing (widest first)")
+        return grid
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> ExplainConfig:
+        if self.method == "kernel-matched" and self.engine == "batched":
+            if self.stability_runs < 2:
+                raise ValueError("method = 'kernel-matched' needs stability_runs >= 2: the streams give the "
+                                 "held-out fidelity (or set method = 'lime' for the plain engine)")
+            if self.kernel_width is not None:
+                raise ValueError("kernel_width is lime's single width; method = 'kernel-matched' takes width_grid "
+                                 "(e.g. width_grid = [0.5]), or set method = 'lime'")
+        return self
 
     @model_validator(mode="after")
     def _streams_hold_their_blocks(self) -> ExplainConfig:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.aggregate import ROLES, is_adverse
 from tasks.config import Config, FeatureConfig
 from tasks.errors import InputError, LimelightError
 from tasks.render_pdf import (
@@ -214,8 +215,10 @@ def _factor(row: Mapping[str, Any], shared: _Shared, decision_id: str) -> dict[s
                         range=range_text, outcome=shared.outcome_noun)
     weight = _float(row["weight"], "weight", decision_id)
     share = _float(row["share"], "share", decision_id)
+    role = row.get("role")
     return {
         "rank": int(row["rank"]),
+        "role": str(role) if role in ROLES else "factor",  # tables of runs before roles: main factors
         "feature": clean_text(name, limit=120),
         "label": label,
         "condition": condition,
@@ -266,7 +269,9 @@ def _decision_label(config: Config, shared: _Shared, applicant: Mapping[str, Any
 
 
 _QUALITY_COLUMNS = ("stability", "order_agrees", "selection_z", "stable", "num_samples", "prediction_gap",
-                    "deletion_delta", "deletion_holds")
+                    "deletion_delta", "deletion_holds", "kernel_width", "kernel_width_sqrt_d", "effective_samples",
+                    "fidelity_widest")
+_MAX_K = 4  # [explain] top_k's upper bound
 
 
 def _quality(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -288,6 +293,13 @@ def _quality(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _fewer_note(tc: Mapping[str, str], count: int, k: int, outcome: str) -> str | None:
+    """For an adverse decision with fewer principal reasons than k: why the list is short."""
+    if count >= k:
+        return None
+    return fill(tc["reasons_none"] if count == 0 else tc["reasons_fewer"], count=count, outcome=outcome)
+
+
 def _review_note(tc: Mapping[str, str], reasons: list[str], fid: str, min_fid: str) -> str:
     """The status box's note: fidelity alone keeps the fidelity wording; other gates name every failed check."""
     if not reasons or reasons == ["low-fidelity"]:
@@ -302,6 +314,11 @@ def _quality_line(tc: Mapping[str, str], quality: Mapping[str, Any]) -> str | No
     if quality["stable"] is not None:
         samples = f" ({quality['num_samples']:,} {tc['quality_samples']})" if quality["num_samples"] else ""
         parts.append(f"{tc['quality_stable']} {tc['yes'] if quality['stable'] else tc['no']}{samples}")
+    if quality["kernel_width"] is not None:
+        parts.append(fill(tc["quality_width"], width=f"{quality['kernel_width']:.4g}",
+                          scale=f"{quality['kernel_width_sqrt_d']:g}" if quality["kernel_width_sqrt_d"] else "—"))
+    if quality["effective_samples"] is not None:
+        parts.append(f"{tc['quality_effective']} {quality['effective_samples']:,.0f}")
     if quality["prediction_gap"] is not None:
         parts.append(f"{tc['quality_gap']} {quality['prediction_gap']:.4f}")
     if quality["deletion_holds"] is not None:
@@ -322,7 +339,11 @@ def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applica
     intercept = _float(first["intercept"], "intercept", decision_id)
     needs_review = bool(first["needs_review"])
     quality = _quality(first)
-    factors = [_factor(row, shared, decision_id) for row in rows]
+    every = [_factor(row, shared, decision_id) for row in rows]
+    reasons = [f for f in every if f["role"] != "favourable"]
+    favourable = [f for f in every if f["role"] == "favourable"] if config.report.show_favourable else []
+    factors = reasons + favourable
+    adverse = any(f["role"] != "factor" for f in every) or (not every and is_adverse(model_pred, config))
     min_fid = threshold_text(run.min_fidelity)
     fid = fidelity_text(fidelity, run.min_fidelity)
     fields = []
@@ -354,12 +375,19 @@ def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applica
         "quality": _quality_line(tc, quality),
         "status_note": fill(tc["status_ok_note"], min=min_fid),
         "factors": factors,
+        "reasons": reasons,
+        "favourable": favourable,
+        "reasons_intro": fill(tc["reasons_intro_adverse" if adverse else "reasons_intro"], outcome=shared.outcome_noun),
+        "fewer_note": _fewer_note(tc, len(reasons), config.explain.top_k, shared.outcome_noun) if adverse else None,
+        "favourable_intro": fill(tc["favourable_intro"], outcome=shared.outcome_noun),
         "chart": _chart(factors),
         "chart_alt": fill(tc["chart_alt"], outcome=shared.outcome_noun, items=items),
         "chart_key": fill(tc["chart_key"], outcome=shared.outcome_noun),
         "fidelity": fid,
         "fidelity_line": fill(tc["fidelity_value"], fidelity=fid),
-        "fidelity_meaning": fill(tc["fidelity_meaning"], percent=_fidelity_percent(fid)),
+        "fidelity_meaning": fill(tc["fidelity_meaning_matched" if config.explain.method == "kernel-matched"
+                                    and config.explain.engine == "batched" else "fidelity_meaning"],
+                                 percent=_fidelity_percent(fid)),
         "surrogate": [
             {"label": tc["intercept"], "value": f"{intercept:+.6f}", "css": "num-left"},
             {"label": tc["local_pred"], "value": f"{local_pred:.6f}", "css": "num-left"},
@@ -383,10 +411,10 @@ def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applica
         "quality": quality,
         "language": config.report.language,
         "factors": [
-            {"rank": f["rank"], "feature": f["feature"], "label": f["label"], "condition": f["condition"],
-             "value": f["raw_value"], "weight": f["weight"], "share": f["share_value"],
+            {"rank": f["rank"], "role": f["role"], "feature": f["feature"], "label": f["label"],
+             "condition": f["condition"], "value": f["raw_value"], "weight": f["weight"], "share": f["share_value"],
              "direction": f["direction"], "reason": f["sentence"]}
-            for f in factors
+            for f in every
         ],
         "run": _run_json(run),
     }
@@ -460,9 +488,9 @@ def _group_rows(rows: pd.DataFrame, id_column: str) -> dict[str, list[dict[str, 
     for decision_id, records in groups.items():
         records.sort(key=lambda r: int(r["rank"]))
         ranks = [int(r["rank"]) for r in records]
-        if ranks != list(range(1, len(ranks) + 1)) or len(ranks) > 4:
-            raise InputError(f"explanations: decision {decision_id[:80]!r}: ranks {ranks[:8]} are not 1..k "
-                             "(k at most 4)")
+        if ranks != list(range(1, len(ranks) + 1)) or len(ranks) > 2 * _MAX_K:
+            raise InputError(f"explanations: decision {decision_id[:80]!r}: ranks {ranks[:8]} are not 1..n "
+                             f"(at most {_MAX_K} reasons and {_MAX_K} favourable factors)")
     return groups
 
 

@@ -94,7 +94,7 @@ def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: s
     return rows
 
 
-def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str]) -> list[str]:
+def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str], target: float = 0.5) -> list[str]:
     """Stability and deletion check in words (nothing for tables without those columns); the review gates are
     the gating table's."""
     if "review_reasons" not in explanations.columns:
@@ -110,6 +110,9 @@ def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str]) -> list[st
     if q["deletion_holds_share"] is not None:
         holds = int(firsts["deletion_holds"].dropna().astype(bool).sum())
         lines.append(fill(ts["quality_deletion"], holds=f"{holds:,}", total=total))
+    if q["kernel_widths"]:
+        items = "; ".join(f"{w} × √d: {count:,}" for w, count in q["kernel_widths"].items())
+        lines.append(fill(ts["quality_widths"], items=items, target=threshold_text(target)))
     return lines
 
 
@@ -205,7 +208,13 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
     e, r = config.explain, config.review
     yes, no = tc["yes"], tc["no"]
     adaptive = fill(tc["adaptive_value"], factor=str(e.max_samples_factor)) if e.adaptive else no
+    matched = [
+        {"label": tc["width_grid"], "value": ", ".join(f"{w:g}" for w in e.width_grid), "css": ""},
+        {"label": tc["target_fidelity"], "value": threshold_text(e.target_fidelity), "css": ""},
+        {"label": tc["min_effective_share"], "value": threshold_text(e.min_effective_share), "css": ""},
+    ] if e.method == "kernel-matched" and e.engine == "batched" else []
     return [
+        *matched,
         {"label": tc["design"], "value": tc[f"design_{e.design}"], "css": ""},
         {"label": tc["stability_runs"], "value": str(e.stability_runs), "css": ""},
         {"label": tc["adaptive"], "value": adaptive, "css": ""},
@@ -219,7 +228,9 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
 def quality_settings(config: Config) -> dict[str, Any]:
     """The same settings for the JSON attachment."""
     e, r = config.explain, config.review
-    return {"design": e.design, "stability_runs": e.stability_runs, "adaptive": e.adaptive,
+    return {"method": e.method, "width_grid": list(e.width_grid), "target_fidelity": e.target_fidelity,
+            "min_effective_share": e.min_effective_share, "design": e.design, "stability_runs": e.stability_runs,
+            "adaptive": e.adaptive,
             "max_samples_factor": e.max_samples_factor, "confidence": e.confidence, "min_fidelity": r.min_fidelity,
             "max_prediction_gap": r.max_prediction_gap, "require_stable": r.require_stable,
             "require_deletion": r.require_deletion}
@@ -287,7 +298,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "review": shown,
         "review_more": fill(ts["review_more"], count=f"{len(review_ids) - len(shown):,}")
         if len(review_ids) > len(shown) else None,
-        "quality": _quality_lines(explanations, ts),
+        "quality": _quality_lines(explanations, ts, config.explain.target_fidelity),
         "samples": samples,
         "gates": gates,
         "gates_note": fill(ts["gates_note"], count=f"{int(firsts['needs_review'].astype(bool).sum()):,}")

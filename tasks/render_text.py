@@ -388,7 +388,15 @@ def w3c_utc(timestamp: str) -> tuple[str, datetime]:
 
 
 def audit_rows(run: RunInfo, tc: Mapping[str, str]) -> list[dict[str, str]]:
-    """The run's audit record as (label, value) rows, for the customer annex and the run summary."""
+    """The run's audit record as (label, value) rows, for the customer annex and the run summary. The
+    kernel-matched method chooses the width per decision (its grid is in the quality settings' rows) and fits
+    every feature, so lime's single width and feature selection are shown for lime's method only."""
+    matched = run.method == "kernel-matched"
+    method_key = "method_value_matched" if matched else "method_value"
+    lime_rows = [] if matched else [
+        {"label": tc["kernel_width"], "value": f"{run.kernel_width:.6g}", "css": ""},
+        {"label": tc["feature_selection"], "value": clean_text(run.feature_selection, limit=60), "css": ""},
+    ]
     return [
         {"label": tc["run_id"], "value": clean_text(run.run_id, limit=200), "css": "code"},
         {"label": tc["generated_at"], "value": w3c_utc(run.generated_at)[0], "css": ""},
@@ -396,11 +404,9 @@ def audit_rows(run: RunInfo, tc: Mapping[str, str]) -> list[dict[str, str]]:
         {"label": tc["config_sha256"], "value": clean_text(run.config_sha256, limit=128), "css": "code"},
         {"label": tc["decisions_sha256"], "value": clean_text(run.decisions_sha256, limit=128), "css": "code"},
         {"label": tc["reference_sha256"], "value": clean_text(run.reference_sha256, limit=128), "css": "code"},
-        {"label": tc["method"], "value": fill(tc["method_value"], engine=clean_text(run.engine, limit=40)),
-         "css": ""},
+        {"label": tc["method"], "value": fill(tc[method_key], engine=clean_text(run.engine, limit=40)), "css": ""},
         {"label": tc["num_samples"], "value": f"{run.num_samples:,}", "css": ""},
-        {"label": tc["kernel_width"], "value": f"{run.kernel_width:.6g}", "css": ""},
-        {"label": tc["feature_selection"], "value": clean_text(run.feature_selection, limit=60), "css": ""},
+        *lime_rows,
         {"label": tc["seed"], "value": str(run.seed), "css": ""},
         {"label": tc["top_k"], "value": str(run.top_k), "css": ""},
         {"label": tc["explained_class"], "value": clean_text(run.explained_class, limit=80), "css": ""},

@@ -44,6 +44,11 @@ class ReportConfig(_Strict):
     decision_threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="probability of the explained class at which it is decided"
     )
+    show_favourable: bool = Field(
+        default=True,
+        description="show the factors that lowered the explained class's probability apart, as 'in your favour' "
+        "(adverse decisions only; they are never principal reasons)",
+    )
     reasons: str | None = Field(
         default=None,
         description="reason catalog TOML (relative to the config file; '{language}' is replaced); "

@@ -124,13 +124,17 @@ def test_summary_shows_samples_gates_review_reasons_and_quality_settings(tmp_pat
         named = ", ".join(label[r] for r in reasons[decision_id])
         assert f"{decision_id} {fidelity_text(fidelity, run.min_fidelity)} · {named}" in raw
     # the quality settings in the parameters
-    for row in ("Sampling design Sobol sequence, shifted per decision and stream (randomised quasi-Monte Carlo)",
+    for row in ("Kernel widths tried (× √d, widest first) 0.75, 0.35, 0.2, 0.12, 0.08",
+                "Held-out fidelity a width must reach 0.50",
+                "Sampling design Sobol sequence, shifted per decision and stream (randomised quasi-Monte Carlo)",
                 "Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 16× S",
                 "Confidence of a stable set of reasons 0.95", "Maximum prediction gap allowed 0.30",
                 "Unstable reasons: human review yes", "Failed deletion check: human review no"):
         assert row in text
     attached = json.loads(embedded_files(path)["run-summary.json"])
     assert attached["quality_settings"] == {
+        "method": "kernel-matched", "width_grid": [0.75, 0.35, 0.2, 0.12, 0.08], "target_fidelity": 0.5,
+        "min_effective_share": 0.2,
         "design": "sobol", "stability_runs": 2, "adaptive": True, "max_samples_factor": 16, "confidence": 0.95,
         "min_fidelity": 0.3,
         "max_prediction_gap": 0.3, "require_stable": True, "require_deletion": False}

@@ -53,10 +53,11 @@ class DeletionCheck:
         own = self.stats.discretize(x)
         all_rows, all_weights, owners = [], [], []
         for b in range(len(x)):
-            choices = [self._alternatives(int(j), int(own[b, j])) for j in features[b]]
+            shown = features[b][features[b] >= 0]  # -1: fewer factors than k
+            choices = [self._alternatives(int(j), int(own[b, j])) for j in shown]
             while np.prod([max(len(c[1]), 1) for c in choices]) > MAX_COMBINATIONS:
                 widest = int(np.argmax([len(c[1]) for c in choices]))
-                j = int(features[b, widest])
+                j = int(shown[widest])
                 choices[widest] = self._alternatives(j, int(own[b, j]), keep=len(choices[widest][1]) - 1)
             usable = [i for i, c in enumerate(choices) if len(c[1])]  # a feature with no other value stays
             grids = list(itertools.product(*[range(len(choices[i][1])) for i in usable]))
@@ -64,7 +65,7 @@ class DeletionCheck:
             weight = np.ones(len(grids))
             for column, i in enumerate(usable):
                 pick = np.asarray([g[column] for g in grids], dtype=np.int64)
-                block[:, int(features[b, i])] = choices[i][0][pick]
+                block[:, int(shown[i])] = choices[i][0][pick]
                 weight *= choices[i][1][pick]
             all_rows.append(block)
             all_weights.append(weight)

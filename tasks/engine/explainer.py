@@ -69,6 +69,10 @@ class Explanations:
     num_samples: np.ndarray | None = None  # int64 [B]: samples behind the reported fit (all streams)
     deletion_delta: np.ndarray | None = None  # [B]: model output with the top factors removed, minus model_pred
     deletion_holds: np.ndarray | None = None  # bool [B]: the output moved against the factors' net effect
+    # Kernel-matched engine (tasks/engine/matched.py); None for lime's method.
+    kernel_width: np.ndarray | None = None  # [B]: the kernel width the decision was explained at
+    effective_samples: np.ndarray | None = None  # [B]: samples expected to leave the applicant's point
+    fidelity_widest: np.ndarray | None = None  # [B]: held-out fidelity at the widest width (lime's 0.75·√d)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,7 +90,8 @@ class Explanations:
 
 _ARRAYS = (
     "feature_index", "weights", "intercept", "local_pred", "model_pred", "fidelity", "all_weights", "stability",
-    "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds",
+    "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds", "kernel_width",
+    "effective_samples", "fidelity_widest",
 )
 
 
@@ -182,11 +187,12 @@ class BatchedLime:
     def _check_deletion(self, explanations: Explanations, x: np.ndarray) -> None:
         check = DeletionCheck(self.stats)
         delta, holds = np.zeros(len(x)), np.zeros(len(x), dtype=bool)
+        k = min(self.top_k, self.stats.num_features)  # the principal factors (the kernel-matched engine adds
+        features, weights = explanations.feature_index[:, :k], explanations.weights[:, :k]  # favourable ones after)
 
         def work(a: int, b: int) -> None:
             delta[a:b], holds[a:b] = check.run(
-                self._predict, self.device, x[a:b], explanations.feature_index[a:b], explanations.weights[a:b],
-                explanations.model_pred[a:b],
+                self._predict, self.device, x[a:b], features[a:b], weights[a:b], explanations.model_pred[a:b],
             )
 
         self._in_chunks(len(x), MAX_COMBINATIONS, work)
@@ -211,6 +217,17 @@ class BatchedLime:
                 carried.append((np.arange(a, b)[unstable], to_device(index_groups(groups, mask), _HOST)))
 
         self._in_chunks(n, s, first)
+        self._adapt(x, ids, carried, s, lambda rows, groups, per_stream: self._evaluate(rows, groups, per_stream, out))
+        return out.explanations(self.with_all_weights)
+
+    def _adapt(self, x: np.ndarray, ids: list[str], carried: list[tuple[np.ndarray, WeightedMoments]], s: int,
+               evaluate: Callable[[np.ndarray, WeightedMoments, int], np.ndarray], stream_base: int = 0,
+               tilt: float | None = None, cap: int | None = None, minimum: int = 0) -> None:
+        """Adaptation rounds for the ``carried`` decisions (their rows and moments of ``s`` samples per stream, on
+        the host): twice the samples per stream each round, up to ``cap`` (default ``max_samples_factor`` x s),
+        while ``evaluate(rows, groups, per_stream)`` calls them unstable or they have fewer than ``minimum``
+        per stream. Streams ``stream_base + r`` continue; ``tilt``: kernel-matched sampling."""
+        cap = cap or s * self.max_samples_factor
         per_stream, rnd = s, 0
         while carried and per_stream < cap:
             rnd += 1
@@ -228,19 +245,18 @@ class BatchedLime:
                 old = to_device(index_groups(stored, slice(a, b)), self.device)
                 streams = []
                 for replicate in range(self.stability_runs):
-                    same_bin, target = self._draw(decisions, own_rows, sub_ids, keys, added, replicate,
-                                                  adaptation_round=rnd, first_row=added - 1)
+                    same_bin, target = self._draw(decisions, own_rows, sub_ids, keys, added, stream_base + replicate,
+                                                  adaptation_round=rnd, first_row=added - 1, tilt=tilt)
                     lo, hi = replicate * BLOCKS, (replicate + 1) * BLOCKS
                     previous = index_groups(old, (slice(None), slice(lo, hi)))
                     streams.append(pairwise_merge(previous, self._block_moments(same_bin, target)))
                 groups = concat_groups(streams, dim=1)
-                unstable = self._evaluate(rows, groups, per_stream, out)
-                if per_stream < cap and unstable.any():
-                    mask = torch.as_tensor(unstable, device=groups.czz.device)
-                    next_round.append((rows[unstable], to_device(index_groups(groups, mask), _HOST)))
+                again = evaluate(rows, groups, per_stream) | (per_stream < minimum)
+                if per_stream < cap and again.any():
+                    mask = torch.as_tensor(again, device=groups.czz.device)
+                    next_round.append((rows[again], to_device(index_groups(groups, mask), _HOST)))
 
             self._in_chunks(len(index), added, more)
-        return out.explanations(self.with_all_weights)
 
     def first_round_groups(self, x: np.ndarray, ids: list[str]) -> tuple[WeightedMoments, np.ndarray]:
         """The first round of the stable path for decisions ``x`` (one chunk): the block moments of every
@@ -262,15 +278,18 @@ class BatchedLime:
         return keys, own_rows, torch.as_tensor(x, dtype=torch.float32, device=device)
 
     def _draw(self, decisions: torch.Tensor, own_rows: torch.Tensor, ids: list[str], keys: torch.Tensor,
-              samples: int, stream: int, adaptation_round: int = 0, first_row: int = 0,
+              samples: int, stream: int, adaptation_round: int = 0, first_row: int = 0, tilt: float | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples of one stream and the model's output on them: (same_bin [B, n, d], target [B, n]). Round 0
         starts with row 0, the decision itself; later rounds add ``samples`` rows after the stream's first
-        ``first_row + 1`` (the sampler's row 0 of those draws, the decision again, is left out)."""
+        ``first_row + 1`` (the sampler's row 0 of those draws, the decision again, is left out). ``tilt``: the
+        kernel's factor per differing feature, for kernel-matched sampling (:meth:`QuartileSampler.sample`)."""
         batch = len(ids)
         keep_first = adaptation_round == 0
         drawn = samples if keep_first else samples + 1
-        perturbed = self._sampler.sample(decisions, own_rows, keys, drawn, stream, adaptation_round, first_row)
+        tilts = None if tilt is None else torch.full((batch,), tilt, dtype=torch.float64, device=self.device)
+        perturbed = self._sampler.sample(decisions, own_rows, keys, drawn, stream, adaptation_round, first_row,
+                                         tilt=tilts)
         target = self._predict(perturbed.inputs.view(batch * drawn, -1)).view(batch, drawn)
         _check_finite(target, ids, self.model.description)
         if keep_first:
@@ -446,13 +465,14 @@ def compile_enabled(setting: str, device: torch.device) -> bool:
 
 
 def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  # -> BatchedLime | LimeReference
-    """The configured engine: the batched engine (default) or the reference ``lime`` package."""
+    """The configured engine: the batched engine with the kernel-matched method (default) or lime's, or the
+    reference ``lime`` package."""
     settings: ExplainConfig = config.explain
     if settings.engine == "lime":
         from tasks.engine.reference import LimeReference
 
         return LimeReference.from_config(config, stats, model)
-    return BatchedLime(
+    common = dict(
         stats=stats,
         model=model,
         explain_index=config.model.explain_index,
@@ -468,3 +488,10 @@ def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  
         confidence=settings.confidence,
         design=settings.design,
     )
+    if settings.method == "kernel-matched":
+        from tasks.engine.matched import KernelMatchedLime
+
+        return KernelMatchedLime(**common, width_grid=settings.width_grid, target_fidelity=settings.target_fidelity,
+                                 min_effective_share=settings.min_effective_share,
+                                 adverse_threshold=config.report.decision_threshold)
+    return BatchedLime(**common)

@@ -105,6 +105,7 @@ class QuartileSampler:
         stream: int = 0,
         adaptation_round: int = 0,
         first_row: int = 0,
+        tilt: torch.Tensor | None = None,
     ) -> Perturbations:
         """Perturb decisions ``x`` (float32 [B, d]) whose own bins are table rows ``own_rows`` (int64 [B, d]).
 
@@ -113,25 +114,100 @@ class QuartileSampler:
         decision's stream ``stream``; row 0 of the result is the decision itself. The Sobol design continues
         the stream's sequence there; the random design draws each ``adaptation_round`` from a stream of its own
         (``stream + 64 * adaptation_round``), as the engine always has.
+
+        ``tilt`` (float64 [B], in (0, 1]) switches to *kernel-matched* sampling (docs/method.md, "Kernel-matched
+        LIME"): each feature leaves the decision's bin with lime's probability tilted by the kernel's factor
+        ``c = exp(-1 / (2 width**2))`` per differing feature, and a feature that stays in its bin keeps the
+        decision's own value. ``None``: lime's sampling, unchanged.
         """
         x = x.to(torch.float32)
+        warp = None if tilt is None else self.kernel_warp(own_rows, tilt)
         if self._sobol is not None:
             rows = self._sobol.rows(first_row, num_samples)
             shifts = digital_shifts(keys, self.num_features, stream)
-            inputs, same_bin = self._draw(rows, shifts, x, own_rows, self.tables)
+            inputs, same_bin = self._draw(rows, shifts, x, own_rows, self.tables, warp)
             return Perturbations(inputs=inputs, same_bin=same_bin)
         stream += ROUND_STRIDE * adaptation_round
         offsets = self._offsets.get((num_samples, stream))
         if offsets is None:
             offsets = stream_offsets(num_samples, self.num_features, stream, self.device)
             self._offsets[(num_samples, stream)] = offsets
-        inputs, same_bin = self._draw(keys, offsets, x, own_rows, self.tables, num_samples)
+        inputs, same_bin = self._draw(keys, offsets, x, own_rows, self.tables, num_samples, warp)
         return Perturbations(inputs=inputs, same_bin=same_bin)
+
+    def own_frequency(self, own_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each decision's own bin starts on the frequency scale and how wide it is, in bits (float64
+        [B, d] each), read from the draw's own integer edges so that the two agree exactly; an own value the
+        reference lacks has width 0 (every sample leaves it)."""
+        known = own_rows >= 0
+        slot = (own_rows - self.tables.row_start).clamp_min(0)
+        top = 1 << UNIFORM_BITS
+        d = self.num_features
+        bounds = torch.cat([torch.zeros(1, d, dtype=torch.int64, device=self.device),
+                            self.tables.edges.clamp_max(top),
+                            torch.full((1, d), top, dtype=torch.int64, device=self.device)])
+        lower = bounds.gather(0, slot).to(torch.float64)
+        upper = bounds.gather(0, slot + 1).to(torch.float64)
+        return torch.where(known, lower, 0.0), torch.where(known, upper - lower, 0.0)
+
+    def leave_probability(self, own_rows: torch.Tensor, tilt: torch.Tensor) -> torch.Tensor:
+        """Per decision and feature, the probability that a kernel-matched sample leaves the decision's bin:
+        ``p c / (p c + 1 - p)`` with lime's ``p = 1 - frequency of the own bin`` (float64 [B, d])."""
+        _, width = self.own_frequency(own_rows)
+        stay = width / float(1 << UNIFORM_BITS)
+        leave = (1.0 - stay) * tilt.view(-1, 1)
+        return leave / (leave + stay)
+
+    def kernel_warp(self, own_rows: torch.Tensor, tilt: torch.Tensor) -> KernelWarp:
+        """The monotone, piecewise-linear map of the uniforms that turns lime's draw into the kernel-matched one.
+
+        On the frequency scale, the decision's own bin ``[L, L + f)`` keeps its mass ``f`` and every other bin is
+        scaled by ``c``; renormalised by ``n = f + (1 - f) c``. A uniform ``u`` of the tilted distribution falls
+        in the own bin when ``L c / n <= u < (L c + f) / n``; mapping it back linearly inside each piece gives
+        the lime-scale uniform whose bin and in-bin position the unchanged draw then reads. Monotone, so the
+        Sobol design's strata stay strata.
+        """
+        lower, width = self.own_frequency(own_rows)
+        c = tilt.to(torch.float64).view(-1, 1)
+        scale = float(1 << UNIFORM_BITS)
+        norm = width + (scale - width) * c  # in bits
+        start = lower * c / norm * scale  # where the own bin begins on the tilted scale, in bits
+        stop = start + width / norm * scale
+        return KernelWarp(start=start, stop=stop, lower=lower, width=width, outside=norm / c / scale,
+                          inside=norm / scale)
 
 
 ROUND_STRIDE = 64
 """Random design: adaptation round a of stream r draws the generator's stream ``r + 64 a``; (0, 0) is the plain
 engine's."""
+
+
+@dataclass(frozen=True)
+class KernelWarp:
+    """Per decision and feature (float64 [B, d]): the own bin's piece on the tilted scale ``[start, stop)`` and on
+    lime's ``[lower, lower + width)``, in bits, and the slopes of the map outside and inside it."""
+
+    start: torch.Tensor
+    stop: torch.Tensor
+    lower: torch.Tensor
+    width: torch.Tensor
+    outside: torch.Tensor
+    inside: torch.Tensor
+
+
+def warp_bits(bits: torch.Tensor, warp: KernelWarp) -> torch.Tensor:
+    """Kernel-matched uniforms (int64 [B, S, d]) from the design's (:meth:`QuartileSampler.kernel_warp`)."""
+    u = bits.to(torch.float64)
+    start, stop = warp.start.unsqueeze(1), warp.stop.unsqueeze(1)
+    before = u * warp.outside.unsqueeze(1)
+    inside = warp.lower.unsqueeze(1) + (u - start) * warp.inside.unsqueeze(1)
+    after = (warp.lower + warp.width).unsqueeze(1) + (u - stop) * warp.outside.unsqueeze(1)
+    mapped = torch.where(u < start, before, torch.where(u < stop, inside, after))
+    # the own bin is [lower, lower + width) in bits: keep the pieces inside their intervals despite rounding
+    low_in, high_in = warp.lower.unsqueeze(1), (warp.lower + warp.width).unsqueeze(1)
+    mapped = torch.where((u >= start) & (u < stop), torch.minimum(torch.maximum(mapped, low_in), high_in - 1),
+                         mapped)
+    return mapped.floor().clamp_(0, (1 << UNIFORM_BITS) - 1).to(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -153,23 +229,29 @@ def draw_random(
     own_rows: torch.Tensor,
     tables: SamplingTables,
     num_samples: int,
+    warp: KernelWarp | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturbations from independent uniforms (the counter-based generator)."""
-    return draw_perturbations(uniform_bits(keys, offsets, num_samples), x, own_rows, tables)
+    return draw_perturbations(uniform_bits(keys, offsets, num_samples), x, own_rows, tables, warp)
 
 
 def draw_sobol(
-    rows: torch.Tensor, shifts: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables
+    rows: torch.Tensor, shifts: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables,
+    warp: KernelWarp | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturbations from Sobol rows (int64 [S, d]) shifted per decision (int64 [B, 1, d])."""
-    return draw_perturbations(torch.bitwise_xor(rows.unsqueeze(0), shifts), x, own_rows, tables)
+    return draw_perturbations(torch.bitwise_xor(rows.unsqueeze(0), shifts), x, own_rows, tables, warp)
 
 
 def draw_perturbations(
-    bits: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables
+    bits: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables,
+    warp: KernelWarp | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """From 24-bit uniforms (int64 [B, S, d]): the model's inputs (float32 [B, S, d]) and the binary
-    representation (bool [B, S, d])."""
+    representation (bool [B, S, d]). With a kernel ``warp``, the uniforms are warped first and a feature that
+    stays in the decision's bin keeps the decision's own value (lime redraws a value inside the bin)."""
+    if warp is not None:
+        bits = warp_bits(bits, warp)
     slot = (bits >= tables.edges[0]).to(torch.int64)
     for k in range(1, tables.edges.shape[0]):
         slot += bits >= tables.edges[k]
@@ -182,4 +264,6 @@ def draw_perturbations(
     inputs[:, 0] = x
     same_bin = row == own_rows.unsqueeze(1)
     same_bin[:, 0] = True
+    if warp is not None:
+        inputs = torch.where(same_bin, x.unsqueeze(1), inputs)
     return inputs, same_bin

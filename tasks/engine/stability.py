@@ -21,7 +21,13 @@ import itertools
 import torch
 from scipy.stats import t as student_t
 
-from tasks.engine.surrogate import _DEGENERATE, HIGHEST_WEIGHTS_ALPHA, WeightedMoments, _solve_ridge
+from tasks.engine.surrogate import (
+    _DEGENERATE,
+    FINAL_ALPHA,
+    HIGHEST_WEIGHTS_ALPHA,
+    WeightedMoments,
+    _solve_ridge,
+)
 
 BLOCKS = 8
 """Jackknife groups per stream: each stream's samples are split into this many contiguous blocks."""
@@ -126,10 +132,21 @@ def selection_margin(m: WeightedMoments, chosen: torch.Tensor, method: str) -> t
 def jackknife_z(groups: WeightedMoments, chosen: torch.Tensor, pooled_margin: torch.Tensor,
                 method: str) -> torch.Tensor:
     """``M / se_jackknife(M)`` per decision; +inf where M > 0 and the spread is zero (or M is infinite)."""
-    batch, g = groups.total_weight.shape
-    leave_one_out = 1.0 - torch.eye(g, dtype=torch.float64)
-    subsets = flatten(combine(groups, leave_one_out))  # [B * G]
-    margins = selection_margin(subsets, chosen.repeat_interleave(g, dim=0), method).view(batch, g)
+    g = groups.total_weight.shape[1]
+    margins = selection_margin(leave_one_group_out(groups), chosen.repeat_interleave(g, dim=0), method)
+    return jackknife_ratio(margins.view(-1, g), pooled_margin)
+
+
+def leave_one_group_out(groups: WeightedMoments) -> WeightedMoments:
+    """The moments without each group in turn: ``[B, G, ...]`` -> ``[B * G, ...]``."""
+    g = groups.total_weight.shape[1]
+    return flatten(combine(groups, 1.0 - torch.eye(g, dtype=torch.float64)))
+
+
+def jackknife_ratio(margins: torch.Tensor, pooled_margin: torch.Tensor) -> torch.Tensor:
+    """From the leave-one-group-out margins ``[B, G]``: ``M / se_jackknife(M)``; +inf where M > 0 and the spread
+    is zero (or M is infinite), 0 where M <= 0 and degenerate."""
+    g = margins.shape[1]
     finite = torch.isfinite(margins).all(1) & torch.isfinite(pooled_margin)
     margins = torch.where(finite.unsqueeze(1), margins, 0.0)
     spread = ((g - 1) / g * (margins - margins.mean(1, keepdim=True)).square().sum(1)).sqrt()
@@ -137,6 +154,51 @@ def jackknife_z(groups: WeightedMoments, chosen: torch.Tensor, pooled_margin: to
     degenerate = ~finite | (spread <= 1e-300)  # nothing outside the set, or no spread at all
     positive = torch.where(pooled_margin > 0, float("inf"), 0.0).to(z.dtype)
     return torch.where(degenerate, positive, z)
+
+
+def ranked_factors(coef: torch.Tensor, adverse: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors a decision's letter names, from its surrogate's coefficients on every feature ([N, d]):
+
+    - ``adverse`` (the decision is in the explained class): the principal reasons are the up-to-k features
+      with the largest *positive* coefficients (they raised the explained class's probability); the
+      favourable factors, the up-to-k most negative ones;
+    - otherwise: the k features with the largest |coefficient| (the main factors, either direction), and none
+      favourable.
+
+    Returns ``(reasons [N, k], favourable [N, k])``, feature indices ranked, -1 where fewer exist.
+    """
+    k = min(k, coef.shape[1])
+    adverse = adverse.view(-1, 1)
+    score = torch.where(adverse, coef, coef.abs())
+    top = torch.argsort(score, dim=1, descending=True, stable=True)[:, :k]
+    keep = ~adverse | (score.gather(1, top) > 0)
+    lowest = torch.argsort(coef, dim=1, stable=True)[:, :k]
+    shown = adverse & (coef.gather(1, lowest) < 0)
+    return torch.where(keep, top, -1), torch.where(shown, lowest, -1)
+
+
+def reason_margin(m: WeightedMoments, reasons: torch.Tensor, adverse: torch.Tensor, k: int) -> torch.Tensor:
+    """The margin by which ``reasons`` (int64 [N, k], -1 padded) is the decision's set of principal reasons
+    under moments ``m`` ([N, ...]), with the surrogate on every feature (``Ridge(alpha=1)``):
+
+    - adverse, k reasons: ``min(min_in β - max_out β, min_in β)`` (each reason outranks every other feature and
+      raised the probability);
+    - adverse, fewer than k: ``min(min_in β, -max_out β)`` (the reasons raised it, no other feature did);
+    - otherwise: ``min_in |β| - max_out |β|``.
+    +inf where nothing constrains it. ``M >= 0`` on the moments the set was chosen from.
+    """
+    n, d = m.czy.shape
+    coef = _solve_ridge(m.czz, m.czy, FINAL_ALPHA)
+    in_set = torch.zeros(n, d + 1, dtype=torch.bool, device=coef.device)
+    in_set.scatter_(1, torch.where(reasons >= 0, reasons, d), True)
+    in_set = in_set[:, :d]
+    score = torch.where(adverse.view(-1, 1), coef, coef.abs())
+    inside = score.masked_fill(~in_set, float("inf")).amin(1)
+    outside = score.masked_fill(in_set, float("-inf")).amax(1)
+    full = in_set.sum(1) >= min(k, d)
+    ranked = inside - outside
+    adverse_margin = torch.where(full, torch.minimum(ranked, inside), torch.minimum(inside, -outside))
+    return torch.where(adverse, adverse_margin, ranked)
 
 
 @functools.cache

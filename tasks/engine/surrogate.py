@@ -73,6 +73,12 @@ def kernel_moments(same_bin: torch.Tensor, y: torch.Tensor, kernel_width: float)
     return _moments(same_bin, y, weights)
 
 
+def uniform_moments(same_bin: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The moments of kernel-matched samples: drawn from the kernel-weighted distribution, every sample weighs
+    1 (docs/method.md, "Kernel-matched LIME"). A tuple, so ``torch.compile`` can fuse it."""
+    return _moments(same_bin, y, torch.ones(y.shape, dtype=torch.float64, device=y.device))
+
+
 def forward_selection(m: WeightedMoments, k: int) -> torch.Tensor:
     """lime's ``forward_selection`` for every decision: int64 [B, min(k, d)], in order of selection."""
     batch, d = m.czy.shape
@@ -143,6 +149,26 @@ def ridge_on(m: WeightedMoments, features: torch.Tensor, alpha: float = FINAL_AL
     intercept = m.mean_y - (m.mean_z.gather(1, features) * coef).sum(1)
     residual = m.syy - 2 * (coef * czy).sum(1) + torch.einsum("bi,bij,bj->b", coef, czz, coef)
     return RidgeFit(features, coef, intercept, weighted_r2(residual, m.syy))
+
+
+def all_features(m: WeightedMoments) -> torch.Tensor:
+    """Every feature index, per decision: int64 [B, d] (a surrogate fitted on all features)."""
+    batch, d = m.czy.shape
+    return torch.arange(d, device=m.czy.device).expand(batch, -1)
+
+
+def held_out_r2(fit: RidgeFit, other: WeightedMoments) -> torch.Tensor:
+    """Weighted R² of surrogate ``fit`` on samples it was not fitted on, given their moments ``other``:
+
+        Σ w (y - b - βᵀz)² = syy - 2βᵀczy + βᵀCzzβ + Σw (ȳ - b - βᵀz̄)²     (moments of ``other``, centred)
+    """
+    rows = torch.arange(fit.features.shape[0], device=fit.features.device).view(-1, 1, 1)
+    czz = other.czz[rows, fit.features.unsqueeze(2), fit.features.unsqueeze(1)]
+    czy = other.czy.gather(1, fit.features)
+    offset = other.mean_y - fit.intercept - (other.mean_z.gather(1, fit.features) * fit.coef).sum(1)
+    residual = (other.syy - 2 * (fit.coef * czy).sum(1) + torch.einsum("bi,bij,bj->b", fit.coef, czz, fit.coef)
+                + other.total_weight * offset.square())
+    return weighted_r2(residual, other.syy)
 
 
 def weighted_r2(residual: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

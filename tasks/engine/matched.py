@@ -1,0 +1,292 @@
+"""Kernel-matched LIME: lime's surrogate, fitted where it can reproduce the decision (docs/method.md).
+
+The method (``[explain] method = "kernel-matched"``, the default) keeps lime's model class (a weighted ridge on
+the binary "same bin as the applicant" representation), its interpretable features (quartile bins and
+categories) and its exponential kernel. Four things change, each disclosed in the report's annex:
+
+1. **Kernel-matched sampling.** Samples are drawn from the kernel-weighted distribution itself (every feature
+   leaves the applicant's bin with lime's probability tilted by the kernel's factor per differing feature), so
+   every sample weighs 1 and a narrow kernel keeps its full sample size (:meth:`QuartileSampler.kernel_warp`).
+2. **The applicant's own values.** A feature that stays in the applicant's bin keeps the applicant's value, so
+   the all-ones point of the surrogate *is* the applicant.
+3. **A per-decision kernel width** from a pre-registered grid, widest (lime's 0.75·√d) first: the first width
+   whose held-out fidelity reaches the target and whose effective sample size is above the floor. Its
+   principal reasons then go through the stability test (with adaptation). No width passes: the widest is kept
+   and the decision goes to review.
+4. **Reasons for the outcome.** The surrogate is fitted on every feature; for a decision in the explained
+   (adverse) class the principal reasons are the up-to-k features that raised its probability most, and the
+   favourable factors (the most negative) are kept apart (:func:`ranked_factors`).
+
+Fidelity is held out: each stream's surrogate is scored on the other streams' samples (two-fold cross-fitting
+with two streams), never on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tasks.config import MIN_STREAM_SAMPLES, WIDTH_GRID, stream_samples
+from tasks.engine.explainer import _HOST, BatchedLime, Explanations, _Collector
+from tasks.engine.stability import (
+    BLOCKS,
+    combine,
+    concat_groups,
+    critical_value,
+    flatten,
+    index_groups,
+    jackknife_ratio,
+    leave_one_group_out,
+    ranked_factors,
+    reason_margin,
+    replicate_agreement,
+    to_device,
+)
+from tasks.engine.surrogate import FINAL_ALPHA, WeightedMoments, all_features, held_out_r2, ridge_on, uniform_moments
+
+SCREEN_FRACTION = 4
+"""Each width is tried with S/4 samples; the chosen one is topped up to S (and adapted beyond)."""
+
+
+def kernel_tilt(width: float) -> float:
+    """lime's kernel ``sqrt(exp(-D² / width²))`` with D² = the number of differing features factorises into
+    ``c ** D²`` with ``c = exp(-1 / (2 width²))``: the factor per differing feature."""
+    return math.exp(-1.0 / (2.0 * width * width))
+
+
+def _uniform_kernel(same_bin: torch.Tensor, y: torch.Tensor, kernel_width: float) -> tuple[torch.Tensor, ...]:
+    """The engine's moments step for kernel-matched samples: the kernel is in the sampling, every weight is 1."""
+    return uniform_moments(same_bin, y)
+
+
+@dataclass
+class Evaluation:
+    """One round's verdict on a chunk of decisions (host arrays, [b])."""
+
+    fidelity: np.ndarray  # held-out weighted R²
+    effective: np.ndarray  # effective sample size (samples that leave the applicant's point)
+    stable: np.ndarray  # bool
+
+
+@dataclass
+class KernelMatchedLime(BatchedLime):
+    """The default engine (module docstring). ``stability_runs`` >= 2: the streams also serve the held-out
+    fidelity."""
+
+    width_grid: tuple[float, ...] = WIDTH_GRID
+    target_fidelity: float = 0.5
+    min_effective_share: float = 0.2  # effective samples at least this share of the samples drawn
+    adverse_threshold: float = 0.5  # model_pred >= this: the decision is in the explained (adverse) class
+
+    def __post_init__(self) -> None:
+        if self.stability_runs < 2:
+            raise ValueError("the kernel-matched method needs stability_runs >= 2 (held-out fidelity)")
+        if not self.width_grid or any(w <= 0 for w in self.width_grid):
+            raise ValueError(f"width grid must hold positive widths, got {self.width_grid}")
+        super().__post_init__()
+
+    def _build_kernels(self) -> None:
+        super()._build_kernels()
+        self._moments = torch.compile(_uniform_kernel, dynamic=True) if self.compile else _uniform_kernel
+
+    @property
+    def widths(self) -> list[float]:
+        """The grid's absolute widths."""
+        root = math.sqrt(self.stats.num_features)
+        return [scale * root for scale in self.width_grid]
+
+    def explain(self, x: np.ndarray, ids: Sequence[str]) -> Explanations:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.stats.num_features or len(ids) != len(x):
+            raise ValueError(f"x must be [B, {self.stats.num_features}] with one id per row, got {x.shape}")
+        ids = list(ids)
+        out = _MatchedCollector(ids, self.top_k, self.stats.num_features)
+        if len(x):
+            self._explain_matched(x, ids, out)
+        explanations = out.explanations(self.with_all_weights)
+        if self.deletion_check and len(x):
+            self._check_deletion(explanations, x)
+        return explanations
+
+    def _explain_matched(self, x: np.ndarray, ids: list[str], out: _MatchedCollector) -> None:
+        """Walk the width grid, widest first; each width's first round is R streams of S/R kernel-matched samples.
+        Decided decisions whose reasons are not yet stable are adapted at their width."""
+        s, runs = stream_samples(self.num_samples, self.stability_runs), self.stability_runs
+        screen = self.screening_samples(s)
+        pending = np.arange(len(x))
+        widest: list[tuple[np.ndarray, WeightedMoments]] = []  # first-round moments at the widest width
+        for g, width in enumerate(self.widths):
+            if not len(pending):
+                break
+            tilt, carried, undecided = kernel_tilt(width), [], []
+
+            def first(a: int, b: int, g=g, width=width, tilt=tilt, carried=carried, undecided=undecided,
+                      pending=pending) -> None:
+                rows = pending[a:b]
+                groups, out.model_pred[rows] = self._matched_round(x[rows], [ids[i] for i in rows], screen, g, tilt)
+                verdict = self._evaluate_matched(rows, groups, screen, x, tilt, out, write=False)
+                if g == 0:
+                    out.fidelity_widest[rows] = verdict.fidelity
+                passes = (verdict.fidelity >= self.target_fidelity) & (
+                    verdict.effective >= self.min_effective_share * screen * runs)
+                if passes.any():
+                    mask = torch.as_tensor(passes, device=groups.czz.device)
+                    chosen = index_groups(groups, mask)
+                    again = self._record(rows[passes], chosen, screen, x, width, tilt, out) | (screen < s)
+                    if again.any():
+                        keep = torch.as_tensor(again, device=groups.czz.device)
+                        carried.append((rows[passes][again], to_device(index_groups(chosen, keep), _HOST)))
+                if g == 0 and not passes.all():
+                    mask = torch.as_tensor(~passes, device=groups.czz.device)
+                    widest.append((rows[~passes], to_device(index_groups(groups, mask), _HOST)))
+                undecided.append(rows[~passes])
+
+            self._in_chunks(len(pending), screen, first)
+            self._adapt_at(x, ids, carried, screen, s, g, width, tilt, out)
+            pending = np.concatenate(undecided) if undecided else pending[:0]
+        if len(pending):
+            self._keep_widest(x, ids, pending, widest, screen, s, out)
+
+    def _keep_widest(self, x: np.ndarray, ids: list[str], pending: np.ndarray,
+                     widest: list[tuple[np.ndarray, WeightedMoments]], screen: int, s: int,
+                     out: _MatchedCollector) -> None:
+        """Decisions no width satisfied keep the widest width's fit (and go to review for low fidelity)."""
+        width = self.widths[0]
+        tilt, carried = kernel_tilt(width), []
+        for rows, groups in widest:
+            keep = np.isin(rows, pending)
+            if not keep.any():
+                continue
+            kept_rows, kept = rows[keep], index_groups(groups, torch.as_tensor(keep))
+
+            def work(a: int, b: int, kept_rows=kept_rows, kept=kept) -> None:
+                sub = to_device(index_groups(kept, slice(a, b)), self.device)
+                again = self._record(kept_rows[a:b], sub, screen, x, width, tilt, out) | (screen < s)
+                if again.any():
+                    mask = torch.as_tensor(again, device=sub.czz.device)
+                    carried.append((kept_rows[a:b][again], to_device(index_groups(sub, mask), _HOST)))
+
+            self._in_chunks(len(kept_rows), screen, work)
+        self._adapt_at(x, ids, carried, screen, s, 0, width, tilt, out)
+
+    def _adapt_at(self, x: np.ndarray, ids: list[str], carried: list, screen: int, s: int, g: int, width: float,
+                  tilt: float, out: _MatchedCollector) -> None:
+        """Top the chosen width's screening samples up to S/R per stream, then adapt while the reasons are not
+        stable (``adaptive``), up to ``max_samples_factor`` x S/R per stream."""
+        if not carried:
+            return
+
+        def evaluate(rows: np.ndarray, groups: WeightedMoments, per_stream: int) -> np.ndarray:
+            unstable = self._record(rows, groups, per_stream, x, width, tilt, out)
+            return unstable & self.adaptive
+
+        self._adapt(x, ids, carried, screen, evaluate, stream_base=g * self.stability_runs, tilt=tilt,
+                    cap=s * self.max_samples_factor, minimum=s)
+
+    def screening_samples(self, s: int) -> int:
+        """Samples per stream with which each width of the grid is tried: S/R over ``SCREEN_FRACTION`` (at least
+        the 64 the stability blocks need), a power-of-2 fraction, so that doubling reaches S/R exactly."""
+        screen = s
+        while screen % 2 == 0 and screen // 2 >= MIN_STREAM_SAMPLES and s // screen < SCREEN_FRACTION:
+            screen //= 2
+        return screen
+
+    def _matched_round(self, x: np.ndarray, ids: list[str], s: int, g: int, tilt: float,
+                       ) -> tuple[WeightedMoments, np.ndarray]:
+        """First-round block moments of every stream at width index ``g`` ([b, 8R, ...]) and the model's output
+        at each decision. Width ``g`` draws streams ``g R .. g R + R - 1``, its own."""
+        keys, own_rows, decisions = self._inputs(x, ids)
+        streams, model_pred = [], np.zeros(len(ids))
+        for replicate in range(self.stability_runs):
+            same_bin, target = self._draw(decisions, own_rows, ids, keys, s, g * self.stability_runs + replicate,
+                                          tilt=tilt)
+            if replicate == 0:
+                model_pred = target[:, 0].cpu().numpy()
+            streams.append(self._block_moments(same_bin, target))
+        return concat_groups(streams, dim=1), model_pred
+
+    def _record(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, x: np.ndarray, width: float,
+                tilt: float, out: _MatchedCollector) -> np.ndarray:
+        """Write decisions ``rows`` at this width; return the ones whose reasons are not stable."""
+        verdict = self._evaluate_matched(rows, groups, per_stream, x, tilt, out, write=True, width=width)
+        return ~verdict.stable
+
+    def _evaluate_matched(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, x: np.ndarray,
+                          tilt: float, out: _MatchedCollector, write: bool, width: float = 0.0) -> Evaluation:
+        """Fit every feature on the pooled samples; score each stream's fit on the other streams (held out);
+        rank the factors; test the reasons' stability (stream agreement and the jackknife on their margin)."""
+        runs, k, d = self.stability_runs, self.top_k, self.stats.num_features
+        count = groups.total_weight.shape[1]
+        pooled = flatten(combine(groups, torch.ones(1, count, dtype=torch.float64)))
+        own = torch.block_diag(*[torch.ones(1, count // runs, dtype=torch.float64)] * runs)
+        streams = flatten(combine(groups, own))
+        others = flatten(combine(groups, 1.0 - own))
+        fit = ridge_on(pooled, all_features(pooled), FINAL_ALPHA)
+        stream_fit = ridge_on(streams, all_features(streams), FINAL_ALPHA)
+        fidelity = held_out_r2(stream_fit, others).view(len(rows), runs).mean(1)
+        adverse = torch.as_tensor(out.model_pred[rows] >= self.adverse_threshold, device=fit.coef.device)
+        reasons, favourable = ranked_factors(fit.coef, adverse, k)
+        stream_reasons, _ = ranked_factors(stream_fit.coef, adverse.repeat_interleave(runs), k)
+        share, same_order = replicate_agreement(torch.where(stream_reasons >= 0, stream_reasons, d).view(len(rows),
+                                                                                                       runs, -1))
+        margin = reason_margin(pooled, reasons, adverse, k)
+        margins = reason_margin(leave_one_group_out(groups), reasons.repeat_interleave(count, dim=0),
+                                adverse.repeat_interleave(count), k)
+        z = jackknife_ratio(margins.view(len(rows), count), margin)
+        stable = (share >= 1.0) & (z >= critical_value(self.confidence, count))
+        effective = self._effective_samples(x[rows], tilt, per_stream * runs)
+        verdict = Evaluation(fidelity.cpu().numpy(), effective, stable.cpu().numpy())
+        if write:
+            shown = torch.cat([reasons, favourable], dim=1)
+            weight = torch.where(shown >= 0, fit.coef.gather(1, shown.clamp_min(0)), 0.0)
+            out.feature_index[rows] = shown.cpu().numpy()
+            out.weights[rows] = weight.cpu().numpy()
+            out.intercept[rows] = fit.intercept.cpu().numpy()
+            # the applicant is the all-ones point: the surrogate's prediction there is b + Σβ over every feature
+            out.local_pred[rows] = (fit.intercept + fit.coef.sum(1)).cpu().numpy()
+            out.fidelity[rows] = verdict.fidelity
+            out.all_weights[rows] = fit.coef.cpu().numpy()
+            out.stability[rows] = share.cpu().numpy()
+            out.order_agrees[rows] = same_order.cpu().numpy()
+            out.selection_z[rows] = z.cpu().numpy()
+            out.stable[rows] = verdict.stable
+            out.num_samples[rows] = per_stream * runs
+            out.kernel_width[rows] = width
+            out.effective_samples[rows] = effective
+        return verdict
+
+    def _effective_samples(self, x: np.ndarray, tilt: float, samples: int) -> np.ndarray:
+        """Expected number of the ``samples`` that leave the applicant's point (differ in at least one feature):
+        ``samples * (1 - Π_j (1 - p'_j))``. At tiny widths almost every sample *is* the applicant and the fit
+        degenerates; this is the floor's measure."""
+        own_rows = torch.as_tensor(self._sampler.own_rows(self.stats.discretize(x)), device=self.device)
+        leave = self._sampler.leave_probability(own_rows, torch.full((len(x),), tilt, dtype=torch.float64,
+                                                                     device=self.device))
+        stay_all = (1.0 - leave).prod(1)
+        return (samples * (1.0 - stay_all)).cpu().numpy()
+
+
+class _MatchedCollector(_Collector):
+    """Per-decision results of the kernel-matched engine: the factors shown are k principal reasons (or main
+    factors) then up to k favourable ones, -1 where fewer."""
+
+    def __init__(self, ids: list[str], k: int, d: int) -> None:
+        super().__init__(ids, k, d)
+        n, k = len(ids), min(k, d)
+        self.feature_index = np.full((n, 2 * k), -1, dtype=np.int64)
+        self.weights = np.zeros((n, 2 * k))
+        self.kernel_width, self.effective_samples, self.fidelity_widest = (np.zeros(n) for _ in range(3))
+
+    def explanations(self, with_all_weights: bool) -> Explanations:
+        explanations = super().explanations(with_all_weights)
+        explanations.kernel_width = self.kernel_width
+        explanations.effective_samples = self.effective_samples
+        explanations.fidelity_widest = self.fidelity_widest
+        return explanations
+
+
+__all__ = ["BLOCKS", "WIDTH_GRID", "KernelMatchedLime", "kernel_tilt"]
