@@ -117,6 +117,31 @@ def model_audit(model: ModelConfig) -> ModelAudit:
     return ModelAudit(entrypoint, "entrypoint", sha, runtime_of(None), entrypoint_source=source, files=tuple(files))
 
 
+def format_and_runtime(model: ModelConfig) -> tuple[str, Runtime]:
+    """The model's format ("entrypoint" for one; "unknown" for a file that cannot be read) and its runtime."""
+    if model.path is None:
+        return "entrypoint", runtime_of(None)
+    try:
+        found = model.format or infer_format(model.path)
+    except ModelError:
+        found = "unknown"  # the file is gone: the run's hash still says which file it was
+    return found, runtime_of(found)
+
+
+def model_record(model: ModelConfig, run_sha256: str) -> dict[str, Any]:
+    """The manifest's ``model`` block for a run whose model hash was ``run_sha256``: format, runtime library and
+    version, and for a file its own SHA-256, for an entrypoint its source's and each artifact's. An entrypoint's
+    parts are hashed again and must still add up to ``run_sha256`` (else the model changed during the run)."""
+    if model.path is not None:
+        found, runtime = format_and_runtime(model)
+        return ModelAudit(str(model.path), found, run_sha256, runtime, file_sha256=run_sha256).to_dict()
+    audit = model_audit(model)
+    if audit.sha256 != run_sha256:
+        raise ModelError(f"entrypoint {model.entrypoint!r}: its source or [model] files changed during the run "
+                         f"(SHA-256 now {audit.sha256[:16]}…, the run used {run_sha256[:16]}…)")
+    return audit.to_dict()
+
+
 def model_sha256(model: ModelConfig) -> str:
     """SHA-256 of the model file, or of the entrypoint's name, its module's source and its ``files``."""
     return model_audit(model).sha256

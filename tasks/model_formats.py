@@ -64,8 +64,10 @@ class Runtime:
 def runtime_of(model_format: str | None) -> Runtime:
     """The runtime library of a format and its installed version, read from metadata (nothing is imported);
     an entrypoint (``None``) is the bank's own Python code."""
-    if model_format is None:
+    if model_format is None or model_format == "entrypoint":
         return Runtime("python entrypoint", "")
+    if model_format not in RUNTIMES:
+        return Runtime("unknown", "")
     library, distributions, _ = RUNTIMES[model_format]
     for name in distributions:
         try:
