@@ -354,6 +354,8 @@ def rerender(
     what = f"{result.reports} reports" + (" and the summary" if result.summary else "")
     console.print(f"[green]✓[/] run {escape(result.run_id)}: {what} re-rendered into {escape(str(result.out))}, "
                   "byte-identical to the manifest", soft_wrap=True, highlight=False)
+    if result.model:
+        console.print(f"  model: {escape(result.model)}", soft_wrap=True, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

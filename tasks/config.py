@@ -45,18 +45,45 @@ class DataConfig(_Strict):
     )
 
 
+ModelFormat = Literal["torchscript", "torch-export", "onnx", "xgboost", "lightgbm", "skops"]
+
+
 class ModelConfig(_Strict):
-    path: Path | None = Field(default=None, description="TorchScript (.pt) or torch.export (.pt2) file")
+    path: Path | None = Field(
+        default=None, description="the model file: TorchScript, torch.export (.pt2), ONNX, XGBoost (.ubj/.json), "
+        "LightGBM (.txt) or skops (scikit-learn)",
+    )
+    format: ModelFormat | None = Field(default=None, description="the file's format; default: inferred from the file")
     entrypoint: str | None = Field(default=None, description="'package.module:function' returning a callable")
+    files: list[Path] = Field(
+        default_factory=list, description="artifacts an entrypoint loads; their SHA-256 join the model's",
+    )
+    trusted: list[str] = Field(
+        default_factory=list, description="skops: types to trust beyond skops' defaults (reviewed by you)",
+    )
     classes: list[str] = Field(min_length=1)
     explain: str = Field(description="the class whose probability is explained")
     output: Literal["probabilities", "logits"] = "probabilities"
-    cpu_chunk_rows: int = Field(default=200_000, gt=0, description="rows per call of an entrypoint model")
+    cpu_chunk_rows: int = Field(
+        default=200_000, gt=0, description="rows per call of an entrypoint or native (non-torch) model"
+    )
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _no_pickle(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("pickle", "joblib", "pkl"):
+            raise ValueError("pickle and joblib are refused: loading one runs arbitrary code; save a scikit-learn "
+                             "model with skops.io.dump (format = \"skops\") or export it to ONNX")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         if (self.path is None) == (self.entrypoint is None):
             raise ValueError("set exactly one of 'path' and 'entrypoint'")
+        if self.entrypoint is not None and self.format is not None:
+            raise ValueError("'format' is for a model file ('path'), not an entrypoint")
+        if self.path is not None and self.files:
+            raise ValueError("'files' lists what an entrypoint loads; a model file ('path') is hashed itself")
         if self.explain not in self.classes:
             raise ValueError(f"explain={self.explain!r} is not one of classes {self.classes}")
         if self.entrypoint is not None and ":" not in self.entrypoint:
@@ -320,7 +347,8 @@ def parse_config(raw: dict[str, Any], path: Path, sha256: str | None = None) -> 
     data = config.data.model_copy(
         update={"decisions": _resolve(base, config.data.decisions), "reference": _resolve(base, config.data.reference)}
     )
-    model = config.model.model_copy(update={"path": _resolve(base, config.model.path)})
+    model = config.model.model_copy(update={"path": _resolve(base, config.model.path),
+                                            "files": [_resolve(base, f) for f in config.model.files]})
     report = config.report.model_copy(
         update={
             "reasons": str(_resolve(base, Path(config.report.reasons))) if config.report.reasons else None,

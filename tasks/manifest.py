@@ -125,7 +125,8 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest; ``extra`` adds the audit trail (trigger, identity, failures, deadline, ...)."""
     started = datetime.strptime(run.generated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    model_source = str(config.model.path) if config.model.path else config.model.entrypoint
+    from tasks.model import model_record
+
     return {
         "manifest_version": MANIFEST_VERSION,
         "run_id": run.run_id,
@@ -133,7 +134,7 @@ def build_manifest(
         "finished_at": iso(finished),
         "duration_s": round((finished - started).total_seconds(), 1),
         "config": {"path": str(config.source) if config.source else None, "sha256": run.config_sha256},
-        "model": {"source": model_source, "sha256": run.model_sha256},
+        "model": model_record(config.model, run.model_sha256),  # format, runtime, the file's or files' SHA-256
         "inputs": {
             "decisions": {"path": str(config.data.decisions), "sha256": run.decisions_sha256},
             "reference": {"path": str(config.data.reference), "sha256": run.reference_sha256},

@@ -1,17 +1,23 @@
 """Loading the bank's model behind one contract: float32 [n, d] in, class probabilities [n, C] out.
 
-Supported: a TorchScript file (``torch.jit.save``), a torch.export archive (``.pt2``, ``torch.export.save``),
-or a Python entrypoint ``package.module:function`` returning a callable that takes a float32 numpy array and
-returns probabilities (e.g. a scikit-learn ``predict_proba``), evaluated on the CPU in large chunks.
+Supported (``[model] format``, inferred from the file where unambiguous; tasks/model_formats.py): a
+TorchScript file (``torch.jit.save``), a torch.export archive (``.pt2``), an ONNX file, an XGBoost model
+(``.ubj``/``.json``), a LightGBM model (``.txt``), a scikit-learn estimator saved with skops; or a Python
+entrypoint ``package.module:function`` returning a callable that takes a float32 numpy array and returns
+probabilities (e.g. a scikit-learn ``predict_proba``), evaluated on the CPU in large chunks.
 Inputs are in the configured feature order with categorical features as integer codes.
+
+The audit (:func:`model_audit`): a model file's SHA-256 is the file's own (``sha256sum model.ubj``); an
+entrypoint's is the SHA-256 of its name, its module's source and every artifact in ``[model] files``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import zipfile
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,17 @@ import torch
 
 from tasks.config import ModelConfig
 from tasks.errors import ModelError
+from tasks.model_formats import (
+    PICKLE_REFUSED,
+    Runtime,
+    infer_format,
+    is_pickle,
+    lightgbm_forward,
+    onnx_forward,
+    runtime_of,
+    skops_forward,
+    xgboost_forward,
+)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -30,22 +47,104 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def model_sha256(model: ModelConfig) -> str:
-    """SHA-256 of the model file, or of the entrypoint's name and its module's source file."""
+@dataclass(frozen=True)
+class ModelAudit:
+    """What the manifest records about the model: enough for an auditor to tell which model made a letter."""
+
+    source: str  # the model file, or the entrypoint 'pkg.mod:fn'
+    format: str  # one of FORMATS, or "entrypoint"
+    sha256: str  # the model hash every output repeats (RunInfo.model_sha256)
+    runtime: Runtime
+    file_sha256: str | None = None  # a model file's own SHA-256 (equal to sha256)
+    entrypoint_source: dict[str, str] | None = None  # the entrypoint module's source file and its SHA-256
+    files: tuple[dict[str, str], ...] = ()  # [model] files: path and SHA-256 of each artifact
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"source": self.source, "format": self.format, "sha256": self.sha256,
+                                  "runtime": self.runtime.to_dict()}
+        if self.file_sha256 is not None:
+            record["file_sha256"] = self.file_sha256
+        if self.format == "entrypoint":
+            record["entrypoint_source"] = self.entrypoint_source
+            record["files"] = [dict(entry) for entry in self.files]
+        return record
+
+
+def entrypoint_sha256(entrypoint: str, source_sha256: str | None, files: list[dict[str, str]]) -> str:
+    """The model hash of an entrypoint: its name, its module source's SHA-256 and each artifact's (name, SHA-256),
+    as canonical JSON. tasks/rerender.py recomputes it from the manifest's record."""
+    facts = {"entrypoint": entrypoint, "source_sha256": source_sha256,
+             "files": [[Path(entry["path"]).name, entry["sha256"]] for entry in files]}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def model_format(model: ModelConfig) -> str:
+    """The configured format, or the one the file shows; "entrypoint" for an entrypoint."""
+    if model.path is None:
+        return "entrypoint"
+    if model.format is None and not model.path.is_file():
+        raise ModelError(f"{model.path}: model file not found")
+    return model.format or infer_format(model.path)
+
+
+def model_audit(model: ModelConfig) -> ModelAudit:
+    """Hash the model (file, or entrypoint source and artifacts) and name its format and runtime."""
     if model.path is not None:
+        model_format_ = model_format(model)
+        if is_pickle(model.path):
+            raise ModelError(f"{model.path}: {PICKLE_REFUSED}")
         try:
-            return file_sha256(model.path)
+            sha = file_sha256(model.path)
         except OSError as error:
             raise ModelError(f"{model.path}: cannot read model ({error.strerror})") from None
-    module_name, _, _ = (model.entrypoint or "").partition(":")
-    digest = hashlib.sha256((model.entrypoint or "").encode())
+        return ModelAudit(str(model.path), model_format_, sha, runtime_of(model_format_), file_sha256=sha)
+    entrypoint = model.entrypoint or ""
+    module_name, _, _ = entrypoint.partition(":")
     try:
         spec = importlib.util.find_spec(module_name)
     except (ImportError, ValueError):
         spec = None
+    source = None
     if spec is not None and spec.origin and Path(spec.origin).is_file():
-        digest.update(Path(spec.origin).read_bytes())
-    return digest.hexdigest()
+        source = {"path": spec.origin, "sha256": file_sha256(Path(spec.origin))}
+    files = []
+    for path in model.files:
+        try:
+            files.append({"path": str(path), "sha256": file_sha256(path)})
+        except OSError as error:
+            raise ModelError(f"{path}: [model] files: cannot read ({error.strerror})") from None
+    sha = entrypoint_sha256(entrypoint, source["sha256"] if source else None, files)
+    return ModelAudit(entrypoint, "entrypoint", sha, runtime_of(None), entrypoint_source=source, files=tuple(files))
+
+
+def format_and_runtime(model: ModelConfig) -> tuple[str, Runtime]:
+    """The model's format ("entrypoint" for one; "unknown" for a file that cannot be read) and its runtime."""
+    if model.path is None:
+        return "entrypoint", runtime_of(None)
+    try:
+        found = model.format or infer_format(model.path)
+    except ModelError:
+        found = "unknown"  # the file is gone: the run's hash still says which file it was
+    return found, runtime_of(found)
+
+
+def model_record(model: ModelConfig, run_sha256: str) -> dict[str, Any]:
+    """The manifest's ``model`` block for a run whose model hash was ``run_sha256``: format, runtime library and
+    version, and for a file its own SHA-256, for an entrypoint its source's and each artifact's. An entrypoint's
+    parts are hashed again and must still add up to ``run_sha256`` (else the model changed during the run)."""
+    if model.path is not None:
+        found, runtime = format_and_runtime(model)
+        return ModelAudit(str(model.path), found, run_sha256, runtime, file_sha256=run_sha256).to_dict()
+    audit = model_audit(model)
+    if audit.sha256 != run_sha256:
+        raise ModelError(f"entrypoint {model.entrypoint!r}: its source or [model] files changed during the run "
+                         f"(SHA-256 now {audit.sha256[:16]}…, the run used {run_sha256[:16]}…)")
+    return audit.to_dict()
+
+
+def model_sha256(model: ModelConfig) -> str:
+    """SHA-256 of the model file, or of the entrypoint's name, its module's source and its ``files``."""
+    return model_audit(model).sha256
 
 
 class LoadedModel:
@@ -60,6 +159,9 @@ class LoadedModel:
         output: str,
         sha256: str,
         description: str,
+        format: str = "torchscript",
+        runtime: Runtime | None = None,
+        rows_per_call: int | None = None,
     ) -> None:
         self._forward = forward
         self.device = device
@@ -67,6 +169,10 @@ class LoadedModel:
         self.output = output
         self.sha256 = sha256
         self.description = description
+        self.format = format
+        self.runtime = runtime or runtime_of("torchscript")
+        #: rows the engine should hand over per call on the CPU; None: the engine's cache-sized default (torch)
+        self.rows_per_call = rows_per_call
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -93,16 +199,6 @@ def _load_exported(path: Path, device: torch.device) -> Callable[[torch.Tensor],
     return program.module()
 
 
-def _is_export_archive(path: Path) -> bool:
-    if path.suffix == ".pt2":
-        return True
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("archive_format") for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
 def _entrypoint_forward(entrypoint: str, chunk_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
     module_name, _, attribute = entrypoint.partition(":")
     try:
@@ -125,29 +221,50 @@ def _entrypoint_forward(entrypoint: str, chunk_rows: int) -> Callable[[torch.Ten
     return forward
 
 
+_NATIVE = {"xgboost": xgboost_forward, "lightgbm": lightgbm_forward, "onnx": onnx_forward}
+
+
+def _file_forward(model: ModelConfig, model_format_: str, num_features: int, device: torch.device
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    path = model.path
+    assert path is not None
+    if model_format_ in _NATIVE:
+        return _NATIVE[model_format_](path, num_features, device, model.cpu_chunk_rows)
+    if model_format_ == "skops":
+        return skops_forward(path, num_features, device, model.cpu_chunk_rows, model.trusted)
+    try:
+        return _load_exported(path, device) if model_format_ == "torch-export" else _load_torchscript(path, device)
+    except Exception as error:
+        kind = type(error).__name__
+        raise ModelError(f"{path}: not a loadable TorchScript or torch.export model ({kind})") from None
+
+
 def load_model(model: ModelConfig, num_features: int, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load the configured model onto ``device`` and check it on one row of zeros."""
+    """Load the configured model onto ``device`` and check it on two rows of zeros."""
     device = torch.device(device)
+    if model.path is not None and not model.path.is_file():
+        raise ModelError(f"{model.path}: model file not found")
+    audit = model_audit(model)
+    rows_per_call = None
     if model.path is not None:
-        path = model.path
-        if not path.is_file():
-            raise ModelError(f"{path}: model file not found")
-        try:
-            forward = _load_exported(path, device) if _is_export_archive(path) else _load_torchscript(path, device)
-        except Exception as error:
-            kind = type(error).__name__
-            raise ModelError(f"{path}: not a loadable TorchScript or torch.export model ({kind})") from None
-        description = str(path)
+        forward = _file_forward(model, audit.format, num_features, device)
+        description = str(model.path)
+        if audit.format not in ("torchscript", "torch-export"):
+            rows_per_call = model.cpu_chunk_rows  # native libraries: large calls, threaded inside
     else:
         forward = _entrypoint_forward(model.entrypoint or "", model.cpu_chunk_rows)
         description = f"entrypoint {model.entrypoint!r}"
+        rows_per_call = model.cpu_chunk_rows
     loaded = LoadedModel(
         forward,
         device=device,
         num_features=num_features,
         output=model.output,
-        sha256=model_sha256(model),
+        sha256=audit.sha256,
         description=description,
+        format=audit.format,
+        runtime=audit.runtime,
+        rows_per_call=rows_per_call,
     )
     check_model_contract(loaded, len(model.classes))
     return loaded

@@ -6,7 +6,9 @@ rendered again into another folder; each PDF's SHA-256 must equal the manifest's
 deterministic (tasks/render.py): every date and identifier comes from the run's :class:`RunInfo`, which
 the manifest records (``run``) and ``explanations.parquet`` repeats in its metadata (``limelight.run``).
 
-The model and the reference are not needed: the explanations are the run's own, not recomputed.
+The model and the reference are not needed: the explanations are the run's own, not recomputed. The manifest's
+model record (format, runtime library and version, the file's SHA-256, or an entrypoint's source and ``[model]
+files`` hashes) must add up to the model hash the run's PDFs carry (``run.model_sha256``); it is reported back.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Rerendered:
     out: Path
     reports: int
     summary: bool
+    model: str = ""  # which model made the letters, from the manifest's checked model record
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
@@ -67,6 +70,34 @@ def check_sha256(path: Path, expected: str, what: str, actual: str | None = None
     if actual != expected:
         raise InputError(f"{path}: {what} SHA-256 changed since the run ({actual[:16]}…, the manifest has "
                          f"{expected[:16]}…)")
+
+
+def check_model_record(manifest: dict[str, Any], manifest_path: Path) -> str:
+    """The manifest's model record must name the model hash of the run (the one every PDF repeats): a file's own
+    SHA-256, or an entrypoint's source and artifacts recombined. Returns it in words, e.g. ``xgboost file
+    model.ubj (sha256 3f9c…, xgboost 3.2.0)``. Manifests from before model formats carry source and sha256 only."""
+    from tasks.model import entrypoint_sha256
+
+    record, run_sha = manifest.get("model") or {}, manifest["run"].get("model_sha256")
+    if record.get("sha256") != run_sha:
+        raise InputError(f"{manifest_path}: model.sha256 is not the run's model_sha256 (run.model_sha256)")
+    model_format = record.get("format")
+    if model_format == "entrypoint":
+        source = record.get("entrypoint_source") or {}
+        try:
+            recombined = entrypoint_sha256(str(record["source"]), source.get("sha256"), list(record["files"]))
+        except (KeyError, TypeError):
+            recombined = None
+        if recombined != run_sha:
+            raise InputError(f"{manifest_path}: the model record (entrypoint source and files) does not add up to "
+                             "the run's model_sha256")
+    elif model_format is not None and record.get("file_sha256") != run_sha:
+        raise InputError(f"{manifest_path}: model.file_sha256 is not the run's model_sha256")
+    runtime = record.get("runtime") or {}
+    using = f", {runtime.get('library')} {runtime.get('version')}".rstrip() if runtime.get("version") else ""
+    kind = f"{model_format} " if model_format and model_format != "entrypoint" else ""
+    noun = "entrypoint" if model_format == "entrypoint" else "file"
+    return f"{kind}{noun} {record.get('source')} (sha256 {str(run_sha)[:12]}…{using})"
 
 
 def run_info(manifest: dict[str, Any], explanations: Path) -> RunInfo:
@@ -161,6 +192,7 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     run = run_info(manifest, explanations)
     if run.config_sha256 != manifest["config"]["sha256"]:
         raise InputError(f"{manifest_path}: run.config_sha256 is not config.sha256")
+    model = check_model_record(manifest, manifest_path)
     rows = pd.read_parquet(explanations)
     id_column = config.data.id_column
     people = applicants(config, set(rows[id_column].astype(str)))
@@ -180,4 +212,4 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     recorded = manifest.get("report_sources") or {}
     current = report_sources(config) if recorded else {}
     _compare(expected, rendered, out, [name for name, sha in recorded.items() if current.get(name) != sha])
-    return Rerendered(run.run_id, out, len(rendered) - (summary is not None), summary is not None)
+    return Rerendered(run.run_id, out, len(rendered) - (summary is not None), summary is not None, model)

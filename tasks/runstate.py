@@ -53,10 +53,17 @@ def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarr
 def effective_settings(config: Config) -> dict[str, Any]:
     """What decides a run's results and its resume records beyond its input files: every resolved setting
     (defaults included, so a changed default is a different run; ``shard_size`` names the records) and
-    limelight's version; not where the inputs live nor the devices and threads, which change no result."""
+    limelight's version; not where the inputs live nor the devices and threads, which change no result.
+    The model's format and its runtime library's version count too (another XGBoost may predict otherwise);
+    the model file and ``[model] files`` count by their SHA-256 (the model checksum), not their paths."""
+    from tasks.model import format_and_runtime
+
     settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads"},
-                                                       "data": {"decisions", "reference"}, "model": {"path"}})
-    return {"settings": settings, "limelight": package_versions(["limelight"]).get("limelight", "unknown")}
+                                                       "data": {"decisions", "reference"},
+                                                       "model": {"path", "files", "format"}})
+    model_format, runtime = format_and_runtime(config.model)
+    return {"settings": settings, "limelight": package_versions(["limelight"]).get("limelight", "unknown"),
+            "model": {"format": model_format, "runtime": runtime.to_dict()}}
 
 
 @dataclass(frozen=True)

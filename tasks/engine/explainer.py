@@ -380,7 +380,8 @@ class BatchedLime:
 
     def _predict(self, rows: torch.Tensor) -> torch.Tensor:
         """The explained class's probability for every row, float64 [n], in model calls of bounded size."""
-        step = self.model_rows or (_CPU_MODEL_ROWS if self.device.type == "cpu" else len(rows))
+        native = getattr(self.model, "rows_per_call", None)  # tree libraries: large calls, threaded inside
+        step = self.model_rows or ((native or _CPU_MODEL_ROWS) if self.device.type == "cpu" else len(rows))
         out = torch.empty(len(rows), dtype=torch.float64, device=self.device)
         for start in range(0, len(rows), step):
             part = rows[start : start + step]
