@@ -1,0 +1,177 @@
+"""Kernel-matched LIME against lime's method, side by side in one process (issue 11's targets).
+
+For each case (the demo; German credit with gradient-boosted trees and with an MLP; a synthetic consumer-loan
+portfolio with gradient-boosted trees, built here) it explains the same decisions with
+- `method = "lime"`, the plain lime-faithful engine (one stream of S, no stability), and
+- `method = "kernel-matched"` with its defaults, under two seeds,
+and prints, per method: held-out fidelity (share >= 0.5, median; lime's is its in-sample score, flagged),
+median |local_pred - model_pred|, adverse letters whose principal reasons include a factor that lowered the
+probability, the share of decisions whose principal-reason set is the same under both seeds, the share sent
+to review at the default gates, samples per decision, and the time against the plain engine.
+
+    .venv/bin/python bench/bench_matched.py --decisions 100            # every case, 100 decisions each
+    .venv/bin/python bench/bench_matched.py --case loan --decisions 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_quality import (  # noqa: E402
+    Case,
+    SklearnModel,
+    _auc,
+    demo_case,
+    german_gbm_case,
+    german_mlp_case,
+)
+
+from tasks.aggregate import factor_roles, review_reasons  # noqa: E402
+from tasks.config import FeatureConfig, ReviewConfig  # noqa: E402
+from tasks.engine import BatchedLime, Explanations, fit_reference  # noqa: E402
+from tasks.engine.matched import KernelMatchedLime  # noqa: E402
+
+
+def loan_case(device: torch.device, seed: int = 0, rows: int = 6000) -> Case:
+    """A synthetic consumer-loan portfolio with a realistic structure (9 numeric, 4 categorical fields; skewed
+    incomes, integer counts with many zeros, ratios, interactions, a ~20% bad rate) and a gradient-boosted
+    model, the usual kind of credit model."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(seed)
+    income = np.exp(rng.normal(10.4, 0.5, rows))
+    age = rng.integers(19, 75, rows).astype(float)
+    years_job = np.minimum(rng.exponential(5, rows), age - 18)
+    dti = np.clip(rng.beta(2, 5, rows) * 0.9, 0, 0.9)
+    utilisation = np.clip(rng.beta(1.5, 3, rows), 0, 1)
+    delinquencies = rng.poisson(0.35, rows).astype(float)
+    inquiries = rng.poisson(1.2, rows).astype(float)
+    amount = np.round(np.exp(rng.normal(8.8, 0.7, rows)), -2)
+    accounts = rng.poisson(4, rows).astype(float) + 1
+    home = rng.choice(3, rows, p=[0.35, 0.4, 0.25])  # own, mortgage, rent
+    purpose = rng.choice(4, rows, p=[0.4, 0.2, 0.25, 0.15])  # debt, car, home, other
+    employment = rng.choice(3, rows, p=[0.7, 0.2, 0.1])  # salaried, self-employed, unemployed
+    adverse_records = rng.choice(2, rows, p=[0.9, 0.1])  # no, yes
+    score = (-2.2 + 3.0 * dti + 1.6 * utilisation ** 2 + 0.7 * delinquencies + 0.15 * inquiries
+             - 0.6 * (np.log(income) - 10.4) + 0.4 * np.log(amount / income * 10 + 1) - 0.03 * years_job
+             + 0.5 * (home == 2) + 0.9 * (employment == 2) + 1.1 * adverse_records
+             + 0.8 * (delinquencies > 0) * (utilisation > 0.7) - 0.01 * (age - 40))
+    bad = rng.random(rows) < 1 / (1 + np.exp(-score))
+    x = np.column_stack([income, age, years_job, dti, utilisation, delinquencies, inquiries, amount, accounts,
+                         home, purpose, employment, adverse_records]).astype(np.float64)
+    names = ["income", "age", "years_in_job", "debt_to_income", "utilisation", "delinquencies", "inquiries",
+             "loan_amount", "open_accounts"]
+    features = [FeatureConfig(name=n, label=n, kind="numeric") for n in names] + [
+        FeatureConfig(name="home", label="home", kind="categorical", categories=["own", "mortgage", "rent"]),
+        FeatureConfig(name="purpose", label="purpose", kind="categorical", categories=["debt", "car", "home", "other"]),
+        FeatureConfig(name="employment", label="employment", kind="categorical",
+                      categories=["salaried", "self_employed", "unemployed"]),
+        FeatureConfig(name="adverse_records", label="adverse records", kind="categorical", categories=["no", "yes"]),
+    ]
+    train, test = np.arange(rows) < rows * 0.75, np.arange(rows) >= rows * 0.75
+    estimator = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
+                                               categorical_features=[9, 10, 11, 12], random_state=seed)
+    estimator.fit(x[train], bad[train])
+    auc = _auc(estimator.predict_proba(x[test])[:, 1], bad[test].astype(int))
+    print(f"consumer loans (synthetic): gradient-boosted trees on {train.sum()} applications, bad rate "
+          f"{bad.mean():.1%}, held-out AUC {auc:.3f}")
+    return Case("consumer loans (synthetic), gradient-boosted trees", fit_reference(x[train], features),
+                SklearnModel(estimator, device, "loan GBM"), 1, x[test], [f"L-{i:05d}" for i in range(test.sum())])
+
+
+def _review_config(threshold: float):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(review=ReviewConfig(), report=SimpleNamespace(decision_threshold=threshold))
+
+
+def principal_sets(result: Explanations, threshold: float, k: int) -> list[frozenset[int]]:
+    sets = []
+    for b in range(len(result.ids)):
+        roles = factor_roles(result.feature_index[b], result.weights[b], bool(result.model_pred[b] >= threshold))
+        sets.append(frozenset(j for j, _, role in roles if role != "favourable"))
+    return sets
+
+
+def adverse_with_favourable_reason(result: Explanations, threshold: float, k: int) -> tuple[int, int]:
+    """Adverse decisions whose first k factors by the engine's order (the letter's 'principal reasons' before
+    roles) include one that lowered the probability; and the adverse count."""
+    adverse = result.model_pred >= threshold
+    first = [result.weights[b, :k][result.feature_index[b, :k] >= 0] for b in np.flatnonzero(adverse)]
+    bad = sum(bool((weights < 0).any()) for weights in first)
+    return int(bad), int(adverse.sum())
+
+
+def report(name: str, results: list[Explanations], seconds: list[float], plain_seconds: float, threshold: float,
+           k: int, held_out: bool) -> None:
+    first = results[0]
+    gap = np.abs(first.local_pred - first.model_pred)
+    fid = first.fidelity
+    bad, adverse = adverse_with_favourable_reason(first, threshold, k)
+    sets = [principal_sets(r, threshold, k) for r in results]
+    same = np.mean([a == b for a, b in zip(sets[0], sets[1], strict=True)]) if len(sets) > 1 else float("nan")
+    review = np.mean([bool(r) for r in review_reasons(first, _review_config(threshold))])
+    kind = "held out" if held_out else "in-sample (lime's score)"
+    print(f"  {name:16s} fidelity {kind}: >= 0.5 {np.mean(fid >= 0.5):6.1%}, median {np.median(fid):.3f} | "
+          f"gap median {np.median(gap):.3f} | adverse letters with a favourable factor as reason {bad}/{adverse} | "
+          f"same reasons under 2 seeds {same:6.1%} | review {review:6.1%} | samples "
+          f"{np.mean(first.num_samples):,.0f} | time {np.mean(seconds):.1f} s = "
+          f"{np.mean(seconds) / plain_seconds:.2f}x plain")
+    if first.kernel_width is not None:
+        scale = np.round(first.kernel_width / math.sqrt(first.all_weights.shape[1]), 3)
+        values, counts = np.unique(scale, return_counts=True)
+        print("  " + " " * 16 + " widths chosen (x sqrt d): "
+              + ", ".join(f"{v:g}: {c}" for v, c in zip(values[::-1], counts[::-1], strict=True))
+              + f" | held-out fidelity at lime's width: median {np.median(first.fidelity_widest):.3f}, >= 0.5 "
+              f"{np.mean(first.fidelity_widest >= 0.5):.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=["demo", "german-gbm", "german-mlp", "loan", "all"], default="all")
+    parser.add_argument("--decisions", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    builders = {"demo": (demo_case, 0.4), "german-gbm": (german_gbm_case, 0.5), "german-mlp": (german_mlp_case, 0.5),
+                "loan": (loan_case, 0.5)}
+    chosen = list(builders) if args.case == "all" else [args.case]
+    k = 3
+    for key in chosen:
+        build, threshold = builders[key]
+        case = build(device)
+        x, ids = case.x[: args.decisions], case.ids[: args.decisions]
+        print(f"{case.name}: {len(ids)} decisions, S = {args.samples}, decision threshold {threshold}")
+        common = dict(stats=case.stats, model=case.model, explain_index=case.explain_index, num_samples=args.samples,
+                      top_k=k)
+        start = time.perf_counter()
+        plain = [BatchedLime(**common, seed=1, stability_runs=1, deletion_check=False).explain(x, ids)]
+        plain_seconds = time.perf_counter() - start
+        plain.append(BatchedLime(**common, seed=2, stability_runs=1, deletion_check=False).explain(x, ids))
+        report("lime (plain)", plain, [plain_seconds], plain_seconds, threshold, k, held_out=False)
+        matched, seconds = [], []
+        for seed in (1, 2):
+            start = time.perf_counter()
+            matched.append(KernelMatchedLime(**common, seed=seed, stability_runs=2, adaptive=True,
+                                             adverse_threshold=threshold, deletion_check=False).explain(x, ids))
+            seconds.append(time.perf_counter() - start)
+        report("kernel-matched", matched, seconds, plain_seconds, threshold, k, held_out=True)
+        frame = pd.DataFrame({"model_pred": matched[0].model_pred})
+        print(f"  adverse decisions: {int((frame.model_pred >= threshold).sum())} of {len(frame)}")
+
+
+if __name__ == "__main__":
+    main()
