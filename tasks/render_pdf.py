@@ -283,6 +283,7 @@ def _finish(document: Document, pdf: Any, settings: PdfSettings) -> None:
     if is_tagged(settings):
         _footers_as_artifacts(pdf)
         _table_header_scopes(document)
+        _layout_tables_as_divs(document, pdf)
     _plain_xmp(pdf, claim_ua=claims_pdf_ua(settings))
 
 
@@ -385,6 +386,28 @@ def _table_header_scopes(document: Document) -> None:
             if mark is not None and box.element_tag == "th":
                 scope = "/Row" if box.element.attrib.get("scope") == "row" else "/Column"
                 mark["A"]["Scope"] = scope
+
+
+def _layout_tables_as_divs(document: Document, pdf: Any) -> None:
+    """``<table role="presentation">`` (a grid for layout: the outcome boxes, the chart beside its labels) tagged
+    as /Div groups, not /Table, /TR, /TD: what the ARIA role means, and what PDF/UA asks of tables used for
+    layout (no table semantics announced for them). WeasyPrint 70 ignores ``role``; the cells' structure
+    elements (``box.mark``) lead to their rows, row groups and table."""
+    for page in document.pages:
+        for box in page._page_box.descendants():
+            if box.element_tag != "table" or box.element.attrib.get("role") != "presentation":
+                continue
+            for cell in box.descendants():
+                mark = getattr(cell, "mark", None)
+                if mark is None or mark["S"] not in ("/TD", "/TH"):
+                    continue
+                mark["S"] = "/Div"
+                mark.pop("A", None)
+                parent = _object(pdf, mark["P"])
+                mark.pop("ID", None)
+                while parent["S"] in ("/TR", "/TBody", "/THead", "/TFoot", "/Table"):  # the first cell's walk
+                    parent["S"] = "/Div"
+                    parent = _object(pdf, parent["P"])
 
 
 def _dedupe_associated_files(pdf: Any) -> None:

@@ -141,8 +141,12 @@ def test_letters_claim_what_they_meet(rendered, language: str) -> None:
                 content = page_.Contents.read_bytes()
                 footer = re.findall(rb"/Artifact\s*<<\s*/Type /Pagination\s*>>\s*BDC", content)
                 assert footer, f"{path.name} page {number}: no pagination artifact (the footer)"
-            scopes = Counter(str(e.A.get("/Scope")) for e in _elements(root.StructTreeRoot) if e.S == "/TH")
+            elements = list(_elements(root.StructTreeRoot))
+            scopes = Counter(str(e.A.get("/Scope")) for e in elements if e.S == "/TH")
             assert scopes == Counter({"/Column": 5}), scopes
+            # one data table (the reasons); the layout grids (role=presentation) are /Div groups
+            assert sum(e.S == "/Table" for e in elements) == 1 and sum(e.S == "/TD" for e in elements) >= 5
+            assert all(e.P.S in ("/Table", "/THead", "/TBody", "/TFoot") for e in elements if e.S == "/TR")
             figures = [e for e in _elements(root.StructTreeRoot) if e.S == "/Figure"]
             assert len(figures) == 1 and len(str(figures[0].Alt)) > 20
         assert structure_problems(path) == []
