@@ -155,6 +155,29 @@ def test_letters_claim_what_they_meet(rendered, language: str) -> None:
         assert b"pdfuaid" not in pdf.Root.Metadata.read_bytes()  # the summary does not claim PDF/UA
 
 
+@pytest.mark.parametrize(("case", "report", "profile", "claims_ua"), [
+    ("pdf/a-3a", {"pdf_variant": "pdf/a-3a"}, "3a", True),
+    ("untagged", {"pdf_tags": False}, "3b", False),
+    ("three pages, us notice", {"jurisdiction": "us", "lender": {
+        "name": "Example Bank", "address": [f"Address line {i}" for i in range(60)], "contact": ["0800"],
+        "regulator": ["Consumer Financial Protection Bureau, 1700 G Street NW, Washington, DC 20552"]}}, "3b", True),
+])
+def test_other_settings_keep_their_claims(tmp_path: Path, case: str, report: dict, profile: str,
+                                          claims_ua: bool) -> None:
+    """Level A, an untagged run (which must not claim PDF/UA), a statement that runs to a second page, hostile
+    names (markup, right-to-left, a bidi override)."""
+    config = demo_config("en", **report)
+    rows, applicants = synthetic_inputs(1, config, seed=4)
+    applicants["full_name"] = ["Zoë O'Brien <b>&amp; שלום \u202eevil"]
+    path = render_customer_reports(rows, applicants, config, demo_run(config), tmp_path)[0].path
+    with pikepdf.open(path) as pdf:
+        assert (b"pdfuaid" in pdf.Root.Metadata.read_bytes()) == claims_ua, case
+    assert failures(path, profile) == [], case
+    if claims_ua:
+        assert failures(path, "ua1") == [], case
+        assert structure_problems(path) == []
+
+
 def _elements(tree: pikepdf.Dictionary):
     stack = [tree.K] if isinstance(tree.K, pikepdf.Dictionary) else list(tree.K)
     while stack:
