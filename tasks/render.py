@@ -458,7 +458,7 @@ def _lender(config: Config) -> dict[str, Any]:
 
 def _pdf_settings(config: Config, run: RunInfo) -> PdfSettings:
     return PdfSettings(variant=config.report.pdf_variant, tags=config.report.pdf_tags,
-                       lang=config.report.language, generated_at=run.generated_at)
+                       lang=config.report.language, generated_at=run.generated_at, accessible=True)
 
 
 def _attachment_bytes(document: Mapping[str, Any]) -> bytes:

@@ -81,8 +81,9 @@ def embedded_files(path: Path) -> dict[str, bytes]:
 
 def structure_problems(path: Path) -> list[str]:
     """What is wrong with a tagged PDF's structure tree (empty when sound): every page's /StructParents has a
-    parent-tree entry with one structure element per marked-content id of the page, those elements name that
-    page as /Pg, and every element's /P is the element that lists it."""
+    parent-tree entry with one structure element per marked-content id of the page (null for an id no longer
+    used), those elements name that page as /Pg and are listed by their /P (no content outside the tree), and
+    every element's /P is the element that lists it."""
     problems: list[str] = []
     with pikepdf.open(path) as pdf:
         root = pdf.Root.StructTreeRoot
@@ -94,10 +95,17 @@ def structure_problems(path: Path) -> list[str]:
             if entry is None:
                 problems.append(f"page {number}: no parent-tree entry")
                 continue
-            if mcids != set(range(len(entry))):
-                problems.append(f"page {number}: {len(mcids)} marked contents, {len(entry)} parent-tree elements")
-            if any(element.Pg.objgen != page.obj.objgen for element in entry):
+            used = {mcid for mcid, element in enumerate(entry) if element is not None}  # null: now an artifact
+            if mcids != used:
+                problems.append(f"page {number}: {len(mcids)} marked contents, {len(used)} parent-tree elements")
+            elements = [element for element in entry if element is not None]
+            if any(element.Pg.objgen != page.obj.objgen for element in elements):
                 problems.append(f"page {number}: a parent-tree element names another page")
+            for element in elements:
+                kids = element.P.get("/K")
+                listed = list(kids) if isinstance(kids, pikepdf.Array) else [kids]
+                if not any(isinstance(k, pikepdf.Dictionary) and k.objgen == element.objgen for k in listed):
+                    problems.append(f"page {number}: {element.S} element of the parent tree is not in the tree")
         document = root.K[0]
         stack = [(document, root)]
         while stack:
