@@ -270,8 +270,9 @@ def write(document: Document, part: PdfPart | None, settings: PdfSettings, kind:
 # the files are right: it is flagged for a stream whose data happens to end in a CR byte (about 1 in 256
 # compressed streams: a zlib stream ends with its Adler-32, so this is the checksum's last byte). pydyf and
 # qpdf write `data LF endstream`, so such a stream ends `... CR LF endstream`, and the checker counts that CR LF
-# as the EOL marker, one byte short of /Length. ISO 19005-3 6.1.7.1 wants /Length to count the bytes "preceding
-# the EOL marker before the endstream keyword"; with /Length bytes of data the EOL marker is the LF, and veraPDF
+# as the EOL marker, one byte short of /Length. ISO 19005-3 6.1.7 (veraPDF rule 6.1.7-1) wants /Length to count
+# the bytes "preceding the EOL marker before the endstream keyword"; with /Length bytes of data the EOL marker is
+# the LF alone, and veraPDF
 # (the PDF Association's reference validator) reads it so: its parser takes CR LF as the EOL only when the bytes
 # before `endstream` exceed /Length by more than one (veraPDF-parser, SeekableCOSParser.checkEndstreamSpacings).
 # qpdf reads the stream by /Length without a warning. The test accepts exactly this case, checked byte by byte
@@ -292,9 +293,10 @@ def _object(pdf: Any, reference: bytes | str) -> Any:
     return pdf.objects[int(bytes(reference).split()[0] if isinstance(reference, bytes) else reference.split()[0])]
 
 
-#: The PDF/UA identification schema (ISO 14289-1 5, part 1) and, because PDF/A-3 allows only predefined XMP
-#: schemas or ones described in the file (ISO 19005-3 6.6.2.3.1, veraPDF rule 6.6.2.3-7), its extension schema
-#: description (6.6.2.3.2), the block the PDF Association publishes for PDF/A + PDF/UA files.
+#: The PDF/UA identification schema (ISO 14289-1, version identification: pdfuaid:part 1) and, because PDF/A-3
+#: allows only predefined XMP schemas or ones described in the file (ISO 19005-3 6.6.2.3, veraPDF rule
+#: 6.6.2.3-7), its description in the PDF/A extension schema container: the usual block for files that claim
+#: PDF/A and PDF/UA at once.
 _PDFUA_XMP = (
     b'<rdf:Description rdf:about="" xmlns:pdfuaid="http://www.aiim.org/pdfua/ns/id/" pdfuaid:part="1"/>'
     b'<rdf:Description rdf:about="" xmlns:pdfaExtension="http://www.aiim.org/pdfa/ns/extension/"'
@@ -342,7 +344,7 @@ def _footers_as_artifacts(pdf: Any) -> None:
     WeasyPrint 70 marks margin-box text with MCIDs and gives it structure elements that it leaves out of the
     tree ("could be included in tree as Artifact, but that's only allowed in PDF 2.0", weasyprint/pdf/tags.py):
     content that is neither in the logical structure nor an artifact, which ISO 14289-1 7.1 forbids (Matterhorn
-    01-005; 18-001 wants page headers and footers as pagination artifacts). Here those marked-content sequences
+    01-005; checkpoint 18 wants page headers and footers as pagination artifacts). Here those marked-content sequences
     become ``/Artifact <</Type /Pagination>> BDC`` and their parent-tree slots null (an MCID no longer used).
     """
     root = _object(pdf, pdf.catalog["StructTreeRoot"])

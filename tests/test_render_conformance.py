@@ -146,8 +146,9 @@ def test_letters_claim_what_they_meet(rendered, language: str) -> None:
             scopes = Counter(str(e.A.get("/Scope")) for e in elements if e.S == "/TH")
             assert scopes == Counter({"/Column": 5 * tables}), scopes
             # the data tables: the reasons, and the factors in the applicant's favour where an adverse letter
-            # shows them; the layout grids (role=presentation) are /Div groups
+            # shows them, each with header cells; the layout grids (role=presentation) are /Div groups
             assert tables in (1, 2) and sum(e.S == "/TD" for e in elements) >= 5
+            assert all(any(d.S == "/TH" for d in _elements(t)) for t in elements if t.S == "/Table")
             assert all(e.P.S in ("/Table", "/THead", "/TBody", "/TFoot") for e in elements if e.S == "/TR")
             figures = [e for e in _elements(root.StructTreeRoot) if e.S == "/Figure"]
             assert len(figures) == 1 and len(str(figures[0].Alt)) > 20
@@ -181,6 +182,7 @@ def test_other_settings_keep_their_claims(tmp_path: Path, case: str, report: dic
 
 
 def _elements(tree: pikepdf.Dictionary):
+    """The structure elements below ``tree`` (the StructTreeRoot or an element), depth first."""
     stack = [tree.K] if isinstance(tree.K, pikepdf.Dictionary) else list(tree.K)
     while stack:
         element = stack.pop()
