@@ -70,7 +70,7 @@ def factor_roles(features: np.ndarray, weights: np.ndarray, adverse: bool) -> li
     return [(j, w, "reason") for j, w in shown if w > 0] + [(j, w, "favourable") for j, w in shown if w <= 0]
 
 
-REVIEW_REASONS = ("low-fidelity", "prediction-gap", "unstable", "deletion-fails")
+REVIEW_REASONS = ("low-fidelity", "no-width", "prediction-gap", "unstable", "deletion-fails")
 """Why a decision goes to human review ([review] in the config; docs/method.md, "Review gate")."""
 
 
@@ -151,7 +151,8 @@ def _optional(expl: Explanations, name: str, n: int) -> list:
 
 def review_reasons(expl: Explanations, config: Config) -> list[list[str]]:
     """Per decision, the gates it fails ([review]): fidelity below ``min_fidelity``, |local_pred - model_pred|
-    above ``max_prediction_gap``, a top-k not stable at the sample cap (``require_stable``), a failed deletion
+    above ``max_prediction_gap``, no kernel width of the kernel-matched grid reaching the target fidelity
+    (``require_width``), a top-k not stable at the sample cap (``require_stable``), a failed deletion
     check (``require_deletion``). An empty list: no review needed."""
     review = config.review
     gap = np.abs(np.asarray(expl.local_pred) - np.asarray(expl.model_pred))
@@ -160,6 +161,8 @@ def review_reasons(expl: Explanations, config: Config) -> list[list[str]]:
         reasons = []
         if not expl.fidelity[b] >= review.min_fidelity:  # NaN fidelity fails too
             reasons.append("low-fidelity")
+        if review.require_width and expl.width_found is not None and not expl.width_found[b]:
+            reasons.append("no-width")
         if not gap[b] <= review.max_prediction_gap:
             reasons.append("prediction-gap")
         if review.require_stable and expl.stable is not None and not expl.stable[b]:

@@ -201,6 +201,10 @@ class ReviewConfig(_Strict):
     max_prediction_gap: float = Field(
         default=0.3, gt=0.0, le=1.0, description="above this |local_pred - model_pred|: human review"
     )
+    require_width: bool = Field(
+        default=True, description="kernel-matched method: no width of the grid reached the target fidelity (the "
+        "widest was kept): human review",
+    )
     require_stable: bool = Field(default=True, description="a top-k not stable at the sample cap: human review")
     require_deletion: bool = Field(
         default=False, description="a failed deletion check (removing the factors does not move the output as"

@@ -220,6 +220,7 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
         {"label": tc["adaptive"], "value": adaptive, "css": ""},
         {"label": tc["confidence"], "value": threshold_text(e.confidence), "css": ""},
         {"label": tc["max_prediction_gap"], "value": threshold_text(r.max_prediction_gap), "css": ""},
+        *([{"label": tc["require_width"], "value": yes if r.require_width else no, "css": ""}] if matched else []),
         {"label": tc["require_stable"], "value": yes if r.require_stable else no, "css": ""},
         {"label": tc["require_deletion"], "value": yes if r.require_deletion else no, "css": ""},
     ]
@@ -232,7 +233,8 @@ def quality_settings(config: Config) -> dict[str, Any]:
             "min_effective_share": e.min_effective_share, "design": e.design, "stability_runs": e.stability_runs,
             "adaptive": e.adaptive,
             "max_samples_factor": e.max_samples_factor, "confidence": e.confidence, "min_fidelity": r.min_fidelity,
-            "max_prediction_gap": r.max_prediction_gap, "require_stable": r.require_stable,
+            "max_prediction_gap": r.max_prediction_gap, "require_width": r.require_width,
+            "require_stable": r.require_stable,
             "require_deletion": r.require_deletion}
 
 

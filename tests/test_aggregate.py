@@ -56,6 +56,36 @@ def test_table_rows_and_columns() -> None:
     assert list(table.iloc[3:6]["direction"]) == ["lowers", "none", "none"]
 
 
+def test_adverse_decisions_name_only_factors_that_raised_them() -> None:
+    """A decline's principal reasons are the factors that raised its probability, ranked; one that lowered it is
+    listed apart as favourable; the other outcome keeps its main factors in either direction (issue 11)."""
+    config = make_config()
+    rng = np.random.default_rng(0)
+    reference = np.column_stack([rng.integers(18, 80, 200), rng.uniform(0, 0.9, 200), rng.integers(0, 3, 200)])
+    stats = fit_reference(reference.astype(float), config.features)
+    x = np.array([[25.0, 0.85, 1.0], [61.0, 0.10, 0.0]])
+    expl = Explanations(  # lime's method: the top 3 by |weight|, a negative one among them
+        ids=["declined", "approved"],
+        feature_index=np.array([[1, 2, 0], [0, 1, 2]]),
+        weights=np.array([[0.12, -0.30, 0.02], [-0.05, 0.04, 0.01]]),
+        intercept=np.array([0.3, 0.2]), local_pred=np.array([0.7, 0.15]), model_pred=np.array([0.8, 0.1]),
+        fidelity=np.array([0.55, 0.6]),
+        width_found=np.array([False, True]),
+    )
+    table = explanation_table(expl, x, stats, config)
+    declined = table[table["application_id"] == "declined"]
+    assert list(declined["role"]) == ["reason", "reason", "favourable"]
+    assert list(declined["feature"]) == ["dti", "age", "housing"] and list(declined["rank"]) == [1, 2, 3]
+    assert (declined[declined["role"] == "reason"]["weight"] > 0).all()
+    assert declined["share"].tolist() == pytest.approx([100 * 0.12 / 0.14, 100 * 0.02 / 0.14, 100.0])
+    approved = table[table["application_id"] == "approved"]
+    assert list(approved["role"]) == ["factor"] * 3 and list(approved["direction"]) == ["lowers", "raises", "raises"]
+    # no kernel width reached the target fidelity: review, whatever the fidelity
+    assert declined["review_reasons"].iloc[0] == "no-width" and approved["review_reasons"].iloc[0] == ""
+    lenient = config.model_copy(update={"review": config.review.model_copy(update={"require_width": False})})
+    assert explanation_table(expl, x, stats, lenient)["review_reasons"].iloc[0] == ""
+
+
 def test_shares_handle_all_zero_weights() -> None:
     np.testing.assert_array_equal(shares(np.zeros((1, 3))), np.zeros((1, 3)))
 
@@ -111,7 +141,8 @@ def test_review_gate_reasons_and_quality_summary() -> None:
     summary = quality_summary(table)
     assert summary["decisions"] == 5 and summary["stable_share"] == pytest.approx(0.8)
     assert summary["needs_review"] == 3 and summary["deletion_holds_share"] == pytest.approx(0.8)
-    assert summary["review_reasons"] == {"low-fidelity": 1, "prediction-gap": 1, "unstable": 1, "deletion-fails": 0}
+    assert summary["review_reasons"] == {"low-fidelity": 1, "no-width": 0, "prediction-gap": 1, "unstable": 1,
+                                         "deletion-fails": 0}
     assert summary["samples_distribution"] == {"10000": 4, "80000": 1} and summary["samples_mean"] == 24000.0
     assert summary["selection_z"]["max"] == 5.0  # the infinite z (nothing left to separate) is not a quantile
 

@@ -157,6 +157,7 @@ class KernelMatchedLime(BatchedLime):
         """Decisions no width satisfied keep the widest width's fit (and go to review for low fidelity)."""
         width = self.widths[0]
         tilt, carried = kernel_tilt(width), []
+        out.width_found[pending] = False
         for rows, groups in widest:
             keep = np.isin(rows, pending)
             if not keep.any():
@@ -280,12 +281,14 @@ class _MatchedCollector(_Collector):
         self.feature_index = np.full((n, 2 * k), -1, dtype=np.int64)
         self.weights = np.zeros((n, 2 * k))
         self.kernel_width, self.effective_samples, self.fidelity_widest = (np.zeros(n) for _ in range(3))
+        self.width_found = np.ones(n, dtype=bool)
 
     def explanations(self, with_all_weights: bool) -> Explanations:
         explanations = super().explanations(with_all_weights)
         explanations.kernel_width = self.kernel_width
         explanations.effective_samples = self.effective_samples
         explanations.fidelity_widest = self.fidelity_widest
+        explanations.width_found = self.width_found
         return explanations
 
 
