@@ -6,13 +6,13 @@ categories) and its exponential kernel. Four things change, each disclosed in th
 
 1. **Kernel-matched sampling.** Samples are drawn from the kernel-weighted distribution itself (every feature
    leaves the applicant's bin with lime's probability tilted by the kernel's factor per differing feature), so
-   every sample weighs 1 and a narrow kernel keeps its full sample size (:meth:`QuartileSampler.kernel_warp`).
+   every sample weighs 1 and a narrow kernel keeps its full sample size (:meth:`QuartileSampler.tilted_tables`).
 2. **The applicant's own values.** A feature that stays in the applicant's bin keeps the applicant's value, so
    the all-ones point of the surrogate *is* the applicant.
 3. **A per-decision kernel width** from a pre-registered grid, widest (lime's 0.75·√d) first: the first width
    whose held-out fidelity reaches the target and whose effective sample size is above the floor. Its
    principal reasons then go through the stability test (with adaptation). No width passes: the widest is kept
-   and the decision goes to review.
+   and the decision goes to review (its reasons are not adapted for stability).
 4. **Reasons for the outcome.** The surrogate is fitted on every feature; for a decision in the explained
    (adverse) class the principal reasons are the up-to-k features that raised its probability most, and the
    favourable factors (the most negative) are kept apart (:func:`ranked_factors`).
@@ -166,24 +166,26 @@ class KernelMatchedLime(BatchedLime):
 
             def work(a: int, b: int, kept_rows=kept_rows, kept=kept) -> None:
                 sub = to_device(index_groups(kept, slice(a, b)), self.device)
-                again = self._record(kept_rows[a:b], sub, screen, x, width, tilt, out) | (screen < s)
+                again = np.full(b - a, screen < s)  # topped up to S; no adaptation: review awaits it anyway
+                self._record(kept_rows[a:b], sub, screen, x, width, tilt, out)
                 if again.any():
                     mask = torch.as_tensor(again, device=sub.czz.device)
                     carried.append((kept_rows[a:b][again], to_device(index_groups(sub, mask), _HOST)))
 
             self._in_chunks(len(kept_rows), screen, work)
-        self._adapt_at(x, ids, carried, screen, s, 0, width, tilt, out)
+        self._adapt_at(x, ids, carried, screen, s, 0, width, tilt, out, adaptive=False)
 
     def _adapt_at(self, x: np.ndarray, ids: list[str], carried: list, screen: int, s: int, g: int, width: float,
-                  tilt: float, out: _MatchedCollector) -> None:
+                  tilt: float, out: _MatchedCollector, adaptive: bool = True) -> None:
         """Top the chosen width's screening samples up to S/R per stream, then adapt while the reasons are not
-        stable (``adaptive``), up to ``max_samples_factor`` x S/R per stream."""
+        stable (``adaptive``), up to ``max_samples_factor`` x S/R per stream. Decisions that keep the widest width
+        for want of a passing one are topped up but not adapted: they go to review whatever their stability."""
         if not carried:
             return
 
         def evaluate(rows: np.ndarray, groups: WeightedMoments, per_stream: int) -> np.ndarray:
             unstable = self._record(rows, groups, per_stream, x, width, tilt, out)
-            return unstable & self.adaptive
+            return unstable & self.adaptive & adaptive
 
         self._adapt(x, ids, carried, screen, evaluate, stream_base=g * self.stability_runs, tilt=tilt,
                     cap=s * self.max_samples_factor, minimum=s)

@@ -83,6 +83,12 @@ class QuartileSampler:
             curve_value=torch.as_tensor(table[:, :-1].reshape(-1), dtype=torch.float32, device=on),
             curve_slope=torch.as_tensor(np.diff(table, axis=1).reshape(-1), dtype=torch.float32, device=on),
         )
+        cum_padded = np.ones((max(counts), d))
+        for j, count in enumerate(counts):
+            cum_padded[:count, j] = np.minimum(cumulative[j, :count], 1.0)
+        self._cumulative = torch.as_tensor(cum_padded, dtype=torch.float64, device=on)  # F(slot), 1 past the end
+        self._row_feature = torch.as_tensor(np.repeat(np.arange(d), counts), device=on)
+        self._row_slot = torch.as_tensor(np.concatenate([np.arange(c) for c in counts]), device=on)
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
         self._sobol = SobolTable(d, self.device) if design == "sobol" else None
         draw = draw_random if design == "random" else draw_sobol
@@ -121,18 +127,18 @@ class QuartileSampler:
         decision's own value. ``None``: lime's sampling, unchanged.
         """
         x = x.to(torch.float32)
-        warp = None if tilt is None else self.kernel_warp(own_rows, tilt)
+        tilted = None if tilt is None else self.tilted_tables(own_rows, tilt)
         if self._sobol is not None:
             rows = self._sobol.rows(first_row, num_samples)
             shifts = digital_shifts(keys, self.num_features, stream)
-            inputs, same_bin = self._draw(rows, shifts, x, own_rows, self.tables, warp)
+            inputs, same_bin = self._draw(rows, shifts, x, own_rows, self.tables, tilted)
             return Perturbations(inputs=inputs, same_bin=same_bin)
         stream += ROUND_STRIDE * adaptation_round
         offsets = self._offsets.get((num_samples, stream))
         if offsets is None:
             offsets = stream_offsets(num_samples, self.num_features, stream, self.device)
             self._offsets[(num_samples, stream)] = offsets
-        inputs, same_bin = self._draw(keys, offsets, x, own_rows, self.tables, num_samples, warp)
+        inputs, same_bin = self._draw(keys, offsets, x, own_rows, self.tables, num_samples, tilted)
         return Perturbations(inputs=inputs, same_bin=same_bin)
 
     def own_frequency(self, own_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,24 +164,41 @@ class QuartileSampler:
         leave = (1.0 - stay) * tilt.view(-1, 1)
         return leave / (leave + stay)
 
-    def kernel_warp(self, own_rows: torch.Tensor, tilt: torch.Tensor) -> KernelWarp:
-        """The monotone, piecewise-linear map of the uniforms that turns lime's draw into the kernel-matched one.
+    def tilted_tables(self, own_rows: torch.Tensor, tilt: torch.Tensor) -> TiltedTables:
+        """Each decision's own frequency tables for kernel-matched sampling: the decision's own bin keeps its mass
+        ``f`` and every other bin is scaled by the kernel's factor ``c``, renormalised by ``n = f + (1 - f) c``:
 
-        On the frequency scale, the decision's own bin ``[L, L + f)`` keeps its mass ``f`` and every other bin is
-        scaled by ``c``; renormalised by ``n = f + (1 - f) c``. A uniform ``u`` of the tilted distribution falls
-        in the own bin when ``L c / n <= u < (L c + f) / n``; mapping it back linearly inside each piece gives
-        the lime-scale uniform whose bin and in-bin position the unchanged draw then reads. Monotone, so the
-        Sobol design's strata stay strata.
+            F'(k) = (c F(k) + (1 - c) f [k >= own]) / n
+
+        The unchanged inverse-CDF draw on these tables gives the kernel-weighted distribution exactly (to the
+        2**-24 resolution of the uniforms), and the in-bin position of every other bin is lime's. A decision whose
+        own value the reference lacks (f = 0) keeps lime's tables. Monotone in u, so the Sobol strata stay strata.
         """
-        lower, width = self.own_frequency(own_rows)
-        c = tilt.to(torch.float64).view(-1, 1)
+        batch, d = own_rows.shape
+        cumulative = self._cumulative  # [K, d]
+        slots = cumulative.shape[0]
+        known = own_rows >= 0
+        own_slot = (own_rows - self.tables.row_start).clamp_min(0)
+        previous = torch.cat([torch.zeros(1, d, dtype=torch.float64, device=self.device), cumulative[:-1]])
+        frequency = cumulative - previous  # [K, d]
+        own_mass = torch.where(known, frequency.gather(0, own_slot), 0.0).unsqueeze(1)  # [B, 1, d]
+        c = tilt.to(torch.float64).view(-1, 1, 1)
+        at_or_after = (torch.arange(slots, device=self.device).view(1, -1, 1) >= own_slot.unsqueeze(1)) & \
+            known.unsqueeze(1)
+        tilted = ((c * cumulative.unsqueeze(0) + (1.0 - c) * own_mass * at_or_after) / (c + (1.0 - c) * own_mass))
+        tilted = tilted.clamp_(0.0, 1.0)  # [B, K, d]
         scale = float(1 << UNIFORM_BITS)
-        norm = width + (scale - width) * c  # in bits
-        start = lower * c / norm * scale  # where the own bin begins on the tilted scale, in bits
-        stop = start + width / norm * scale
-        return KernelWarp(start=start, stop=stop, lower=lower, width=width, outside=norm / c / scale,
-                          inside=norm / scale)
-
+        base = self.tables.edges  # [max(K - 1, 1), d]; padding past each feature's last slot
+        padding = base >= (1 << (UNIFORM_BITS + 1))
+        if slots > 1:
+            edges = torch.where(padding, base, torch.ceil(tilted[:, : slots - 1] * scale).to(torch.int64))
+        else:
+            edges = base.expand(batch, -1, -1)
+        low = torch.cat([torch.zeros(batch, 1, d, dtype=torch.float64, device=self.device), tilted[:, :-1]], dim=1)
+        lower = (low * scale)[:, self._row_slot, self._row_feature]  # [B, rows]
+        width = ((tilted - low) * scale)[:, self._row_slot, self._row_feature]
+        grid_per_bit = torch.where(width > 0, GRID_INTERVALS / width.clamp_min(1e-300), 0.0)
+        return TiltedTables(edges=edges, lower=lower.to(torch.float32), grid_per_bit=grid_per_bit.to(torch.float32))
 
 ROUND_STRIDE = 64
 """Random design: adaptation round a of stream r draws the generator's stream ``r + 64 a``; (0, 0) is the plain
@@ -183,31 +206,12 @@ engine's."""
 
 
 @dataclass(frozen=True)
-class KernelWarp:
-    """Per decision and feature (float64 [B, d]): the own bin's piece on the tilted scale ``[start, stop)`` and on
-    lime's ``[lower, lower + width)``, in bits, and the slopes of the map outside and inside it."""
+class TiltedTables:
+    """Kernel-matched sampling: each decision's own frequency tables (:meth:`QuartileSampler.tilted_tables`)."""
 
-    start: torch.Tensor
-    stop: torch.Tensor
-    lower: torch.Tensor
-    width: torch.Tensor
-    outside: torch.Tensor
-    inside: torch.Tensor
-
-
-def warp_bits(bits: torch.Tensor, warp: KernelWarp) -> torch.Tensor:
-    """Kernel-matched uniforms (int64 [B, S, d]) from the design's (:meth:`QuartileSampler.kernel_warp`)."""
-    u = bits.to(torch.float64)
-    start, stop = warp.start.unsqueeze(1), warp.stop.unsqueeze(1)
-    before = u * warp.outside.unsqueeze(1)
-    inside = warp.lower.unsqueeze(1) + (u - start) * warp.inside.unsqueeze(1)
-    after = (warp.lower + warp.width).unsqueeze(1) + (u - stop) * warp.outside.unsqueeze(1)
-    mapped = torch.where(u < start, before, torch.where(u < stop, inside, after))
-    # the own bin is [lower, lower + width) in bits: keep the pieces inside their intervals despite rounding
-    low_in, high_in = warp.lower.unsqueeze(1), (warp.lower + warp.width).unsqueeze(1)
-    mapped = torch.where((u >= start) & (u < stop), torch.minimum(torch.maximum(mapped, low_in), high_in - 1),
-                         mapped)
-    return mapped.floor().clamp_(0, (1 << UNIFORM_BITS) - 1).to(torch.int64)
+    edges: torch.Tensor  # int64 [B, K - 1, d]: integer frequency edges per decision and feature
+    lower: torch.Tensor  # float32 [B, rows]: each row's lower frequency edge, in bits
+    grid_per_bit: torch.Tensor  # float32 [B, rows]: inverse-CDF grid cells per bit inside the row
 
 
 @dataclass(frozen=True)
@@ -229,34 +233,42 @@ def draw_random(
     own_rows: torch.Tensor,
     tables: SamplingTables,
     num_samples: int,
-    warp: KernelWarp | None = None,
+    tilted: TiltedTables | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturbations from independent uniforms (the counter-based generator)."""
-    return draw_perturbations(uniform_bits(keys, offsets, num_samples), x, own_rows, tables, warp)
+    return draw_perturbations(uniform_bits(keys, offsets, num_samples), x, own_rows, tables, tilted)
 
 
 def draw_sobol(
     rows: torch.Tensor, shifts: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables,
-    warp: KernelWarp | None = None,
+    tilted: TiltedTables | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturbations from Sobol rows (int64 [S, d]) shifted per decision (int64 [B, 1, d])."""
-    return draw_perturbations(torch.bitwise_xor(rows.unsqueeze(0), shifts), x, own_rows, tables, warp)
+    return draw_perturbations(torch.bitwise_xor(rows.unsqueeze(0), shifts), x, own_rows, tables, tilted)
 
 
 def draw_perturbations(
     bits: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables,
-    warp: KernelWarp | None = None,
+    tilted: TiltedTables | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """From 24-bit uniforms (int64 [B, S, d]): the model's inputs (float32 [B, S, d]) and the binary
-    representation (bool [B, S, d]). With a kernel ``warp``, the uniforms are warped first and a feature that
-    stays in the decision's bin keeps the decision's own value (lime redraws a value inside the bin)."""
-    if warp is not None:
-        bits = warp_bits(bits, warp)
-    slot = (bits >= tables.edges[0]).to(torch.int64)
-    for k in range(1, tables.edges.shape[0]):
-        slot += bits >= tables.edges[k]
-    row = slot.add_(tables.row_start)
-    position = bits.to(torch.float32).sub_(tables.lower[row]).mul_(tables.grid_per_bit[row])
+    representation (bool [B, S, d]). With ``tilted`` (each decision's kernel-tilted tables) the draw is
+    kernel-matched and a feature that stays in the decision's bin keeps the decision's own value (lime redraws a
+    value inside the bin)."""
+    if tilted is None:
+        slot = (bits >= tables.edges[0]).to(torch.int64)
+        for k in range(1, tables.edges.shape[0]):
+            slot += bits >= tables.edges[k]
+        row = slot.add_(tables.row_start)
+        position = bits.to(torch.float32).sub_(tables.lower[row]).mul_(tables.grid_per_bit[row])
+    else:
+        slot = (bits >= tilted.edges[:, :1]).to(torch.int64)
+        for k in range(1, tilted.edges.shape[1]):
+            slot += bits >= tilted.edges[:, k : k + 1]
+        row = slot.add_(tables.row_start)
+        flat = row.view(row.shape[0], -1)
+        lower = tilted.lower.gather(1, flat).view_as(row)
+        position = bits.to(torch.float32).sub_(lower).mul_(tilted.grid_per_bit.gather(1, flat).view_as(row))
     cell = position.floor().clamp_(0, GRID_INTERVALS - 1)
     fraction = position.sub_(cell)
     flat = cell.to(torch.int64).add_(row * GRID_INTERVALS)
@@ -264,6 +276,6 @@ def draw_perturbations(
     inputs[:, 0] = x
     same_bin = row == own_rows.unsqueeze(1)
     same_bin[:, 0] = True
-    if warp is not None:
+    if tilted is not None:
         inputs = torch.where(same_bin, x.unsqueeze(1), inputs)
     return inputs, same_bin
