@@ -120,6 +120,11 @@ class ExplainConfig(_Strict):
         description="kernel-matched: a width is taken only when at least this share of its samples leave the "
         "applicant's point (narrower kernels degenerate)",
     )
+    min_contrasts: int = Field(
+        default=50, ge=1,
+        description="kernel-matched: a feature is named as a factor only when at least this many samples left the "
+        "applicant's bin of it (its effect was measured)",
+    )
     num_samples: int = Field(default=5000, ge=10, le=1_000_000)
     top_k: int = Field(default=3, ge=1, le=4, description="factors per decision (regulators: at most four)")
     seed: int = Field(default=20261122, ge=0, lt=2**63)

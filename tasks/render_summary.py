@@ -73,6 +73,8 @@ def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: s
     labels = {f.name: f.label for f in config.features}
     if explanations.empty:
         return []
+    if "role" in explanations.columns:  # the factors in an applicant's favour are not reasons
+        explanations = explanations[explanations["role"] != "favourable"]
     table = explanations.groupby(["feature", "direction"])[id_column].nunique().unstack(fill_value=0)
     first = explanations[explanations["rank"] == 1].groupby("feature")[id_column].nunique()
     rows = []
@@ -212,6 +214,7 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
         {"label": tc["width_grid"], "value": ", ".join(f"{w:g}" for w in e.width_grid), "css": ""},
         {"label": tc["target_fidelity"], "value": threshold_text(e.target_fidelity), "css": ""},
         {"label": tc["min_effective_share"], "value": threshold_text(e.min_effective_share), "css": ""},
+        {"label": tc["min_contrasts"], "value": f"{e.min_contrasts:,}", "css": ""},
     ] if e.method == "kernel-matched" and e.engine == "batched" else []
     return [
         *matched,
@@ -230,7 +233,8 @@ def quality_settings(config: Config) -> dict[str, Any]:
     """The same settings for the JSON attachment."""
     e, r = config.explain, config.review
     return {"method": e.method, "width_grid": list(e.width_grid), "target_fidelity": e.target_fidelity,
-            "min_effective_share": e.min_effective_share, "design": e.design, "stability_runs": e.stability_runs,
+            "min_effective_share": e.min_effective_share, "min_contrasts": e.min_contrasts, "design": e.design,
+            "stability_runs": e.stability_runs,
             "adaptive": e.adaptive,
             "max_samples_factor": e.max_samples_factor, "confidence": e.confidence, "min_fidelity": r.min_fidelity,
             "max_prediction_gap": r.max_prediction_gap, "require_width": r.require_width,

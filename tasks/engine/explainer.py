@@ -495,5 +495,6 @@ def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  
 
         return KernelMatchedLime(**common, width_grid=settings.width_grid, target_fidelity=settings.target_fidelity,
                                  min_effective_share=settings.min_effective_share,
+                                 min_contrasts=settings.min_contrasts,
                                  adverse_threshold=config.report.decision_threshold)
     return BatchedLime(**common)

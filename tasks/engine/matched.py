@@ -81,6 +81,7 @@ class KernelMatchedLime(BatchedLime):
     target_fidelity: float = 0.5
     min_effective_share: float = 0.2  # effective samples at least this share of the samples drawn
     adverse_threshold: float = 0.5  # model_pred >= this: the decision is in the explained (adverse) class
+    min_contrasts: int = 50  # samples that must leave the applicant's bin of a feature for it to be named
 
     def __post_init__(self) -> None:
         if self.stability_runs < 2:
@@ -232,13 +233,16 @@ class KernelMatchedLime(BatchedLime):
         stream_fit = ridge_on(streams, all_features(streams), FINAL_ALPHA)
         fidelity = held_out_r2(stream_fit, others).view(len(rows), runs).mean(1)
         adverse = torch.as_tensor(out.model_pred[rows] >= self.adverse_threshold, device=fit.coef.device)
-        reasons, favourable = ranked_factors(fit.coef, adverse, k)
-        stream_reasons, _ = ranked_factors(stream_fit.coef, adverse.repeat_interleave(runs), k)
+        # a feature is a factor only where enough samples left the applicant's bin to measure its effect
+        eligible = pooled.total_weight.unsqueeze(1) * (1.0 - pooled.mean_z) >= self.min_contrasts
+        reasons, favourable = ranked_factors(fit.coef, adverse, k, eligible)
+        stream_reasons, _ = ranked_factors(stream_fit.coef, adverse.repeat_interleave(runs), k,
+                                           eligible.repeat_interleave(runs, dim=0))
         share, same_order = replicate_agreement(torch.where(stream_reasons >= 0, stream_reasons, d).view(len(rows),
                                                                                                        runs, -1))
-        margin = reason_margin(pooled, reasons, adverse, k)
+        margin = reason_margin(pooled, reasons, adverse, k, eligible)
         margins = reason_margin(leave_one_group_out(groups), reasons.repeat_interleave(count, dim=0),
-                                adverse.repeat_interleave(count), k)
+                                adverse.repeat_interleave(count), k, eligible.repeat_interleave(count, dim=0))
         z = jackknife_ratio(margins.view(len(rows), count), margin)
         stable = (share >= 1.0) & (z >= critical_value(self.confidence, count))
         effective = self._effective_samples(x[rows], tilt, per_stream * runs)

@@ -156,7 +156,8 @@ def jackknife_ratio(margins: torch.Tensor, pooled_margin: torch.Tensor) -> torch
     return torch.where(degenerate, positive, z)
 
 
-def ranked_factors(coef: torch.Tensor, adverse: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ranked_factors(coef: torch.Tensor, adverse: torch.Tensor, k: int, eligible: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The factors a decision's letter names, from its surrogate's coefficients on every feature ([N, d]):
 
     - ``adverse`` (the decision is in the explained class): the principal reasons are the up-to-k features
@@ -165,19 +166,26 @@ def ranked_factors(coef: torch.Tensor, adverse: torch.Tensor, k: int) -> tuple[t
     - otherwise: the k features with the largest |coefficient| (the main factors, either direction), and none
       favourable.
 
+    Only ``eligible`` features ([N, d] bool; default all) are named: a feature whose effect the samples did not
+    measure (it almost never left the applicant's bin) is no factor of the letter.
+
     Returns ``(reasons [N, k], favourable [N, k])``, feature indices ranked, -1 where fewer exist.
     """
     k = min(k, coef.shape[1])
+    if eligible is None:
+        eligible = torch.ones_like(coef, dtype=torch.bool)
     adverse = adverse.view(-1, 1)
-    score = torch.where(adverse, coef, coef.abs())
+    score = torch.where(eligible, torch.where(adverse, coef, coef.abs()), float("-inf"))
     top = torch.argsort(score, dim=1, descending=True, stable=True)[:, :k]
-    keep = ~adverse | (score.gather(1, top) > 0)
-    lowest = torch.argsort(coef, dim=1, stable=True)[:, :k]
-    shown = adverse & (coef.gather(1, lowest) < 0)
+    chosen = score.gather(1, top)
+    keep = torch.where(adverse, chosen > 0, chosen > float("-inf"))
+    lowest = torch.argsort(torch.where(eligible, coef, float("inf")), dim=1, stable=True)[:, :k]
+    shown = adverse & (coef.gather(1, lowest) < 0) & eligible.gather(1, lowest)
     return torch.where(keep, top, -1), torch.where(shown, lowest, -1)
 
 
-def reason_margin(m: WeightedMoments, reasons: torch.Tensor, adverse: torch.Tensor, k: int) -> torch.Tensor:
+def reason_margin(m: WeightedMoments, reasons: torch.Tensor, adverse: torch.Tensor, k: int,
+                  eligible: torch.Tensor | None = None) -> torch.Tensor:
     """The margin by which ``reasons`` (int64 [N, k], -1 padded) is the decision's set of principal reasons
     under moments ``m`` ([N, ...]), with the surrogate on every feature (``Ridge(alpha=1)``):
 
@@ -185,17 +193,20 @@ def reason_margin(m: WeightedMoments, reasons: torch.Tensor, adverse: torch.Tens
       raised the probability);
     - adverse, fewer than k: ``min(min_in β, -max_out β)`` (the reasons raised it, no other feature did);
     - otherwise: ``min_in |β| - max_out |β|``.
-    +inf where nothing constrains it. ``M >= 0`` on the moments the set was chosen from.
+    over the ``eligible`` features (default all; :func:`ranked_factors`). +inf where nothing constrains it.
+    ``M >= 0`` on the moments the set was chosen from.
     """
     n, d = m.czy.shape
     coef = _solve_ridge(m.czz, m.czy, FINAL_ALPHA)
     in_set = torch.zeros(n, d + 1, dtype=torch.bool, device=coef.device)
     in_set.scatter_(1, torch.where(reasons >= 0, reasons, d), True)
     in_set = in_set[:, :d]
+    if eligible is None:
+        eligible = torch.ones_like(in_set)
     score = torch.where(adverse.view(-1, 1), coef, coef.abs())
     inside = score.masked_fill(~in_set, float("inf")).amin(1)
-    outside = score.masked_fill(in_set, float("-inf")).amax(1)
-    full = in_set.sum(1) >= min(k, d)
+    outside = score.masked_fill(in_set | ~eligible, float("-inf")).amax(1)
+    full = in_set.sum(1) >= eligible.sum(1).clamp_max(k)
     ranked = inside - outside
     adverse_margin = torch.where(full, torch.minimum(ranked, inside), torch.minimum(inside, -outside))
     return torch.where(adverse, adverse_margin, ranked)
