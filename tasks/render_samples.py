@@ -186,8 +186,9 @@ def _real_inputs(explanations: Path, decisions: Path, config_path: Path, languag
 
 def write_samples(root: Path, explanations: Path | None = None, decisions: Path | None = None,
                   config_path: Path | None = None) -> list[Path]:
-    """Page images for reviewers in templates/*/sample/: an English report (page 1 of a decision gated to review
-    and the annex page), a Chinese report's page 1, and page 1 of each language's run summary.
+    """Page images for reviewers in templates/*/sample/: an English report (page 1 of a declined applicant's
+    letter with factors in their favour, else of a decision gated to review, and its next page), a Chinese report's
+    page 1, and page 1 of each language's run summary.
 
     With ``explanations`` (a `limelight explain` output), ``decisions`` and ``config_path`` the images show real
     demo decisions; otherwise synthetic rows.
@@ -205,7 +206,11 @@ def write_samples(root: Path, explanations: Path | None = None, decisions: Path 
                 rows, applicants = synthetic_inputs(12, config, seed=11)
             reports = render_customer_reports(rows, applicants, config, run, Path(tmp) / language)
             review = [r.decision_id for r in reports if r.needs_review]
-            chosen = next((r for r in reports if r.needs_review), reports[0])
+            # a declined applicant's letter with factors in their favour (what issue 11 changed), else one in review
+            roles = rows.groupby("customer_id")["role"].agg(set) if "role" in rows.columns else {}
+            declined = {i for i, r in dict(roles).items() if "favourable" in r and "reason" in r}
+            chosen = next((r for r in reports if r.decision_id in declined),
+                          next((r for r in reports if r.needs_review), reports[0]))
             target = root / "customer_report" / "sample" / f"report-{language}-page1.png"
             _png(chosen.path, target)
             written.append(target)

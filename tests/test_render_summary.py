@@ -126,7 +126,7 @@ def test_summary_shows_samples_gates_review_reasons_and_quality_settings(tmp_pat
         named = ", ".join(label[r] for r in reasons[decision_id])
         assert f"{decision_id} {fidelity_text(fidelity, run.min_fidelity)} · {named}" in raw
     # the quality settings in the parameters
-    for row in ("Kernel widths tried (× √d, widest first) 0.75, 0.35, 0.2, 0.12, 0.08",
+    for row in ("Kernel widths tried (× √d) 0.75, 0.35, 0.2, 0.12, 0.08",
                 "Held-out fidelity a width must reach 0.50",
                 "Sampling design Sobol sequence, shifted per decision and stream (randomised quasi-Monte Carlo)",
                 "Independent sample streams (R) 2", "Adaptive sample size yes, doubling up to 16× S",
