@@ -221,7 +221,8 @@ def xgboost_forward(path: Path, num_features: int, device: torch.device, chunk_r
             with cp.cuda.Device(device.index or 0):
                 out = probabilities(booster.inplace_predict(rows, predict_type=predict_type), cp)
                 out = cp.vstack((1.0 - out, out)).T if out.ndim == 1 else out
-                return torch.as_tensor(cp.ascontiguousarray(out), device=device).to(torch.float32)
+                # a copy: XGBoost's output buffer is reused by its next prediction
+                return torch.as_tensor(cp.ascontiguousarray(out), device=device).to(torch.float32).clone()
 
         return forward_cuda
 
