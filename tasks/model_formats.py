@@ -317,12 +317,14 @@ def onnx_forward(path: Path, num_features: int, device: torch.device, chunk_rows
 
 
 def _has_tree_ops(path: Path) -> bool:
-    import onnx
-
+    """Whether the ONNX graph holds a tree-ensemble op; when it cannot be read (or onnx is missing): assume so,
+    and stay on the CPU provider."""
     try:
+        import onnx
+
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception:
-        return True  # unknown: stay on the CPU provider
+        return True
     return any(node.op_type in _ONNX_TREE_OPS for node in graph.node)
 
 
