@@ -394,3 +394,27 @@ def test_neural_onnx_on_the_cuda_provider(german: German, tmp_path: Path) -> Non
     with torch.no_grad():
         native = network(torch.as_tensor(german.rows[:100]) / 100).double().numpy()
     assert out.device.type == "cuda" and np.abs(out.double().cpu().numpy() - native).max() <= TOLERANCE
+
+
+def test_config_file_names_the_key_of_a_refused_format(tmp_path: Path) -> None:
+    from tasks.config import load_config
+    from tasks.errors import ConfigError
+
+    (tmp_path / "run.toml").write_text(textwrap.dedent("""
+        [data]
+        decisions = "d.parquet"
+        reference = "r.parquet"
+        [model]
+        path = "model.joblib"
+        format = "joblib"
+        classes = ["good", "bad"]
+        explain = "bad"
+        [[features]]
+        name = "x"
+        label = "X"
+        kind = "numeric"
+    """))
+    with pytest.raises(ConfigError, match=r"run\.toml: \[model\] format: pickle and joblib are refused: loading one "
+                                          r"runs arbitrary code") as error:
+        load_config(tmp_path / "run.toml")
+    assert "\n" not in str(error.value)
