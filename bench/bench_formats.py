@@ -11,14 +11,14 @@ through ``[model] path`` as a worker does. For each, side by side in one run, on
 - their ratio (engine / bound; 1.0 = the engine costs nothing beyond the model; target >= 0.8 for XGBoost and
   LightGBM).
 
-    .venv/bin/python bench/bench_formats.py                        # CPU, all cores, N=200, S=5000
+    .venv/bin/python bench/bench_formats.py                        # one worker's thread, N=200, S=5000
+    .venv/bin/python bench/bench_formats.py --threads 2            # a worker with both cores
     .venv/bin/python bench/bench_formats.py --formats xgboost lightgbm --decisions 400
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -57,35 +57,36 @@ def german() -> tuple[np.ndarray, np.ndarray, list[FeatureConfig]]:
     return np.column_stack(columns), y, features
 
 
-def build(kind: str, x: np.ndarray, y: np.ndarray, folder: Path, threads: int
+def build(kind: str, x: np.ndarray, y: np.ndarray, folder: Path, threads: int, trees: int = 300
           ) -> tuple[Path, Callable[[np.ndarray], Any], str]:
     """Train and save a model of ``kind``; return its file, the library's own predict on float32 rows, and a
-    description. Sizes are those of a production credit model (a few hundred trees)."""
+    description. Sizes are those of production credit models (hundreds of trees). The ratio grows with the
+    model's cost: the engine's own work per decision is fixed (d, S), the model's grows with its trees."""
     if kind == "xgboost":
         import xgboost as xgb
 
-        model = xgb.XGBClassifier(n_estimators=300, max_depth=6, learning_rate=0.05, n_jobs=threads).fit(x, y)
+        model = xgb.XGBClassifier(n_estimators=trees, max_depth=6, learning_rate=0.05, n_jobs=threads).fit(x, y)
         path = folder / "model.ubj"
         model.get_booster().save_model(str(path))
         booster = xgb.Booster(model_file=str(path))
         booster.set_param({"nthread": threads})
-        return path, booster.inplace_predict, f"XGBoost {xgb.__version__}, 300 trees, depth 6"
+        return path, booster.inplace_predict, f"XGBoost {xgb.__version__}, {trees} trees, depth 6"
     if kind == "lightgbm":
         import lightgbm as lgb
 
-        model = lgb.LGBMClassifier(n_estimators=300, num_leaves=31, learning_rate=0.05, verbose=-1).fit(x, y)
+        model = lgb.LGBMClassifier(n_estimators=trees, num_leaves=31, learning_rate=0.05, verbose=-1).fit(x, y)
         path = folder / "model.txt"
         model.booster_.save_model(str(path))
         booster = lgb.Booster(model_file=str(path))
         return (path, lambda rows: booster.predict(rows, num_threads=threads),
-                f"LightGBM {lgb.__version__}, 300 trees, 31 leaves")
+                f"LightGBM {lgb.__version__}, {trees} trees, 31 leaves")
     if kind == "skops":
         import sklearn
         import skops.io as sio
         from sklearn.ensemble import HistGradientBoostingClassifier
         from threadpoolctl import threadpool_limits
 
-        model = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=False).fit(x, y)
+        model = HistGradientBoostingClassifier(max_iter=trees, learning_rate=0.05, early_stopping=False).fit(x, y)
         path = folder / "model.skops"
         sio.dump(model, path)
 
@@ -93,7 +94,7 @@ def build(kind: str, x: np.ndarray, y: np.ndarray, folder: Path, threads: int
             with threadpool_limits(threads):
                 return model.predict_proba(rows.astype(np.float64))
 
-        return path, predict, f"scikit-learn {sklearn.__version__} HistGradientBoosting, 300 trees"
+        return path, predict, f"scikit-learn {sklearn.__version__} HistGradientBoosting, {trees} trees"
     if kind in ("onnx-trees", "onnx-mlp"):
         import onnxruntime as ort
 
@@ -102,9 +103,9 @@ def build(kind: str, x: np.ndarray, y: np.ndarray, folder: Path, threads: int
             from skl2onnx import to_onnx
             from sklearn.ensemble import GradientBoostingClassifier
 
-            model = GradientBoostingClassifier(n_estimators=300, max_depth=4, learning_rate=0.05).fit(x, y)
+            model = GradientBoostingClassifier(n_estimators=trees, max_depth=4, learning_rate=0.05).fit(x, y)
             path.write_bytes(to_onnx(model, x[:1].astype(np.float32), options={"zipmap": False}).SerializeToString())
-            what = "scikit-learn GradientBoosting 300 trees, depth 4, via skl2onnx"
+            what = f"scikit-learn GradientBoosting {trees} trees, depth 4, via skl2onnx"
         else:
             torch.manual_seed(0)
             scale = torch.as_tensor(x.std(0) + 1e-9, dtype=torch.float32)
@@ -155,8 +156,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decisions", type=int, default=200)
     parser.add_argument("--samples", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the worker's threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the worker's threads (default 1: [run] torch_threads, one worker per core)")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument("--trees", type=int, default=300, help="trees of each tree model")
     parser.add_argument("--compile", choices=["auto", "always", "never"], default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes each; the fastest counts")
     args = parser.parse_args()
@@ -173,7 +176,7 @@ def main() -> None:
     print(f"{'format':<11} {'engine dec/s':>12} {'bound dec/s':>12} {'ratio':>6}  model")
     with tempfile.TemporaryDirectory() as folder:
         for kind in args.formats:
-            path, native, what = build(kind, x, y, Path(folder), args.threads)
+            path, native, what = build(kind, x, y, Path(folder), args.threads, args.trees)
             trusted = []
             if kind == "skops":  # the bank's review of the types skops does not trust by default
                 from skops.io import get_untrusted_types

@@ -221,7 +221,8 @@ def xgboost_forward(path: Path, num_features: int, device: torch.device, chunk_r
             with cp.cuda.Device(device.index or 0):
                 out = probabilities(booster.inplace_predict(rows, predict_type=predict_type), cp)
                 out = cp.vstack((1.0 - out, out)).T if out.ndim == 1 else out
-                return torch.as_tensor(cp.ascontiguousarray(out), device=device).to(torch.float32)
+                # a copy: XGBoost's output buffer is reused by its next prediction
+                return torch.as_tensor(cp.ascontiguousarray(out), device=device).to(torch.float32).clone()
 
         return forward_cuda
 
@@ -316,12 +317,14 @@ def onnx_forward(path: Path, num_features: int, device: torch.device, chunk_rows
 
 
 def _has_tree_ops(path: Path) -> bool:
-    import onnx
-
+    """Whether the ONNX graph holds a tree-ensemble op; when it cannot be read (or onnx is missing): assume so,
+    and stay on the CPU provider."""
     try:
+        import onnx
+
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception:
-        return True  # unknown: stay on the CPU provider
+        return True
     return any(node.op_type in _ONNX_TREE_OPS for node in graph.node)
 
 

@@ -132,3 +132,40 @@ def test_identity_takes_the_model_format_runtime_and_files_into_account(tmp_path
     assert identity(config(tmp_path, {"entrypoint": "bank_scorer:load"})) != before  # files join the model hash
     np.save(weights, np.ones(3))
     assert identity(entry) != before
+
+
+@pytest.mark.slow
+def test_a_run_with_an_xgboost_file_records_it_and_rerenders(prefect_api, demo_artifacts, make_config, tmp_path):
+    """The pipeline end to end with an XGBoost file (trained on the demo's reference, labelled by the demo
+    model): the manifest names the format, runtime and file hash; rerender checks and reports them."""
+    import pandas as pd
+
+    from flows.pipeline import limelight_flow
+    from tasks.demo import model_inputs
+    from tasks.rerender import rerender
+
+    reference = model_inputs(pd.read_parquet(demo_artifacts.reference)).astype(np.float32)
+    labels = (reference[:, 1] > np.median(reference[:, 1])).astype(int)  # a fixed rule, not a trained model's
+    classifier = xgb.XGBClassifier(n_estimators=40, max_depth=4, n_jobs=1).fit(reference, labels)
+    path = tmp_path / "bank-model.ubj"
+    classifier.get_booster().save_model(str(path))
+    out = tmp_path / "out"
+    limelight_flow(config_path=str(make_config(model={"path": str(path)})), out=str(out), devices="cpu:1", limit=6)
+    manifest = json_load(out / "manifest.json")
+    own = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest["model"]["format"] == "xgboost" and manifest["model"]["file_sha256"] == own
+    assert manifest["model"]["runtime"] == {"library": "xgboost", "version": xgb.__version__}
+    assert manifest["run"]["model_sha256"] == own
+    rows = pd.read_parquet(out / "explanations.parquet")
+    decisions = pd.read_parquet(demo_artifacts.decisions).set_index("customer_id")
+    first = rows.drop_duplicates("customer_id")
+    native = classifier.predict_proba(model_inputs(decisions.loc[first.customer_id].reset_index()).astype(np.float32))
+    np.testing.assert_allclose(first["model_pred"], native[:, 1], atol=1e-5)
+    again = rerender(out / "manifest.json", tmp_path / "again")
+    assert again.reports == 6 and again.model.startswith(f"xgboost file {path}")
+
+
+def json_load(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))

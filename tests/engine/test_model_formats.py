@@ -335,6 +335,31 @@ def test_config_keys() -> None:
         ModelConfig(path=Path("m.bin"), format="catboost", classes=CLASSES, explain="bad")
 
 
+def test_xgboost_on_cuda_without_cupy_is_one_line(german: German, xgb_classifier, tmp_path: Path, monkeypatch) -> None:
+    """The CUDA path hands the worker's tensors to XGBoost through cupy; without it, one line before any CUDA."""
+    path = tmp_path / "model.ubj"
+    xgb_classifier.get_booster().save_model(str(path))
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(ModelError, match=r"model\.ubj: XGBoost on cuda:0 needs cupy .*cupy-cuda12x"):
+        load_model(config(path), len(german.features), device="cuda:0")
+
+
+def test_onnx_trees_are_told_from_neural_models(german: German, tmp_path: Path) -> None:
+    """Which ONNX files may use the CUDA provider: not tree ensembles (no CUDA kernels), neural models yes."""
+    from skl2onnx import to_onnx
+    from sklearn.tree import DecisionTreeClassifier
+
+    from tasks.model_formats import _has_tree_ops
+
+    tree = DecisionTreeClassifier(max_depth=2).fit(german.x, german.y)
+    (tmp_path / "tree.onnx").write_bytes(to_onnx(tree, german.x[:1].astype(np.float32)).SerializeToString())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Softmax(dim=1)), (torch.zeros(2, 3),),
+                          str(tmp_path / "mlp.onnx"), input_names=["x"], dynamic_axes={"x": {0: "rows"}}, dynamo=False)
+    assert _has_tree_ops(tmp_path / "tree.onnx") and not _has_tree_ops(tmp_path / "mlp.onnx")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_xgboost_on_cuda_matches_the_cpu(german: German, xgb_classifier, tmp_path: Path) -> None:
@@ -345,3 +370,51 @@ def test_xgboost_on_cuda_matches_the_cpu(german: German, xgb_classifier, tmp_pat
     out = model(torch.as_tensor(german.rows, device="cuda:0"))
     assert out.device.type == "cuda"
     assert_parity(out.double().cpu().numpy(), xgb_classifier.predict_proba(german.rows))
+    engine = BatchedLime(stats=german.stats, model=model, explain_index=1, num_samples=1000, seed=5)
+    out = engine.explain(german.x[:8], [f"g{i}" for i in range(8)])
+    np.testing.assert_allclose(out.model_pred, xgb_classifier.predict_proba(german.x[:8].astype(np.float32))[:, 1],
+                               atol=TOLERANCE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_neural_onnx_on_the_cuda_provider(german: German, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    network = torch.nn.Sequential(torch.nn.Linear(len(german.features), 8), torch.nn.Tanh(), torch.nn.Linear(8, 2),
+                                  torch.nn.Softmax(dim=1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (torch.zeros(2, len(german.features)),), str(tmp_path / "mlp.onnx"),
+                          input_names=["x"], dynamic_axes={"x": {0: "rows"}}, dynamo=False)
+    model = load_model(config(tmp_path / "mlp.onnx"), len(german.features), device="cuda:0")
+    out = model(torch.as_tensor(german.rows[:100], device="cuda:0") / 100)
+    with torch.no_grad():
+        native = network(torch.as_tensor(german.rows[:100]) / 100).double().numpy()
+    assert out.device.type == "cuda" and np.abs(out.double().cpu().numpy() - native).max() <= TOLERANCE
+
+
+def test_config_file_names_the_key_of_a_refused_format(tmp_path: Path) -> None:
+    from tasks.config import load_config
+    from tasks.errors import ConfigError
+
+    (tmp_path / "run.toml").write_text(textwrap.dedent("""
+        [data]
+        decisions = "d.parquet"
+        reference = "r.parquet"
+        [model]
+        path = "model.joblib"
+        format = "joblib"
+        classes = ["good", "bad"]
+        explain = "bad"
+        [[features]]
+        name = "x"
+        label = "X"
+        kind = "numeric"
+    """))
+    with pytest.raises(ConfigError, match=r"run\.toml: \[model\] format: pickle and joblib are refused: loading one "
+                                          r"runs arbitrary code") as error:
+        load_config(tmp_path / "run.toml")
+    assert "\n" not in str(error.value)
