@@ -46,7 +46,15 @@ from tasks.engine.stability import (
     replicate_agreement,
     to_device,
 )
-from tasks.engine.surrogate import FINAL_ALPHA, WeightedMoments, all_features, held_out_r2, ridge_on, uniform_moments
+from tasks.engine.surrogate import (
+    FINAL_ALPHA,
+    RidgeFit,
+    WeightedMoments,
+    all_features,
+    held_out_r2,
+    ridge_on,
+    uniform_moments,
+)
 
 SCREEN_FRACTION = 4
 """Each width is tried with S/4 samples; the chosen one is topped up to S (and adapted beyond)."""
@@ -61,15 +69,6 @@ def kernel_tilt(width: float) -> float:
 def _uniform_kernel(same_bin: torch.Tensor, y: torch.Tensor, kernel_width: float) -> tuple[torch.Tensor, ...]:
     """The engine's moments step for kernel-matched samples: the kernel is in the sampling, every weight is 1."""
     return uniform_moments(same_bin, y)
-
-
-@dataclass
-class Evaluation:
-    """One round's verdict on a chunk of decisions (host arrays, [b])."""
-
-    fidelity: np.ndarray  # held-out weighted R²
-    effective: np.ndarray  # effective sample size (samples that leave the applicant's point)
-    stable: np.ndarray  # bool
 
 
 @dataclass
@@ -114,8 +113,9 @@ class KernelMatchedLime(BatchedLime):
         return explanations
 
     def _explain_matched(self, x: np.ndarray, ids: list[str], out: _MatchedCollector) -> None:
-        """Walk the width grid, widest first; each width's first round is R streams of S/R kernel-matched samples.
-        Decided decisions whose reasons are not yet stable are adapted at their width."""
+        """Walk the width grid, widest first; each width is tried with R streams of S/(4R) kernel-matched samples
+        (held-out fidelity and effective sample size); a decision takes the first width that passes, is topped up
+        to S there and adapted while its reasons are not stable."""
         s, runs = stream_samples(self.num_samples, self.stability_runs), self.stability_runs
         screen = self.screening_samples(s)
         pending = np.arange(len(x))
@@ -129,11 +129,11 @@ class KernelMatchedLime(BatchedLime):
                       pending=pending) -> None:
                 rows = pending[a:b]
                 groups, out.model_pred[rows] = self._matched_round(x[rows], [ids[i] for i in rows], screen, g, tilt)
-                verdict = self._evaluate_matched(rows, groups, screen, x, tilt, out, write=False)
+                fidelity = self._held_out(groups)[3].cpu().numpy()
+                effective = self._effective_samples(x[rows], tilt, screen * runs)
                 if g == 0:
-                    out.fidelity_widest[rows] = verdict.fidelity
-                passes = (verdict.fidelity >= self.target_fidelity) & (
-                    verdict.effective >= self.min_effective_share * screen * runs)
+                    out.fidelity_widest[rows] = fidelity
+                passes = (fidelity >= self.target_fidelity) & (effective >= self.min_effective_share * screen * runs)
                 if passes.any():
                     mask = torch.as_tensor(passes, device=groups.czz.device)
                     chosen = index_groups(groups, mask)
@@ -155,7 +155,7 @@ class KernelMatchedLime(BatchedLime):
     def _keep_widest(self, x: np.ndarray, ids: list[str], pending: np.ndarray,
                      widest: list[tuple[np.ndarray, WeightedMoments]], screen: int, s: int,
                      out: _MatchedCollector) -> None:
-        """Decisions no width satisfied keep the widest width's fit (and go to review for low fidelity)."""
+        """Decisions no width satisfied keep the widest width, topped up to S (they go to review: ``no-width``)."""
         width = self.widths[0]
         tilt, carried = kernel_tilt(width), []
         out.width_found[pending] = False
@@ -167,11 +167,9 @@ class KernelMatchedLime(BatchedLime):
 
             def work(a: int, b: int, kept_rows=kept_rows, kept=kept) -> None:
                 sub = to_device(index_groups(kept, slice(a, b)), self.device)
-                again = np.full(b - a, screen < s)  # topped up to S; no adaptation: review awaits it anyway
                 self._record(kept_rows[a:b], sub, screen, x, width, tilt, out)
-                if again.any():
-                    mask = torch.as_tensor(again, device=sub.czz.device)
-                    carried.append((kept_rows[a:b][again], to_device(index_groups(sub, mask), _HOST)))
+                if screen < s:  # topped up to S; not adapted: review awaits them anyway
+                    carried.append((kept_rows[a:b], to_device(sub, _HOST)))
 
             self._in_chunks(len(kept_rows), screen, work)
         self._adapt_at(x, ids, carried, screen, s, 0, width, tilt, out, adaptive=False)
@@ -213,25 +211,25 @@ class KernelMatchedLime(BatchedLime):
             streams.append(self._block_moments(same_bin, target))
         return concat_groups(streams, dim=1), model_pred
 
-    def _record(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, x: np.ndarray, width: float,
-                tilt: float, out: _MatchedCollector) -> np.ndarray:
-        """Write decisions ``rows`` at this width; return the ones whose reasons are not stable."""
-        verdict = self._evaluate_matched(rows, groups, per_stream, x, tilt, out, write=True, width=width)
-        return ~verdict.stable
-
-    def _evaluate_matched(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, x: np.ndarray,
-                          tilt: float, out: _MatchedCollector, write: bool, width: float = 0.0) -> Evaluation:
-        """Fit every feature on the pooled samples; score each stream's fit on the other streams (held out);
-        rank the factors; test the reasons' stability (stream agreement and the jackknife on their margin)."""
-        runs, k, d = self.stability_runs, self.top_k, self.stats.num_features
-        count = groups.total_weight.shape[1]
+    def _held_out(self, groups: WeightedMoments) -> tuple[WeightedMoments, RidgeFit, RidgeFit, torch.Tensor]:
+        """The pooled moments, the surrogate on every feature fitted to them, each stream's own surrogate, and the
+        held-out fidelity: each stream's surrogate scored on the other streams' samples, averaged."""
+        runs, count = self.stability_runs, groups.total_weight.shape[1]
         pooled = flatten(combine(groups, torch.ones(1, count, dtype=torch.float64)))
         own = torch.block_diag(*[torch.ones(1, count // runs, dtype=torch.float64)] * runs)
         streams = flatten(combine(groups, own))
-        others = flatten(combine(groups, 1.0 - own))
-        fit = ridge_on(pooled, all_features(pooled), FINAL_ALPHA)
         stream_fit = ridge_on(streams, all_features(streams), FINAL_ALPHA)
-        fidelity = held_out_r2(stream_fit, others).view(len(rows), runs).mean(1)
+        fidelity = held_out_r2(stream_fit, flatten(combine(groups, 1.0 - own))).view(-1, runs).mean(1)
+        return pooled, ridge_on(pooled, all_features(pooled), FINAL_ALPHA), stream_fit, fidelity
+
+    def _record(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, x: np.ndarray, width: float,
+                tilt: float, out: _MatchedCollector) -> np.ndarray:
+        """Fit and score decisions ``rows`` at this width, rank their factors, test the reasons' stability (stream
+        agreement and the jackknife on their margin) and write them; return the ones whose reasons are not
+        stable."""
+        runs, k, d = self.stability_runs, self.top_k, self.stats.num_features
+        count = groups.total_weight.shape[1]
+        pooled, fit, stream_fit, fidelity = self._held_out(groups)
         adverse = torch.as_tensor(out.model_pred[rows] >= self.adverse_threshold, device=fit.coef.device)
         # a feature is a factor only where enough samples left the applicant's bin to measure its effect
         eligible = pooled.total_weight.unsqueeze(1) * (1.0 - pooled.mean_z) >= self.min_contrasts
@@ -244,27 +242,23 @@ class KernelMatchedLime(BatchedLime):
         margins = reason_margin(leave_one_group_out(groups), reasons.repeat_interleave(count, dim=0),
                                 adverse.repeat_interleave(count), k, eligible.repeat_interleave(count, dim=0))
         z = jackknife_ratio(margins.view(len(rows), count), margin)
-        stable = (share >= 1.0) & (z >= critical_value(self.confidence, count))
-        effective = self._effective_samples(x[rows], tilt, per_stream * runs)
-        verdict = Evaluation(fidelity.cpu().numpy(), effective, stable.cpu().numpy())
-        if write:
-            shown = torch.cat([reasons, favourable], dim=1)
-            weight = torch.where(shown >= 0, fit.coef.gather(1, shown.clamp_min(0)), 0.0)
-            out.feature_index[rows] = shown.cpu().numpy()
-            out.weights[rows] = weight.cpu().numpy()
-            out.intercept[rows] = fit.intercept.cpu().numpy()
-            # the applicant is the all-ones point: the surrogate's prediction there is b + Σβ over every feature
-            out.local_pred[rows] = (fit.intercept + fit.coef.sum(1)).cpu().numpy()
-            out.fidelity[rows] = verdict.fidelity
-            out.all_weights[rows] = fit.coef.cpu().numpy()
-            out.stability[rows] = share.cpu().numpy()
-            out.order_agrees[rows] = same_order.cpu().numpy()
-            out.selection_z[rows] = z.cpu().numpy()
-            out.stable[rows] = verdict.stable
-            out.num_samples[rows] = per_stream * runs
-            out.kernel_width[rows] = width
-            out.effective_samples[rows] = effective
-        return verdict
+        stable = ((share >= 1.0) & (z >= critical_value(self.confidence, count))).cpu().numpy()
+        shown = torch.cat([reasons, favourable], dim=1)
+        out.feature_index[rows] = shown.cpu().numpy()
+        out.weights[rows] = torch.where(shown >= 0, fit.coef.gather(1, shown.clamp_min(0)), 0.0).cpu().numpy()
+        out.intercept[rows] = fit.intercept.cpu().numpy()
+        # the applicant is the all-ones point: the surrogate's prediction there is b + Σβ over every feature
+        out.local_pred[rows] = (fit.intercept + fit.coef.sum(1)).cpu().numpy()
+        out.fidelity[rows] = fidelity.cpu().numpy()
+        out.all_weights[rows] = fit.coef.cpu().numpy()
+        out.stability[rows] = share.cpu().numpy()
+        out.order_agrees[rows] = same_order.cpu().numpy()
+        out.selection_z[rows] = z.cpu().numpy()
+        out.stable[rows] = stable
+        out.num_samples[rows] = per_stream * runs
+        out.kernel_width[rows] = width
+        out.effective_samples[rows] = self._effective_samples(x[rows], tilt, per_stream * runs)
+        return ~stable
 
     def _effective_samples(self, x: np.ndarray, tilt: float, samples: int) -> np.ndarray:
         """Expected number of the ``samples`` that leave the applicant's point (differ in at least one feature):
