@@ -194,18 +194,15 @@ def _counts(values: pd.Series | None) -> dict[str, int]:
     return {f"{float(k):g}": int(v) for k, v in values.value_counts().sort_index(ascending=False).items()}
 
 
-def _fewer_reasons(table: pd.DataFrame) -> int | None:
-    """Decisions in the adverse class whose letter names fewer principal reasons than the most any letter has
-    (so fewer than k factors raised their probability)."""
+def _reasons_per_adverse_decision(table: pd.DataFrame) -> dict[str, int]:
+    """Adverse decisions by the number of principal reasons their letter names ({} without roles): fewer than k
+    where fewer factors raised the decision's probability."""
     if "role" not in table.columns or not len(table):
-        return None
+        return {}
     id_column = table.columns[0]
-    reasons = table[table["role"] == "reason"].groupby(id_column).size()
-    adverse_ids = table.loc[table["role"].isin(["reason", "favourable"]), id_column].unique()
-    if not len(adverse_ids):
-        return 0
-    most = int(reasons.max()) if len(reasons) else 0
-    return int(sum(int(reasons.get(i, 0)) < most for i in adverse_ids))
+    adverse = table[table["role"].isin(["reason", "favourable"])]
+    counts = adverse.groupby(id_column)["role"].agg(lambda roles: int((roles == "reason").sum()))
+    return {str(n): int(c) for n, c in counts.value_counts().sort_index().items()}
 
 
 def quality_summary(table: pd.DataFrame) -> dict:
@@ -231,7 +228,7 @@ def quality_summary(table: pd.DataFrame) -> dict:
         "kernel_widths": _counts(firsts.get("kernel_width_sqrt_d")),
         "fidelity_widest": _quantiles(firsts["fidelity_widest"]) if "fidelity_widest" in firsts else None,
         "fidelity_at_least_0_5_share": _share(pd.to_numeric(firsts["fidelity"], errors="coerce").dropna() >= 0.5),
-        "adverse_with_fewer_reasons": _fewer_reasons(table),
+        "reasons_per_adverse_decision": _reasons_per_adverse_decision(table),
         "needs_review": int(firsts["needs_review"].astype(bool).sum()),
         "review_reasons": counts,
     }

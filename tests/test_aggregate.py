@@ -84,6 +84,11 @@ def test_adverse_decisions_name_only_factors_that_raised_them() -> None:
     assert declined["review_reasons"].iloc[0] == "no-width" and approved["review_reasons"].iloc[0] == ""
     lenient = config.model_copy(update={"review": config.review.model_copy(update={"require_width": False})})
     assert explanation_table(expl, x, stats, lenient)["review_reasons"].iloc[0] == ""
+    from tasks.aggregate import quality_summary
+
+    summary = quality_summary(table)
+    assert summary["reasons_per_adverse_decision"] == {"2": 1}  # one decline, two factors raised it
+    assert summary["review_reasons"]["no-width"] == 1 and summary["kernel_widths"] == {}
 
 
 def test_shares_handle_all_zero_weights() -> None:
