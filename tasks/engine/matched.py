@@ -120,10 +120,16 @@ class KernelMatchedLime(BatchedLime):
         screen = self.screening_samples(s)
         pending = np.arange(len(x))
         widest: list[tuple[np.ndarray, WeightedMoments]] = []  # first-round moments at the widest width
+        exhausted = []  # decisions whose effective sample size falls below the floor from this width on
         for g, width in enumerate(self.widths):
+            tilt, carried, undecided = kernel_tilt(width), [], []
+            if g > 0 and len(pending):  # the floor needs no samples: narrower widths only lower it, so skip them
+                reach = self._effective_samples(x[pending], tilt, screen * runs) >= (
+                    self.min_effective_share * screen * runs)
+                exhausted.append(pending[~reach])
+                pending = pending[reach]
             if not len(pending):
                 break
-            tilt, carried, undecided = kernel_tilt(width), [], []
 
             def first(a: int, b: int, g=g, width=width, tilt=tilt, carried=carried, undecided=undecided,
                       pending=pending) -> None:
@@ -149,6 +155,7 @@ class KernelMatchedLime(BatchedLime):
             self._in_chunks(len(pending), screen, first)
             self._adapt_at(x, ids, carried, screen, s, g, width, tilt, out)
             pending = np.concatenate(undecided) if undecided else pending[:0]
+        pending = np.concatenate([pending, *exhausted])
         if len(pending):
             self._keep_widest(x, ids, pending, widest, screen, s, out)
 
