@@ -3,9 +3,9 @@
 Orchestration only: every step is a thin Prefect task around a plain function of ``tasks/``.
 The flow process validates and plans (nothing is started when an input is bad), then a subflow with
 the Dask task runner explains the shards (one ``DEVICE`` per task) and renders each shard's reports
-as soon as its explanations exist; back in the flow process the parts are merged into
-``explanations.parquet``, the run summary is rendered, and everything staged is published into the
-output folder with the manifest last.
+as soon as its explanations exist (one ``RENDER`` per batch: the render pool, flows/cluster.py); back
+in the flow process the parts are merged into ``explanations.parquet``, the run summary is rendered,
+and everything staged is published into the output folder with the manifest last.
 
 Nothing is lost: every selected decision ends as a report (an explanation row in ``explain`` mode),
 a row of ``failures.parquet`` (bad input row, the model failing on it, its report failing, or the
@@ -50,7 +50,15 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows.cluster import RESOURCE, DevicePlan, check_cluster, resolve_devices, task_runner
+from flows.cluster import (
+    RENDER_RESOURCE,
+    RESOURCE,
+    DevicePlan,
+    check_cluster,
+    resolve_devices,
+    task_runner,
+    with_render_pool,
+)
 from flows.deployments import scheduled_run_date
 from tasks import manifest as mf
 from tasks.config import Config, load_config
@@ -325,8 +333,9 @@ class _Work:
     records of finished work (resume), bisection of shards whose task fails, the deadline."""
 
     def __init__(self, config: Config, shards: list[Shard], run: RunInfo, staging: Path, render: bool,
-                 workers: int, deadline: datetime | None, best_effort: bool) -> None:
+                 workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool = True) -> None:
         self.config, self.run, self.staging, self.render = config, run, staging, render
+        self.render_resource = render_resource
         self.queue: deque[Shard] = deque(shards)
         self.window = max(2, 2 * workers)
         self.workers = workers
@@ -396,9 +405,12 @@ class _Work:
             self.rendered_ok(result, start, record, reused=True)
             return
         reports_dir = str(self.staging / mf.REPORTS)
-        # No resource: rendering needs no device; any worker takes a batch as soon as its shard is explained.
-        self.rendering[render_task.submit(self.config, self.run, result, reports_dir, start, stop)] = (
-            result, start, stop)
+        # One RENDER each: the render pool (and device workers with a free thread) takes a batch as soon as
+        # its shard is explained. Without RENDER workers (a cluster that offers none): any worker.
+        resources = {RENDER_RESOURCE: 1} if self.render_resource else {}
+        with dask.annotate(resources=resources):
+            future = render_task.submit(self.config, self.run, result, reports_dir, start, stop)
+        self.rendering[future] = (result, start, stop)
 
     def rendered_ok(self, result: ShardResult, start: int, batch: dict[str, Any], reused: bool = False,
                     record: bool = True) -> None:
@@ -508,7 +520,7 @@ class _Work:
 @flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
 def explain_shards(
     config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int = 1,
-    deadline: datetime | None = None, best_effort: bool = False,
+    deadline: datetime | None = None, best_effort: bool = False, render_resource: bool = True,
 ) -> ShardOutputs:
     """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
 
@@ -525,7 +537,7 @@ def explain_shards(
     if shards:  # a model that does not load stops the run here, before any shard
         with dask.annotate(resources={RESOURCE: 1}):
             logger.info("model ready: %s", prepare_task.submit(config, run).result())
-    work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort)
+    work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource)
     work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
                                              description="decisions finished")
     work.run_all()
@@ -675,6 +687,7 @@ def limelight_flow(
     best_effort: bool = False,
     trigger: str = "cli",
     started_by: str | None = None,
+    render_workers: int | None = None,
 ) -> dict[str, Any]:
     """Explain the configured decisions and publish explanations, reports, summary, failures and manifest.
 
@@ -684,7 +697,8 @@ def limelight_flow(
     UTC start date) and ``{run_id}`` in ``out`` are filled in, so scheduled runs each write their own folder.
     ``deadline`` (ISO 8601 with its zone) estimates the finish after a calibration batch and stops if it would
     be missed, unless ``best_effort``; at the deadline the run stops and publishes what is finished.
-    ``trigger`` and ``started_by`` are recorded in the manifest (the audit trail).
+    ``trigger`` and ``started_by`` are recorded in the manifest (the audit trail). ``render_workers`` sizes the
+    render pool (default ``[run] render_workers``, else the cores the device workers leave; flows/cluster.py).
     """
     logger = get_run_logger()
     clock = time.perf_counter()
@@ -703,6 +717,8 @@ def limelight_flow(
         warnings.append("the report step (tasks/render.py) is not installed: no PDFs rendered")
         logger.warning(warnings[-1])
         render = False
+    pool = render_workers if render_workers is not None else config.run.render_workers
+    plan = with_render_pool(plan, pool if render else 0, config.run.torch_threads)
     out = out.replace("{date}", run_date or started.date().isoformat())
     _probe_writable(out, mode)
     index, row_failures = validate_inputs(config, require_report_columns=render)
@@ -711,6 +727,10 @@ def limelight_flow(
     if plan.kind == "cluster":
         assert plan.address is not None
         plan = check_cluster(plan.address)
+        if render and not plan.render_workers:
+            warnings.append(f"cluster {plan.address}: no worker offers {RENDER_RESOURCE}; reports render on any "
+                            f"worker (start CPU workers with --resources {RENDER_RESOURCE}=1 for a render pool)")
+            logger.warning(warnings[-1])
     model_sha, decisions_sha, reference_sha = checksums_task(config)
     if run_date:  # a night of a hive-partitioned dataset is its own partition: later nights leave it unchanged
         decisions_sha = night_sha256(index.files, config, run_date) or decisions_sha
@@ -748,7 +768,8 @@ def limelight_flow(
         runner = task_runner(plan, config.run.torch_threads)
         with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
             outputs = explain_shards.with_options(task_runner=runner)(
-                config, shards, run, str(staging), render, max(plan.workers, 1), deadline_at, best_effort)
+                config, shards, run, str(staging), render, max(plan.workers, 1), deadline_at, best_effort,
+                render_resource=plan.kind != "cluster" or plan.render_workers > 0)
         results = outputs.results
         selected_ids = index.ids.take(pa.array(selection.selected, pa.int64())).combine_chunks()
 
@@ -804,7 +825,8 @@ def limelight_flow(
                 described[mf.SUMMARY] = mf.describe_file(staging / mf.SUMMARY)
                 described[mf.REPORTS] = outputs.reports
             execution = mf.Execution(
-                devices=devices or config.run.devices, cluster=cluster, workers=plan.workers, shards=len(shards),
+                devices=devices or config.run.devices, cluster=cluster, workers=plan.workers,
+                render_workers=plan.render_workers, shards=len(shards),
                 shard_size=config.run.shard_size, torch_threads=config.run.torch_threads, limit=limit,
                 ids_file=str(Path(ids_file).resolve()) if ids_file else None,
                 ids_file_sha256=file_sha256(ids_file) if ids_file else None,
@@ -850,6 +872,7 @@ def limelight_flow(
         "review_ids": review_ids,
         "outputs": published,
         "devices": plan.describe(),
+        "render_workers": plan.render_workers,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "decisions_per_second": round(explained_here / outputs.explain_seconds, 2) if outputs.explain_seconds
         else None,

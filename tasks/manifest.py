@@ -109,6 +109,7 @@ class Execution:
     ids_file: str | None = None
     ids_file_sha256: str | None = None
     shards_per_worker: dict[str, int] = field(default_factory=dict)
+    render_workers: int = 0
 
 
 def build_manifest(
@@ -153,6 +154,7 @@ def build_manifest(
             "devices": execution.devices,
             "cluster": execution.cluster,
             "workers": execution.workers,
+            "render_workers": execution.render_workers,
             "shards": execution.shards,
             "shard_size": execution.shard_size,
             "torch_threads": execution.torch_threads,

@@ -54,7 +54,7 @@ def effective_settings(config: Config) -> dict[str, Any]:
     """What decides a run's results and its resume records beyond its input files: every resolved setting
     (defaults included, so a changed default is a different run; ``shard_size`` names the records) and
     limelight's version; not where the inputs live nor the devices and threads, which change no result."""
-    settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads"},
+    settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads", "render_workers"},
                                                        "data": {"decisions", "reference"}, "model": {"path"}})
     return {"settings": settings, "limelight": package_versions(["limelight"]).get("limelight", "unknown")}
 
