@@ -33,7 +33,7 @@ from tasks.runinfo import RunInfo
 STATE = "state.json"
 RECORDS = "records"
 #: What a run publishes into its output folder (tasks/manifest.py names them too).
-PUBLISHED = ("explanations.parquet", "reports", "summary.pdf", "failures.parquet", "manifest.json")
+PUBLISHED = ("explanations.parquet", "reports", "reports.parquet", "summary.pdf", "failures.parquet", "manifest.json")
 
 
 def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarray,

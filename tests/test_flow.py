@@ -60,7 +60,9 @@ def test_outputs_follow_the_contract(full_run, small_demo):
     assert manifest["counts"]["shards"] == TEST_DECISIONS // TEST_SHARD
     assert manifest["outputs"]["explanations.parquet"]["sha256"] == file_sha256(out / "explanations.parquet")
     review = frame.loc[frame.needs_review, "customer_id"].drop_duplicates().tolist()
-    assert manifest["review"]["ids"] == review == summary["review_ids"]
+    assert manifest["review"] == {"min_fidelity": 0.3, "count": len(review), "source": "explanations.parquet"}
+    assert review == summary["review_ids"]
+    assert manifest["manifest_version"] == 2
     assert manifest["versions"]["torch"] and manifest["started_at"].endswith("Z")
     quality = manifest["quality"]
     assert quality["decisions"] == TEST_DECISIONS and quality["needs_review"] == len(review)
@@ -73,8 +75,15 @@ def test_outputs_follow_the_contract(full_run, small_demo):
 def test_reports_and_summary(full_run):
     out, summary = full_run
     manifest = json.loads((out / "manifest.json").read_text())
-    reports = manifest["outputs"]["reports"]
+    reports = pq.read_table(out / "reports.parquet").to_pylist()  # the index; the manifest has its SHA-256
+    assert manifest["outputs"]["reports"] == {"index": "reports.parquet", "count": TEST_DECISIONS, "layout": "flat"}
+    assert manifest["outputs"]["reports.parquet"]["sha256"] == file_sha256(out / "reports.parquet")
+    assert manifest["outputs"]["reports.parquet"]["rows"] == TEST_DECISIONS
     assert len(reports) == TEST_DECISIONS == len(list((out / "reports").glob("*.pdf")))
+    assert [r["id"] for r in reports] == pq.read_table(out / "explanations.parquet").column(
+        "customer_id").to_pylist()[::3]
+    review = set(summary["review_ids"])
+    assert {r["id"] for r in reports if r["needs_review"]} == review
     for entry in reports[:5]:
         pdf = out / entry["file"]
         assert pdf.read_bytes().startswith(b"%PDF") and file_sha256(pdf) == entry["sha256"]
