@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu:1", help="device workers of the render pool runs")
     parser.add_argument("--render-decisions", type=int, default=200, help="decisions of each full run")
     parser.add_argument("--skip-explain", action="store_true", help="only the full runs")
+    parser.add_argument("--before", action="store_true",
+                        help="also --devices with --render-workers 0: the device workers render alone")
     args = parser.parse_args()
 
     from flows.server import apply_quiet_env
@@ -137,6 +139,8 @@ def full_runs(folder: Path, args: argparse.Namespace, pools: list[int]) -> list[
     (folder / "full").mkdir()
     config = variant_config(args.config, folder / "full", args.shard_size, args.samples, args.render_decisions)
     layouts = [("2 full workers (cpu:2, render-workers 0)", "cpu:2", 0)]
+    if args.before:
+        layouts.append((f"{args.devices}, render-workers 0 (before the pool)", args.devices, 0))
     layouts += [(f"{args.devices} + {n} render worker{'s' if n != 1 else ''}", args.devices, n) for n in pools]
     rows: list[dict[str, object]] = []
     for name, devices, pool in layouts:
