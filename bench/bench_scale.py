@@ -6,7 +6,8 @@ Each size gets its own demo portfolio of N decisions (tasks/demo.py, cached in .
 real CLI in a subprocess under ``/usr/bin/time -v``: ``limelight explain`` (explanations only) for the
 ``--explain`` sizes, ``limelight run`` (PDFs) for the ``--run`` sizes. The engine is the plain one
 (``[explain] stability_runs = 1``, ``adaptive = false``) with ``--samples`` samples per decision. Printed per
-run: wall time, time per decision, peak RSS (the largest single process: the CLI, the Prefect server or a
+run: wall time (the CLI's, with its fixed ~20 s of server and worker start), time per decision, the explain
+phase as the CLI reports it, peak RSS (the largest single process: the CLI, the Prefect server or a
 Dask worker; GNU time's "Maximum resident set size"), task runs' sizes (shards), and the manifest's size.
 The targets: time per decision and peak RSS flat (within 10%) from the smallest to the largest size.
 """
@@ -74,13 +75,16 @@ def main() -> None:
             out = folder / (f"{mode}-{n}.parquet" if mode == "explain" else f"{mode}-{n}")
             command = [sys.executable, "-m", "flows.cli", mode, str(config), "--out", str(out), "--devices",
                        args.devices]
-            seconds, rss_kib, _ = timed(command)
+            seconds, rss_kib, output = timed(command)
             manifest = out / "manifest.json"
             extra = ""
             if manifest.is_file():
                 data = json.loads(manifest.read_text())
                 extra = (f"; manifest {manifest.stat().st_size:,} bytes, {data['execution']['shards']} shards, "
                          f"render batches of {data['execution']['render_batch']}")
+            explained = re.search(r"explanations\s+([\d.]+) s", output)  # the CLI's own line: explain phase
+            if explained:
+                extra = f"; explain phase {explained.group(1)} s" + extra
             print(f"{mode:7} {n:>8,} decisions: {seconds:8.1f} s wall, {1000 * seconds / n:7.2f} ms/decision, "
                   f"peak RSS {rss_kib / 1024:7.1f} MiB{extra}", flush=True)
 
