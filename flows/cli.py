@@ -1,7 +1,7 @@
 """The ``limelight`` command line.
 
-    limelight run CONFIG [--out DIR] [--devices SPEC] [--cluster ADDRESS] [--limit N] [--ids FILE]
-                         [--deadline ISO [--best-effort]]
+    limelight run CONFIG [--out DIR] [--devices SPEC] [--render-workers N] [--cluster ADDRESS] [--limit N]
+                         [--ids FILE] [--deadline ISO [--best-effort]]
     limelight explain CONFIG --out FILE      explanations Parquet only, no PDFs
     limelight validate CONFIG                check config, inputs and model; list every problem
     limelight demo [--out DIR]               build the demo inputs if needed, then run config/demo.toml
@@ -66,6 +66,10 @@ DevicesOpt = Annotated[
 ClusterOpt = Annotated[
     str | None, typer.Option("--cluster", help="existing Dask scheduler, e.g. tcp://host:8786")
 ]
+RenderWorkersOpt = Annotated[int | None, typer.Option(
+    "--render-workers", min=0,
+    help="CPU workers that render PDFs beside the device workers (default: [run] render_workers, else the cores "
+         "the device workers leave; 0: the device workers render)")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="explain only the first N decisions")]
 IdsOpt = Annotated[Path | None, typer.Option("--ids", help="file of ids (one per line): explain only those")]
 
@@ -146,7 +150,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
                 devices=options.get("devices"), cluster=options.get("cluster"), limit=options.get("limit"),
                 ids_file=str(options["ids"]) if options.get("ids") else None,
                 deadline=options.get("deadline"), best_effort=bool(options.get("best_effort")),
-                trigger="cli", started_by=_user(),
+                trigger="cli", started_by=_user(), render_workers=options.get("render_workers"),
             )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -198,6 +202,7 @@ def run(
     config: ConfigArg,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default: out/<config name>)")] = None,
     devices: DevicesOpt = None,
+    render_workers: RenderWorkersOpt = None,
     cluster: ClusterOpt = None,
     limit: LimitOpt = None,
     ids: IdsOpt = None,
@@ -212,7 +217,8 @@ def run(
     """
     target = out or Path("out") / config.stem
     summary = _guard(lambda: _run_flow(config, target, "run", devices=devices, cluster=cluster, limit=limit,
-                                       ids=ids, deadline=deadline, best_effort=best_effort))
+                                       ids=ids, deadline=deadline, best_effort=best_effort,
+                                       render_workers=render_workers))
     _print_summary(summary)
 
 
@@ -290,10 +296,11 @@ def _build_demo() -> Path:
 def demo(
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("out/demo"),
     devices: DevicesOpt = None,
+    render_workers: RenderWorkersOpt = None,
 ) -> None:
     """Build the demo portfolio and model if needed, then run config/demo.toml."""
     config = _guard(_build_demo)
-    summary = _guard(lambda: _run_flow(config, out, "run", devices=devices))
+    summary = _guard(lambda: _run_flow(config, out, "run", devices=devices, render_workers=render_workers))
     _print_summary(summary)  # lists the reports folder and the summary PDF
 
 

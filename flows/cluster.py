@@ -13,6 +13,15 @@ always ``cuda:0``. Every worker advertises one ``DEVICE`` resource and explain t
 a worker runs one shard at a time. ``--cluster tcp://host:port`` uses an existing cluster instead
 (its workers must be started with ``--resources DEVICE=1``).
 
+Rendering PDFs is CPU work (WeasyPrint, about 5-6 reports/s per core), so a run that renders starts a
+**render pool** beside the device workers: ``--render-workers N`` (``[run] render_workers``) CPU worker
+processes that advertise only ``RENDER``; by default as many as the cores the device workers leave, at
+least one. Render tasks ask for ``RENDER``. Local device workers advertise ``RENDER`` too: they take
+render batches when they have a free thread (once the shards are explained, every core renders);
+``--render-workers 0`` leaves all rendering to them (the layout before the pool). On an existing cluster
+GPU nodes' workers advertise ``DEVICE`` (and optionally ``RENDER``), CPU nodes' workers ``RENDER``; a
+cluster where no worker offers ``RENDER`` falls back to rendering on any worker, with a warning.
+
 GPUs are counted without initialising CUDA in this process (a CUDA context made before the workers
 start would pin them all to one GPU, and importing torch here is slow): ``CUDA_VISIBLE_DEVICES``
 when set, else ``nvidia-smi -L``.
@@ -26,7 +35,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from tasks.errors import LimelightError
@@ -34,6 +43,8 @@ from tasks.shard import DEVICE_ENV
 
 #: The resource every worker advertises once; each explain task needs one.
 RESOURCE = "DEVICE"
+#: The resource of workers that render PDFs (render pool workers, and local device workers too).
+RENDER_RESOURCE = "RENDER"
 #: ``--devices auto`` without a GPU starts at most this many CPU workers.
 MAX_AUTO_CPU_WORKERS = 16
 
@@ -52,17 +63,22 @@ class DevicePlan:
     kind: Literal["cpu", "cuda", "cluster"]
     devices: tuple[str, ...] = ()
     address: str | None = None
+    #: CPU workers that only render (started here), or a cluster's workers that offer RENDER.
+    render_workers: int = 0
 
     @property
     def workers(self) -> int:
         return len(self.devices)
 
     def describe(self) -> str:
+        pool = f" + {self.render_workers} render worker{'s' if self.render_workers != 1 else ''}" \
+            if self.render_workers else ""
         if self.kind == "cluster":
-            return f"cluster {self.address} ({self.workers} worker{'s' if self.workers != 1 else ''})"
+            return f"cluster {self.address} ({self.workers} worker{'s' if self.workers != 1 else ''}{pool})"
         if self.kind == "cpu":
-            return f"{self.workers} CPU worker{'s' if self.workers != 1 else ''}"
-        return f"{self.workers} GPU worker{'s' if self.workers != 1 else ''} (CUDA devices {', '.join(self.devices)})"
+            return f"{self.workers} CPU worker{'s' if self.workers != 1 else ''}{pool}"
+        return (f"{self.workers} GPU worker{'s' if self.workers != 1 else ''} (CUDA devices "
+                f"{', '.join(self.devices)}){pool}")
 
 
 def visible_gpus(env: Mapping[str, str] | None = None, smi: str | None = "auto") -> list[str]:
@@ -134,6 +150,30 @@ def resolve_devices(spec: str, cluster: str | None = None, torch_threads: int = 
     raise DeviceError(f"--devices {spec!r}: expected 'auto', 'cpu:N' or 'cuda:0,1,...'")
 
 
+def render_pool_size(plan: DevicePlan, requested: int | None, torch_threads: int = 1,
+                     slots: int | None = None) -> int:
+    """Render workers to start beside ``plan``'s device workers: ``requested``, else the cores they leave.
+
+    A CPU device worker uses ``torch_threads`` cores, a GPU worker one (it feeds its GPU); what is left of
+    the machine's ``slots`` renders, at least one worker. An existing cluster brings its own (0 here).
+    """
+    if plan.kind == "cluster":
+        return 0
+    if requested is not None:
+        if requested < 0:
+            raise DeviceError(f"--render-workers {requested}: expected 0 or more")
+        return requested
+    used = plan.workers * (max(1, torch_threads) if plan.kind == "cpu" else 1)
+    return max(1, (cpu_slots() if slots is None else slots) - used)
+
+
+def with_render_pool(plan: DevicePlan, requested: int | None, torch_threads: int = 1) -> DevicePlan:
+    """``plan`` with its render pool sized (see :func:`render_pool_size`)."""
+    if plan.kind == "cluster":
+        return plan
+    return replace(plan, render_workers=render_pool_size(plan, requested, torch_threads))
+
+
 def _cuda_devices(spec: str) -> list[str]:
     gpus = visible_gpus()
     if not gpus:
@@ -152,11 +192,12 @@ def _cuda_devices(spec: str) -> list[str]:
     return [gpus[i] for i in indices]
 
 
-def worker_env(plan: DevicePlan, device: str, torch_threads: int) -> dict[str, str]:
-    """The environment of one worker process: its device, and thread counts set on purpose."""
+def worker_env(plan: DevicePlan, device: str | None, torch_threads: int) -> dict[str, str]:
+    """The environment of one worker process: its device (None: a render worker, no GPU), and thread counts
+    set on purpose."""
     threads = str(torch_threads)
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-    if plan.kind == "cuda":
+    if plan.kind == "cuda" and device is not None:
         env.update({"CUDA_VISIBLE_DEVICES": device, DEVICE_ENV: "cuda"})
     else:
         env.update({"CUDA_VISIBLE_DEVICES": "", DEVICE_ENV: "cpu"})
@@ -164,27 +205,27 @@ def worker_env(plan: DevicePlan, device: str, torch_threads: int) -> dict[str, s
 
 
 def cluster_kwargs(plan: DevicePlan, torch_threads: int = 1) -> dict[str, Any]:
-    """SpecCluster arguments: a loopback scheduler without dashboard, one Nanny per device."""
+    """SpecCluster arguments: a loopback scheduler without dashboard, one Nanny per device (resources DEVICE
+    and RENDER), and the render pool's Nannies (RENDER only, no GPU, one thread)."""
     from distributed import Nanny, Scheduler
     from distributed.system import MEMORY_LIMIT
 
     if plan.kind == "cluster":
         raise ValueError("an existing cluster is not started here")
-    memory = max(1, MEMORY_LIMIT // max(1, plan.workers))
+    memory = max(1, MEMORY_LIMIT // max(1, plan.workers + plan.render_workers))
+
+    def nanny(resources: dict[str, int], env: dict[str, str]) -> dict[str, Any]:
+        return {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "env": env, "memory_limit": memory,
+                                          "host": "127.0.0.1", "silence_logs": logging.WARNING}}
+
     workers = {
-        f"limelight-{plan.kind}-{i}": {
-            "cls": Nanny,
-            "options": {
-                "nthreads": 1,
-                "resources": {RESOURCE: 1},
-                "env": worker_env(plan, device, torch_threads),
-                "memory_limit": memory,
-                "host": "127.0.0.1",
-                "silence_logs": logging.WARNING,
-            },
-        }
+        f"limelight-{plan.kind}-{i}": nanny({RESOURCE: 1, RENDER_RESOURCE: 1}, worker_env(plan, device, torch_threads))
         for i, device in enumerate(plan.devices)
     }
+    workers.update({
+        f"limelight-render-{i}": nanny({RENDER_RESOURCE: 1}, worker_env(plan, None, 1))
+        for i in range(plan.render_workers)
+    })
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "dashboard": False, "host": "127.0.0.1"}}
     return {"workers": workers, "scheduler": scheduler, "name": "limelight", "silence_logs": logging.WARNING}
 
@@ -201,7 +242,8 @@ def task_runner(plan: DevicePlan, torch_threads: int = 1) -> Any:
 def check_cluster(address: str, timeout: float = 15.0) -> DevicePlan:
     """Connect to an existing scheduler; fail clearly if none of its workers offers the DEVICE resource.
 
-    (Tasks that need a resource no worker has would wait forever.)
+    (Tasks that need a resource no worker has would wait forever.) The plan's ``render_workers`` counts the
+    workers that offer RENDER (0: the run renders on any worker, see the module's docstring).
     """
     from distributed import Client
 
@@ -223,4 +265,5 @@ def check_cluster(address: str, timeout: float = 15.0) -> DevicePlan:
             f"--cluster {address}: none of its {len(workers)} worker(s) offers the {RESOURCE} resource "
             f"(start workers with: dask worker {address} --nthreads 1 --resources {RESOURCE}=1)"
         )
-    return DevicePlan("cluster", tuple(str(name) for name in owning), address)
+    rendering = sum(1 for w in workers.values() if (w.get("resources") or {}).get(RENDER_RESOURCE, 0) >= 1)
+    return DevicePlan("cluster", tuple(str(name) for name in owning), address, render_workers=rendering)

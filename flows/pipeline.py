@@ -3,9 +3,9 @@
 Orchestration only: every step is a thin Prefect task around a plain function of ``tasks/``.
 The flow process validates and plans (nothing is started when an input is bad), then a subflow with
 the Dask task runner explains the shards (one ``DEVICE`` per task) and renders each shard's reports
-as soon as its explanations exist; back in the flow process the parts are merged into
-``explanations.parquet``, the run summary is rendered, and everything staged is published into the
-output folder with the manifest last.
+as soon as its explanations exist (one ``RENDER`` per batch: the render pool, flows/cluster.py); back
+in the flow process the parts are merged into ``explanations.parquet``, the run summary is rendered,
+and everything staged is published into the output folder with the manifest last.
 
 Nothing is lost: every selected decision ends as a report (an explanation row in ``explain`` mode),
 a row of ``failures.parquet`` (bad input row, the model failing on it, its report failing, or the
@@ -50,9 +50,18 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows.cluster import RESOURCE, DevicePlan, check_cluster, resolve_devices, task_runner
+from flows.cluster import (
+    RENDER_RESOURCE,
+    RESOURCE,
+    DevicePlan,
+    check_cluster,
+    resolve_devices,
+    task_runner,
+    with_render_pool,
+)
 from flows.deployments import scheduled_run_date
 from tasks import manifest as mf
+from tasks import report_index
 from tasks.config import Config, load_config
 from tasks.data import DecisionsIndex, read_reference, scan_decisions, select_positions
 from tasks.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, parse_deadline
@@ -72,6 +81,7 @@ from tasks.shard import (
     prepare_worker,
     split_shard,
 )
+from tasks.sizing import RENDER_BATCH, RunSizes, run_sizes
 
 Mode = Literal["run", "explain"]
 #: Progress callbacks of the process that runs the flow (the CLI's progress bar): (stage, done, total).
@@ -151,6 +161,7 @@ class Selection:
     planned: np.ndarray
     shards: list[Shard]
     input_failures: dict[int, str]
+    sizes: RunSizes  # shard and render-batch sizes, grown with the decisions (tasks/sizing.py)
 
 
 @task(name="load-config", **IO, **NOT_CACHED)
@@ -182,10 +193,12 @@ def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file
     row_failures = row_failures or {}
     bad = np.isin(selected, np.fromiter(row_failures, np.int64, count=len(row_failures)))
     if not bad.any():
-        return Selection(selected, selected, plan_shards(index, config.run.shard_size, positions), {})
+        sizes = run_sizes(len(selected), config.run.shard_size)
+        return Selection(selected, selected, plan_shards(index, sizes.shard_size, positions), {}, sizes)
     planned = selected[~bad]
     failures = {int(p): row_failures[int(p)] for p in selected[bad]}
-    return Selection(selected, planned, plan_shards(index, config.run.shard_size, planned), failures)
+    sizes = run_sizes(len(planned), config.run.shard_size)
+    return Selection(selected, planned, plan_shards(index, sizes.shard_size, planned), failures, sizes)
 
 
 @task(name="checksums", **IO, **NOT_CACHED)
@@ -246,13 +259,25 @@ def prepare_task(config: Config, run: RunInfo) -> str:
     return prepare_worker(config, run)
 
 
-#: Reports per render task: small enough to spread a shard's reports over every worker.
-RENDER_BATCH = 32
+def _report_entry(report: Any, subfolders: dict[str, str]) -> dict[str, Any]:
+    """The index entry of a rendered report, moved first into its subfolder of ``[report] layout`` (if any)."""
+    path = Path(report.path)
+    sub = subfolders.get(str(report.decision_id), "")
+    if sub:
+        (path.parent / sub).mkdir(exist_ok=True)
+        path = path.replace(path.parent / sub / path.name)
+    file = f"{mf.REPORTS}/{sub}/{path.name}" if sub else f"{mf.REPORTS}/{path.name}"
+    return {"id": report.decision_id, "file": file, "sha256": report.sha256, "needs_review": bool(report.needs_review)}
 
 
-def _report_entry(report: Any) -> dict[str, Any]:
-    return {"id": report.decision_id, "file": f"{mf.REPORTS}/{Path(report.path).name}", "sha256": report.sha256,
-            "needs_review": bool(report.needs_review)}
+def _subfolders(config: Config, applicants: pd.DataFrame) -> dict[str, str]:
+    """Decision id -> subfolder of its report under ``[report] layout``."""
+    layout, id_column = config.report.layout, config.data.id_column
+    if layout == "flat":
+        return {}
+    dates = applicants[config.report.date_column] if layout == "date" else [None] * len(applicants)
+    return {str(i): report_index.report_subfolder(layout, str(i), None if pd.isna(d) else d)
+            for i, d in zip(applicants[id_column], dates, strict=True)}
 
 
 @task(name="render-reports", task_run_name="render-{result.name}-from-{start}", **IO, **NOT_CACHED)
@@ -271,9 +296,10 @@ def render_task(
     rows = pd.read_parquet(result.part)
     rows = rows[rows[id_column].isin(set(applicants[id_column]))]
     out = Path(reports_dir)
+    subfolders = _subfolders(config, applicants)
     try:
-        return {"reports": [_report_entry(r) for r in render_customer_reports(rows, applicants, config, run, out)],
-                "failures": []}
+        made = render_customer_reports(rows, applicants, config, run, out)
+        return {"reports": [_report_entry(r, subfolders) for r in made], "failures": []}
     except LimelightError:
         raise
     except Exception:  # find the decisions it fails on
@@ -282,7 +308,7 @@ def render_task(
         for decision in applicants[id_column]:
             own = applicants[applicants[id_column] == decision].reset_index(drop=True)
             try:
-                made += [_report_entry(r) for r in render_customer_reports(
+                made += [_report_entry(r, subfolders) for r in render_customer_reports(
                     rows[rows[id_column] == decision], own, config, run, out)]
             except Exception as error:
                 failures.append((str(decision), "render", one_line(error)))
@@ -295,7 +321,7 @@ def render_task(
 @dataclass
 class ShardOutputs:
     results: list[ShardResult]
-    reports: list[dict[str, Any]] = field(default_factory=list)
+    reports: pa.Table = field(default_factory=report_index.SCHEMA.empty_table)  # in selection order
     render_failures: list[Failure] = field(default_factory=list)
     worker_failed: list[tuple[Shard, str]] = field(default_factory=list)  # one-decision shards whose task died
     unexplained: list[Shard] = field(default_factory=list)  # not reached before the deadline
@@ -325,8 +351,10 @@ class _Work:
     records of finished work (resume), bisection of shards whose task fails, the deadline."""
 
     def __init__(self, config: Config, shards: list[Shard], run: RunInfo, staging: Path, render: bool,
-                 workers: int, deadline: datetime | None, best_effort: bool) -> None:
+                 workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool = True,
+                 render_batch: int = RENDER_BATCH) -> None:
         self.config, self.run, self.staging, self.render = config, run, staging, render
+        self.render_resource, self.render_batch = render_resource, render_batch
         self.queue: deque[Shard] = deque(shards)
         self.window = max(2, 2 * workers)
         self.workers = workers
@@ -334,7 +362,7 @@ class _Work:
         self.explaining: dict[Any, Shard] = {}
         self.rendering: dict[Any, tuple[ShardResult, int, int]] = {}
         self.out = ShardOutputs(results=[])
-        self.batches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self.batches: dict[tuple[Any, ...], pa.Table] = {}  # compact: a million reports stay a few hundred MB
         self.total = sum(s.size for s in shards)
         self.explained = 0  # decisions explained or failed (progress)
         self.finished = 0  # decisions at their end (reported or failed), all
@@ -370,8 +398,8 @@ class _Work:
         if not self.render:
             self.ended(result.decisions, reused)
             return
-        for start in range(0, result.decisions, RENDER_BATCH):
-            self.submit_render(result, start, min(start + RENDER_BATCH, result.decisions))
+        for start in range(0, result.decisions, self.render_batch):
+            self.submit_render(result, start, min(start + self.render_batch, result.decisions))
 
     def explained_failed(self, shard: Shard, error: BaseException) -> None:
         if isinstance(error, LimelightError | OSError):  # the run's problem (the model does not load, an input
@@ -396,15 +424,18 @@ class _Work:
             self.rendered_ok(result, start, record, reused=True)
             return
         reports_dir = str(self.staging / mf.REPORTS)
-        # No resource: rendering needs no device; any worker takes a batch as soon as its shard is explained.
-        self.rendering[render_task.submit(self.config, self.run, result, reports_dir, start, stop)] = (
-            result, start, stop)
+        # One RENDER each: the render pool (and device workers with a free thread) takes a batch as soon as
+        # its shard is explained. Without RENDER workers (a cluster that offers none): any worker.
+        resources = {RENDER_RESOURCE: 1} if self.render_resource else {}
+        with dask.annotate(resources=resources):
+            future = render_task.submit(self.config, self.run, result, reports_dir, start, stop)
+        self.rendering[future] = (result, start, stop)
 
     def rendered_ok(self, result: ShardResult, start: int, batch: dict[str, Any], reused: bool = False,
                     record: bool = True) -> None:
         if record and not reused:
             save_record(self.staging, f"render-{result.name}-{start}", batch)
-        self.batches[(result.order, start)] = batch["reports"]
+        self.batches[(result.order, start)] = report_index.entries_table(batch["reports"])
         self.out.render_failures += [tuple(f) for f in batch["failures"]]  # type: ignore[misc]
         self.ended(len(batch["reports"]) + len(batch["failures"]), reused)
 
@@ -508,7 +539,8 @@ class _Work:
 @flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
 def explain_shards(
     config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int = 1,
-    deadline: datetime | None = None, best_effort: bool = False,
+    deadline: datetime | None = None, best_effort: bool = False, render_resource: bool = True,
+    render_batch: int = RENDER_BATCH,
 ) -> ShardOutputs:
     """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
 
@@ -525,7 +557,8 @@ def explain_shards(
     if shards:  # a model that does not load stops the run here, before any shard
         with dask.annotate(resources={RESOURCE: 1}):
             logger.info("model ready: %s", prepare_task.submit(config, run).result())
-    work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort)
+    work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource,
+                 render_batch)
     work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
                                              description="decisions finished")
     work.run_all()
@@ -533,7 +566,8 @@ def explain_shards(
     explain_end = work.explain_done_at or end
     out = work.out
     out.results.sort(key=lambda r: r.order)
-    out.reports = [r for key in sorted(work.batches) for r in work.batches[key]]
+    if work.batches:
+        out.reports = pa.concat_tables([work.batches[key] for key in sorted(work.batches)])
     out.cluster_seconds, out.explain_seconds = cluster_seconds, explain_end - work.clock
     out.render_seconds = end - explain_end if render else 0.0
     logger.info("explained %d decisions in %d shards (%d reused)", sum(r.decisions for r in out.results),
@@ -652,7 +686,7 @@ def _already_complete(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     counts = manifest.get("counts", {})
     names = [n for n in (*manifest.get("outputs", {}), mf.MANIFEST) if (out / n).exists()]
     return {
-        "run_id": manifest["run_id"], "counts": counts, "review_ids": manifest.get("review", {}).get("ids", []),
+        "run_id": manifest["run_id"], "counts": counts, "review_ids": report_index.review_ids(manifest, out),
         "outputs": {name: str(out / name) for name in names}, "devices": "none (already complete)",
         "seconds": {"workers_start": 0.0, "explain": 0.0, "render": 0.0, "total": 0.0},
         "decisions_per_second": None, "workers": [], "accounting": manifest.get("accounting", {}),
@@ -675,6 +709,7 @@ def limelight_flow(
     best_effort: bool = False,
     trigger: str = "cli",
     started_by: str | None = None,
+    render_workers: int | None = None,
 ) -> dict[str, Any]:
     """Explain the configured decisions and publish explanations, reports, summary, failures and manifest.
 
@@ -684,7 +719,8 @@ def limelight_flow(
     UTC start date) and ``{run_id}`` in ``out`` are filled in, so scheduled runs each write their own folder.
     ``deadline`` (ISO 8601 with its zone) estimates the finish after a calibration batch and stops if it would
     be missed, unless ``best_effort``; at the deadline the run stops and publishes what is finished.
-    ``trigger`` and ``started_by`` are recorded in the manifest (the audit trail).
+    ``trigger`` and ``started_by`` are recorded in the manifest (the audit trail). ``render_workers`` sizes the
+    render pool (default ``[run] render_workers``, else the cores the device workers leave; flows/cluster.py).
     """
     logger = get_run_logger()
     clock = time.perf_counter()
@@ -703,6 +739,8 @@ def limelight_flow(
         warnings.append("the report step (tasks/render.py) is not installed: no PDFs rendered")
         logger.warning(warnings[-1])
         render = False
+    pool = render_workers if render_workers is not None else config.run.render_workers
+    plan = with_render_pool(plan, pool if render else 0, config.run.torch_threads)
     out = out.replace("{date}", run_date or started.date().isoformat())
     _probe_writable(out, mode)
     index, row_failures = validate_inputs(config, require_report_columns=render)
@@ -711,6 +749,10 @@ def limelight_flow(
     if plan.kind == "cluster":
         assert plan.address is not None
         plan = check_cluster(plan.address)
+        if render and not plan.render_workers:
+            warnings.append(f"cluster {plan.address}: no worker offers {RENDER_RESOURCE}; reports render on any "
+                            f"worker (start CPU workers with --resources {RENDER_RESOURCE}=1 for a render pool)")
+            logger.warning(warnings[-1])
     model_sha, decisions_sha, reference_sha = checksums_task(config)
     if run_date:  # a night of a hive-partitioned dataset is its own partition: later nights leave it unchanged
         decisions_sha = night_sha256(index.files, config, run_date) or decisions_sha
@@ -748,7 +790,9 @@ def limelight_flow(
         runner = task_runner(plan, config.run.torch_threads)
         with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
             outputs = explain_shards.with_options(task_runner=runner)(
-                config, shards, run, str(staging), render, max(plan.workers, 1), deadline_at, best_effort)
+                config, shards, run, str(staging), render, max(plan.workers, 1), deadline_at, best_effort,
+                render_resource=plan.kind != "cluster" or plan.render_workers > 0,
+                render_batch=selection.sizes.render_batch)
         results = outputs.results
         selected_ids = index.ids.take(pa.array(selection.selected, pa.int64())).combine_chunks()
 
@@ -764,7 +808,7 @@ def limelight_flow(
         not_reached = _in_order([i for s in outputs.unexplained for i in shard_ids(s)] + outputs.unrendered,
                                 selected_ids)
         explained = [i for r in results for i in r.ids]
-        reported = [r["id"] for r in outputs.reports] if render else explained
+        reported = outputs.reports.column("id").to_pylist() if render else explained
         exclude = set(explained) - set(reported) if render else set()
         accounting = mf.accounting(selected_ids.to_pylist(), reported, [f[0] for f in failures], not_reached)
         if not accounting["holds"]:
@@ -780,7 +824,7 @@ def limelight_flow(
             "reported": accounting["reported"],
             "failed": accounting["failed"],
             "not_reached": accounting["not_reached"],
-            "reports_made": len(outputs.reports),
+            "reports_made": outputs.reports.num_rows,
             "needs_review": len(review_ids),
             "shards": len(shards),
             "workers": plan.workers,
@@ -798,21 +842,26 @@ def limelight_flow(
             described: dict[str, Any] = {mf.EXPLANATIONS: {**mf.describe_file(merged), "rows": rows},
                                          mf.FAILURES: {**mf.describe_file(failed_path), "rows": len(failures)}}
             if render:
-                _keep_only_reports(staging / mf.REPORTS, {Path(r["file"]).name for r in outputs.reports})
+                _keep_only_reports(staging, set(outputs.reports.column("file").to_pylist()))
+                index_rows = report_index.write_index([outputs.reports], staging / mf.REPORT_INDEX)
                 summary_task(str(merged), counts, review_ids, config, run, str(staging / mf.SUMMARY))
-                names += [mf.REPORTS, mf.SUMMARY]
+                names += [mf.REPORTS, mf.REPORT_INDEX, mf.SUMMARY]
                 described[mf.SUMMARY] = mf.describe_file(staging / mf.SUMMARY)
-                described[mf.REPORTS] = outputs.reports
+                described[mf.REPORT_INDEX] = report_index.describe_index(staging / mf.REPORT_INDEX, index_rows)
+                described[mf.REPORTS] = {"index": mf.REPORT_INDEX, "count": index_rows,
+                                         "layout": config.report.layout}
             execution = mf.Execution(
-                devices=devices or config.run.devices, cluster=cluster, workers=plan.workers, shards=len(shards),
-                shard_size=config.run.shard_size, torch_threads=config.run.torch_threads, limit=limit,
+                devices=devices or config.run.devices, cluster=cluster, workers=plan.workers,
+                render_workers=plan.render_workers, shards=len(shards),
+                shard_size=selection.sizes.shard_size, render_batch=selection.sizes.render_batch,
+                torch_threads=config.run.torch_threads, limit=limit,
                 ids_file=str(Path(ids_file).resolve()) if ids_file else None,
                 ids_file_sha256=file_sha256(ids_file) if ids_file else None,
                 shards_per_worker=dict(sorted(Counter(f"{r.worker} ({r.device})" for r in results).items())),
             )
             manifest = mf.build_manifest(
                 config, run, finished=mf.utc_now(), execution=execution,
-                counts={**counts, "explanation_rows": rows}, review_ids=review_ids,
+                counts={**counts, "explanation_rows": rows}, review_ids=review_ids, review_source=mf.EXPLANATIONS,
                 outputs=described, extra={**_audit(
                     identity=identity, trigger=trigger, started_by=started_by, run_date=run_date, started=started,
                     accounting=accounting, failures=failures, not_reached=not_reached, deadline=deadline_at,
@@ -850,6 +899,7 @@ def limelight_flow(
         "review_ids": review_ids,
         "outputs": published,
         "devices": plan.describe(),
+        "render_workers": plan.render_workers,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "decisions_per_second": round(explained_here / outputs.explain_seconds, 2) if outputs.explain_seconds
         else None,
@@ -862,12 +912,17 @@ def limelight_flow(
     }
 
 
-def _keep_only_reports(folder: Path, names: set[str]) -> None:
+def _keep_only_reports(staging: Path, files: set[str]) -> None:
     """Remove from the staged reports what is not a finished report of this run (a batch cut at the deadline,
-    a killed writer's temporary file), so the published folder holds exactly the manifest's reports."""
+    a killed writer's temporary file), so the published folder holds exactly the index's reports. ``files``
+    are relative to ``staging`` (``reports/...``, in subfolders with a ``[report] layout``)."""
+    folder = staging / mf.REPORTS
     folder.mkdir(parents=True, exist_ok=True)
-    for path in folder.iterdir():
-        if path.name not in names:
+    for path in sorted(folder.rglob("*"), reverse=True):  # deepest first: files, then emptied folders
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.relative_to(staging).as_posix() not in files:
             path.unlink()
 
 

@@ -221,6 +221,11 @@ class RunConfig(_Strict):
     devices: str = Field(default="auto", description="'auto', 'cpu:N' or 'cuda:0,1,...'")
     shard_size: int = Field(default=256, gt=0, description="decisions per shard")
     torch_threads: int = Field(default=1, ge=1, description="torch threads per CPU worker")
+    render_workers: int | None = Field(
+        default=None, ge=0,
+        description="CPU workers that render PDFs beside the device workers; default: the cores they leave "
+        "(at least 1); 0: the device workers render",
+    )
 
 
 class FeatureConfig(_Strict):

@@ -21,9 +21,11 @@ from tasks.config import Config, default_kernel_width
 from tasks.io import file_sha256, replace_dir, tree_sha256, write_json_atomic
 from tasks.runinfo import RunInfo
 
-MANIFEST_VERSION = 1
+#: 2: the reports are listed in REPORT_INDEX (tasks/report_index.py), the review ids in the explanations.
+MANIFEST_VERSION = 2
 EXPLANATIONS = "explanations.parquet"
 REPORTS = "reports"
+REPORT_INDEX = "reports.parquet"
 SUMMARY = "summary.pdf"
 FAILURES = "failures.parquet"
 MANIFEST = "manifest.json"
@@ -110,6 +112,8 @@ class Execution:
     ids_file: str | None = None
     ids_file_sha256: str | None = None
     shards_per_worker: dict[str, int] = field(default_factory=dict)
+    render_workers: int = 0
+    render_batch: int = 0
 
 
 def build_manifest(
@@ -122,8 +126,13 @@ def build_manifest(
     review_ids: Sequence[str],
     outputs: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    review_source: str | None = None,
 ) -> dict[str, Any]:
-    """The manifest; ``extra`` adds the audit trail (trigger, identity, failures, deadline, ...)."""
+    """The manifest; ``extra`` adds the audit trail (trigger, identity, failures, deadline, ...).
+
+    With ``review_source`` (the file whose ``needs_review`` rows list them) the manifest keeps the review
+    list's count, not its ids, so its size does not grow with the number of decisions.
+    """
     started = datetime.strptime(run.generated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     from tasks.model import model_record
 
@@ -155,8 +164,10 @@ def build_manifest(
             "devices": execution.devices,
             "cluster": execution.cluster,
             "workers": execution.workers,
+            "render_workers": execution.render_workers,
             "shards": execution.shards,
             "shard_size": execution.shard_size,
+            "render_batch": execution.render_batch,
             "torch_threads": execution.torch_threads,
             "limit": execution.limit,
             "ids_file": execution.ids_file,
@@ -165,7 +176,8 @@ def build_manifest(
         },
         "versions": run.versions,
         "counts": dict(counts),
-        "review": {"min_fidelity": run.min_fidelity, "ids": list(review_ids)},
+        "review": {"min_fidelity": run.min_fidelity, "ids": list(review_ids)} if review_source is None else
+        {"min_fidelity": run.min_fidelity, "count": len(review_ids), "source": review_source},
         "outputs": dict(outputs),
         "run": run.to_dict(),
         **dict(extra or {}),

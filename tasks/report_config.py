@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -66,3 +66,15 @@ class ReportConfig(_Strict):
     review_list_limit: int = Field(
         default=500, ge=0, description="decisions listed by id in the run summary's review list"
     )
+    layout: Literal["flat", "date", "hash-prefix"] = Field(
+        default="flat",
+        description="where the reports go in OUT/reports/: 'flat' (one folder), 'date' (a subfolder per decision "
+        "date, YYYY-MM-DD, from date_column) or 'hash-prefix' (256 subfolders, the first two hex digits of the "
+        "SHA-256 of the decision id): a million reports are not one folder",
+    )
+
+    @model_validator(mode="after")
+    def _date_layout_needs_a_date(self) -> ReportConfig:
+        if self.layout == "date" and not self.date_column:
+            raise ValueError("layout = 'date' needs date_column (the decision column that dates each report)")
+        return self

@@ -9,6 +9,8 @@ the manifest records (``run``) and ``explanations.parquet`` repeats in its metad
 The model and the reference are not needed: the explanations are the run's own, not recomputed. The manifest's
 model record (format, runtime library and version, the file's SHA-256, or an entrypoint's source and ``[model]
 files`` hashes) must add up to the model hash the run's PDFs carry (``run.model_sha256``); it is reported back.
+The reports and their SHA-256 are read from the run's report index (``reports.parquet``, checked against the
+manifest's SHA-256), or from the inline list of a manifest written before the index (tasks/report_index.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks import manifest as mf
+from tasks import report_index
 from tasks.config import Config, load_config
 from tasks.data import _as_string, _iter_tables, list_source_files, report_columns
 from tasks.errors import InputError, LimelightError
@@ -198,16 +201,23 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     people = applicants(config, set(rows[id_column].astype(str)))
     expected: dict[str, str] = {}
     rendered: dict[str, str] = {}
-    reports = manifest["outputs"].get(mf.REPORTS)
+    reports = report_index.manifest_reports(manifest, manifest_path.parent)
     if reports is not None:
-        expected.update({entry["file"]: entry["sha256"] for entry in reports})
+        expected.update(zip(reports.column("file").to_pylist(), reports.column("sha256").to_pylist(), strict=True))
+        where = {Path(file).name: file for file in expected}  # the run's layout (subfolders) by file name
         made = render_customer_reports(rows, people, config, run, out / mf.REPORTS)
-        rendered.update({f"{mf.REPORTS}/{report.path.name}": report.sha256 for report in made})
+        for report in made:
+            file = where.get(report.path.name, f"{mf.REPORTS}/{report.path.name}")
+            if file != f"{mf.REPORTS}/{report.path.name}":
+                (out / file).parent.mkdir(parents=True, exist_ok=True)
+                report.path.replace(out / file)
+            rendered[file] = report.sha256
     summary = manifest["outputs"].get(mf.SUMMARY)
     if summary is not None:
         expected[mf.SUMMARY] = summary["sha256"]
         counts = summary_counts(manifest["counts"])
-        path = render_run_summary(rows, counts, list(manifest["review"]["ids"]), config, run, out / mf.SUMMARY)
+        review = report_index.review_ids(manifest, manifest_path.parent)
+        path = render_run_summary(rows, counts, review, config, run, out / mf.SUMMARY)
         rendered[mf.SUMMARY] = file_sha256(path)
     recorded = manifest.get("report_sources") or {}
     current = report_sources(config) if recorded else {}

@@ -33,7 +33,7 @@ from tasks.runinfo import RunInfo
 STATE = "state.json"
 RECORDS = "records"
 #: What a run publishes into its output folder (tasks/manifest.py names them too).
-PUBLISHED = ("explanations.parquet", "reports", "summary.pdf", "failures.parquet", "manifest.json")
+PUBLISHED = ("explanations.parquet", "reports", "reports.parquet", "summary.pdf", "failures.parquet", "manifest.json")
 
 
 def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarray,
@@ -58,7 +58,7 @@ def effective_settings(config: Config) -> dict[str, Any]:
     the model file and ``[model] files`` count by their SHA-256 (the model checksum), not their paths."""
     from tasks.model import format_and_runtime
 
-    settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads"},
+    settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads", "render_workers"},
                                                        "data": {"decisions", "reference"},
                                                        "model": {"path", "files", "format"}})
     model_format, runtime = format_and_runtime(config.model)

@@ -9,14 +9,17 @@ import sys
 import pytest
 
 from flows.cluster import (
+    RENDER_RESOURCE,
     RESOURCE,
     DeviceError,
     DevicePlan,
     check_cluster,
     cluster_kwargs,
     parse_nvidia_smi,
+    render_pool_size,
     resolve_devices,
     visible_gpus,
+    with_render_pool,
 )
 from tasks.shard import DEVICE_ENV
 
@@ -103,7 +106,39 @@ def test_each_worker_sees_exactly_its_device():
                                    os.environ["OMP_NUM_THREADS"]))
         resources = {w["name"]: w["resources"] for w in client.scheduler_info()["workers"].values()}
     assert sorted(seen.values()) == [("7", "cuda", "2"), ("GPU-abc", "cuda", "2")]
-    assert list(resources.values()) == [{RESOURCE: 1}, {RESOURCE: 1}]
+    assert list(resources.values()) == [{RESOURCE: 1, RENDER_RESOURCE: 1}, {RESOURCE: 1, RENDER_RESOURCE: 1}]
+
+
+def test_render_pool_fills_the_cores_the_device_workers_leave():
+    gpu, cpu = DevicePlan("cuda", ("0",)), DevicePlan("cpu", ("cpu0", "cpu1"))
+    assert render_pool_size(gpu, None, slots=16) == 15  # the GPU worker keeps one core
+    assert render_pool_size(DevicePlan("cuda", ("0", "1")), None, slots=64) == 62
+    assert render_pool_size(cpu, None, torch_threads=2, slots=8) == 4
+    assert render_pool_size(cpu, None, slots=2) == 1  # at least one
+    assert render_pool_size(DevicePlan("cpu", ("cpu0",)), None, slots=2) == 1
+    assert render_pool_size(gpu, 3, slots=16) == 3 and render_pool_size(gpu, 0, slots=16) == 0
+    assert render_pool_size(DevicePlan("cluster", address="tcp://h:1"), 4, slots=16) == 0  # its own workers
+    with pytest.raises(DeviceError, match="--render-workers -1: expected 0 or more"):
+        render_pool_size(gpu, -1)
+    assert with_render_pool(gpu, 2) == DevicePlan("cuda", ("0",), render_workers=2)
+    assert with_render_pool(gpu, 2).describe() == "1 GPU worker (CUDA devices 0) + 2 render workers"
+
+
+def test_render_workers_render_only_and_see_no_gpu():
+    """The render pool's processes advertise RENDER alone (no shard goes there), one thread, no GPU."""
+    from distributed import Client, SpecCluster
+
+    plan = DevicePlan("cuda", ("3",), render_workers=2)
+    with SpecCluster(**cluster_kwargs(plan, torch_threads=2)) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ[DEVICE_ENV],
+                                   os.environ["OMP_NUM_THREADS"]))
+        info = client.scheduler_info()["workers"].values()
+        resources = {w["name"]: w["resources"] for w in info}
+        threads = {w["name"]: w["nthreads"] for w in info}
+    assert sorted(seen.values()) == [("", "cpu", "1"), ("", "cpu", "1"), ("3", "cuda", "2")]
+    assert resources == {"limelight-cuda-0": {RESOURCE: 1, RENDER_RESOURCE: 1},
+                         "limelight-render-0": {RENDER_RESOURCE: 1}, "limelight-render-1": {RENDER_RESOURCE: 1}}
+    assert set(threads.values()) == {1}
 
 
 def test_cpu_workers_hide_gpus():
@@ -125,7 +160,21 @@ def test_existing_cluster_needs_device_workers():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
                       resources={RESOURCE: 1}) as owning:
         plan = check_cluster(owning.scheduler_address)
-        assert plan.kind == "cluster" and plan.workers == 2
+        assert plan.kind == "cluster" and plan.workers == 2 and plan.render_workers == 0
+
+
+def test_existing_cluster_counts_its_render_workers():
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    options = {"nthreads": 1, "host": "127.0.0.1"}
+    workers = {"gpu": {"cls": Worker, "options": {**options, "resources": {RESOURCE: 1}}},
+               **{f"cpu-{i}": {"cls": Worker, "options": {**options, "resources": {RENDER_RESOURCE: 1}}}
+                  for i in range(3)}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster):
+        plan = check_cluster(cluster.scheduler_address)
+    assert plan.devices == ("gpu",) and plan.render_workers == 3
+    assert plan.describe().endswith("(1 worker + 3 render workers)")
 
 
 def test_unreachable_cluster():

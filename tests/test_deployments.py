@@ -181,7 +181,8 @@ def test_served_nightly_explains_the_night_before_and_reruns_change_nothing(pref
                          "--watch-timeout", "240", timeout=300)
         assert again.returncode == 0, log.read_text()[-6000:]
         assert _reports(night) == first  # nothing duplicated, nothing rewritten with other bytes
-        assert json.loads((night / "manifest.json").read_text())["outputs"]["reports"] == manifest["outputs"]["reports"]
+        assert json.loads((night / "manifest.json").read_text())["outputs"]["reports.parquet"] == \
+            manifest["outputs"]["reports.parquet"]
         assert [p.name for p in night.iterdir() if p.name.startswith(".")] == []
         # An auditor re-renders the night from its manifest: the partition key dates the reports.
         rerendered = rerender(night / "manifest.json", tmp_path / "audit")

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def full_run(prefect_api, small_demo, tmp_path_factory):
-    """The whole pipeline (reports included) on two CPU workers."""
+    """The whole pipeline (reports included) on two CPU workers and a render pool of one."""
     out = tmp_path_factory.mktemp("full-run") / "out"
-    summary = limelight_flow(config_path=str(small_demo), out=str(out), devices="cpu:2")
+    summary = limelight_flow(config_path=str(small_demo), out=str(out), devices="cpu:2", render_workers=1)
     return out, summary
 
 
@@ -38,6 +38,7 @@ def test_two_workers_give_the_same_explanations_as_one(full_run, reference_expla
     assert len(shown) == TEST_DECISIONS and shown.between(1, 6).all()  # up to 3 reasons + 3 favourable factors
     pd.testing.assert_frame_equal(one, two)
     assert summary["counts"]["workers"] == 2
+    assert summary["render_workers"] == 1 and summary["devices"] == "2 CPU workers + 1 render worker"
 
 
 def test_outputs_follow_the_contract(full_run, small_demo):
@@ -68,7 +69,9 @@ def test_outputs_follow_the_contract(full_run, small_demo):
     assert manifest["counts"]["shards"] == TEST_DECISIONS // TEST_SHARD
     assert manifest["outputs"]["explanations.parquet"]["sha256"] == file_sha256(out / "explanations.parquet")
     review = frame.loc[frame.needs_review, "customer_id"].drop_duplicates().tolist()
-    assert manifest["review"]["ids"] == review == summary["review_ids"]
+    assert manifest["review"] == {"min_fidelity": 0.3, "count": len(review), "source": "explanations.parquet"}
+    assert review == summary["review_ids"]
+    assert manifest["manifest_version"] == 2
     assert manifest["versions"]["torch"] and manifest["started_at"].endswith("Z")
     quality = manifest["quality"]
     assert quality["decisions"] == TEST_DECISIONS and quality["needs_review"] == len(review)
@@ -81,8 +84,15 @@ def test_outputs_follow_the_contract(full_run, small_demo):
 def test_reports_and_summary(full_run):
     out, summary = full_run
     manifest = json.loads((out / "manifest.json").read_text())
-    reports = manifest["outputs"]["reports"]
+    reports = pq.read_table(out / "reports.parquet").to_pylist()  # the index; the manifest has its SHA-256
+    assert manifest["outputs"]["reports"] == {"index": "reports.parquet", "count": TEST_DECISIONS, "layout": "flat"}
+    assert manifest["outputs"]["reports.parquet"]["sha256"] == file_sha256(out / "reports.parquet")
+    assert manifest["outputs"]["reports.parquet"]["rows"] == TEST_DECISIONS
     assert len(reports) == TEST_DECISIONS == len(list((out / "reports").glob("*.pdf")))
+    assert [r["id"] for r in reports] == pq.read_table(out / "explanations.parquet").column(
+        "customer_id").to_pylist()[::3]
+    review = set(summary["review_ids"])
+    assert {r["id"] for r in reports if r["needs_review"]} == review
     for entry in reports[:5]:
         pdf = out / entry["file"]
         assert pdf.read_bytes().startswith(b"%PDF") and file_sha256(pdf) == entry["sha256"]
@@ -193,3 +203,43 @@ def test_explain_tasks_only_go_to_device_workers(prefect_api, small_demo, tmp_pa
     assert summary["counts"]["workers"] == 1
     assert sum(w["shards"] for w in summary["workers"]) == TEST_DECISIONS // TEST_SHARD
 
+
+
+def _executed(client: object) -> dict[str, int]:
+    """Tasks each worker (by name) has run so far."""
+    counts = client.run(lambda dask_worker: (dask_worker.name, dask_worker.state.executed_count))  # type: ignore[attr-defined]
+    return dict(counts.values())
+
+
+@pytest.mark.skipif(not renderer_available(), reason="the report step is not installed yet")
+def test_render_batches_go_to_render_workers_and_shards_to_device_workers(prefect_api, small_demo, tmp_path):
+    """On a cluster of one DEVICE worker and one RENDER worker, each kind of task runs only on its own kind."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    options = {"nthreads": 1, "host": "127.0.0.1", "env": {"CUDA_VISIBLE_DEVICES": ""}}
+    workers = {
+        "device": {"cls": Nanny, "options": {**options, "resources": {"DEVICE": 1}}},
+        "render": {"cls": Nanny, "options": {**options, "resources": {"RENDER": 1}}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        summary = limelight_flow(config_path=str(small_demo), out=str(tmp_path / "out"),
+                                 cluster=cluster.scheduler_address)
+        executed = _executed(client)
+    shards = TEST_DECISIONS // TEST_SHARD
+    assert summary["counts"]["reports_made"] == TEST_DECISIONS and summary["accounting"]["holds"]
+    assert summary["render_workers"] == 1 and not summary["warnings"]
+    assert executed == {"device": 1 + shards, "render": shards}  # prepare + shards; one render batch per shard
+    assert len(list((tmp_path / "out" / "reports").glob("*.pdf"))) == TEST_DECISIONS
+
+
+@pytest.mark.skipif(not renderer_available(), reason="the report step is not installed yet")
+def test_a_cluster_without_render_workers_renders_on_its_device_workers(prefect_api, small_demo, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      resources={"DEVICE": 1}, env={"CUDA_VISIBLE_DEVICES": ""}) as cluster:
+        summary = limelight_flow(config_path=str(small_demo), out=str(tmp_path / "out"),
+                                 cluster=cluster.scheduler_address, limit=5)
+    assert summary["counts"]["reports_made"] == 5 and summary["render_workers"] == 0
+    assert any("no worker offers RENDER" in w for w in summary["warnings"])

@@ -86,7 +86,7 @@ def test_bad_rows_failing_decisions_and_killed_workers_are_all_accounted_for(pre
     explained = pd.read_parquet(out / "explanations.parquet")
     assert explained.customer_id.drop_duplicates().tolist() == reported
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [r["id"] for r in manifest["outputs"]["reports"]] == reported
+    assert [r["id"] for r in pq.read_table(out / "reports.parquet").to_pylist()] == reported
     assert len(list((out / "reports").glob("*.pdf"))) == 6
     assert manifest["failures"]["by_stage"] == {"explain": 3, "input": 2, "worker": 1}
     assert manifest["trigger"]["trigger"] == "test" and manifest["trigger"]["started_by"] == "pytest"
@@ -142,13 +142,14 @@ def test_at_the_deadline_a_best_effort_run_publishes_what_is_finished(prefect_ap
     assert summary["stopped_at_deadline"] and summary["accounting"]["holds"]
     assert counts["reported"] >= 2 and counts["not_reached"] >= 2 and counts["failed"] == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    reported = [r["id"] for r in manifest["outputs"]["reports"]]
+    index = pq.read_table(out / "reports.parquet").to_pylist()
+    reported = [r["id"] for r in index]
     first = pq.read_table(small_demo.parent / "decisions.parquet").column("customer_id").to_pylist()[:24]
     assert reported == [i for i in first if i in set(reported)]  # in order
     assert reported[:2] == first[:2]  # the most urgent first
     assert manifest["not_reached_ids"] == [i for i in first if i not in set(reported)]
     assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(
-        Path(r["file"]).name for r in manifest["outputs"]["reports"])
+        Path(r["file"]).name for r in index)
     assert pd.read_parquet(out / "explanations.parquet").customer_id.drop_duplicates().tolist() == reported
     assert manifest["deadline"]["stopped_at_deadline"] and "misses it" in manifest["deadline"]["estimate"]
 
@@ -198,7 +199,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(prefect_api, small_
     assert second["counts"]["reported"] == 8 and second["accounting"]["holds"]
     for name in ("explanations.parquet", "summary.pdf", "failures.parquet"):
         assert (fresh.parent / name).read_bytes() == (killed / name).read_bytes(), name
-    assert first["outputs"]["reports"] == second["outputs"]["reports"]
-    for entry in second["outputs"]["reports"]:
+    assert first["outputs"]["reports.parquet"] == second["outputs"]["reports.parquet"]
+    for entry in pq.read_table(killed / "reports.parquet").to_pylist():
         assert (fresh.parent / entry["file"]).read_bytes() == (killed / entry["file"]).read_bytes()
     assert not [p for p in killed.iterdir() if p.name.startswith(".")]

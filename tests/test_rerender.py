@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.errors import InputError
@@ -49,9 +50,9 @@ def test_rerender_gives_byte_identical_pdfs(published, tmp_path):
     out, _, _ = published
     again = tmp_path / "again"
     result = rerender(out / "manifest.json", again)
-    manifest = load_manifest(out / "manifest.json")
-    assert result.reports == REPORTS == len(manifest["outputs"]["reports"]) and result.summary
-    for entry in manifest["outputs"]["reports"]:
+    index = pq.read_table(out / "reports.parquet").to_pylist()
+    assert result.reports == REPORTS == len(index) and result.summary
+    for entry in index:
         assert (again / entry["file"]).read_bytes() == (out / entry["file"]).read_bytes()
     assert (again / "summary.pdf").read_bytes() == (out / "summary.pdf").read_bytes()
 
@@ -101,9 +102,15 @@ def test_changed_explanations_are_named(published, tmp_path):
 def test_a_pdf_whose_recorded_bytes_differ_is_named(published, tmp_path):
     out, _, _ = published
     manifest = _copy_run(out, tmp_path / "run")
-    data = json.loads(manifest.read_text())
-    entry = data["outputs"]["reports"][2]
+    index = pq.read_table(manifest.parent / "reports.parquet")
+    entries = index.to_pylist()
+    entry = entries[2]
     entry["sha256"] = "0" * 64
+    pq.write_table(index.from_pylist(entries, schema=index.schema), manifest.parent / "reports.parquet")
+    with pytest.raises(InputError, match=r"run/reports.parquet: report index SHA-256 changed since the run"):
+        rerender(manifest, tmp_path / "again")
+    data = json.loads(manifest.read_text())  # a manifest that records the tampered index: the PDF is named
+    data["outputs"]["reports.parquet"]["sha256"] = file_sha256(manifest.parent / "reports.parquet")
     manifest.write_text(json.dumps(data))
     differ = rf"{entry['file']}: re-rendered bytes differ .*manifest has 0000"
     with pytest.raises(RerenderMismatch, match=differ) as error:
@@ -135,3 +142,58 @@ def test_rerender_refuses_the_published_folder_and_a_missing_manifest(published,
         rerender(out / "manifest.json", out)
     with pytest.raises(InputError, match=r"nothing.json: manifest not found"):
         rerender(tmp_path / "nothing.json", tmp_path / "again")
+
+
+def test_a_manifest_with_inline_reports_still_rerenders(published, tmp_path):
+    """Manifests written before the report index list every report and review id inline: still read."""
+    out, _, _ = published
+    manifest = _copy_run(out, tmp_path / "run")
+    data = json.loads(manifest.read_text())
+    index = manifest.parent / "reports.parquet"
+    data["outputs"]["reports"] = pq.read_table(index).to_pylist()
+    del data["outputs"]["reports.parquet"]
+    data["review"] = {"min_fidelity": data["review"]["min_fidelity"],
+                      "ids": [r["id"] for r in data["outputs"]["reports"] if r["needs_review"]]}
+    data["manifest_version"] = 1
+    manifest.write_text(json.dumps(data))
+    index.unlink()
+    result = rerender(manifest, tmp_path / "again")
+    assert result.reports == REPORTS and result.summary
+    assert (tmp_path / "again" / "summary.pdf").read_bytes() == (out / "summary.pdf").read_bytes()
+
+
+def test_a_missing_report_index_is_one_line(published, tmp_path):
+    out, _, _ = published
+    manifest = _copy_run(out, tmp_path / "run")
+    (manifest.parent / "reports.parquet").unlink()
+    with pytest.raises(InputError, match=r"run/reports.parquet: report index not found"):
+        rerender(manifest, tmp_path / "again")
+
+
+@pytest.mark.parametrize("layout", ["hash-prefix", "date"])
+def test_reports_in_subfolders_are_indexed_and_rerendered(prefect_api, small_demo, make_config, tmp_path, layout):
+    """[report] layout puts each report in a subfolder; the index names it; rerender finds it there."""
+    import hashlib
+
+    from flows.pipeline import limelight_flow
+
+    config = make_config(f"{layout}.toml", report={"layout": layout})
+    out = tmp_path / "out"
+    summary = limelight_flow(config_path=str(config), out=str(out), devices="cpu:1", render_workers=1, limit=4)
+    index = pq.read_table(out / "reports.parquet").to_pylist()
+    assert summary["counts"]["reports_made"] == len(index) == 4
+    decisions = pq.read_table(small_demo.parent / "decisions.parquet").to_pylist()
+    dates = {str(d["customer_id"]): str(d["decision_date"])[:10] for d in decisions}
+    for entry in index:
+        folder = Path(entry["file"]).parent.as_posix()
+        want = hashlib.sha256(entry["id"].encode()).hexdigest()[:2] if layout == "hash-prefix" else dates[entry["id"]]
+        assert folder == f"reports/{want}"
+        assert file_sha256(out / entry["file"]) == entry["sha256"]
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "reports").rglob("*.pdf")) == sorted(
+        e["file"] for e in index)
+    manifest = load_manifest(out / "manifest.json")
+    assert manifest["outputs"]["reports"] == {"index": "reports.parquet", "count": 4, "layout": layout}
+    result = rerender(out / "manifest.json", tmp_path / "again")
+    assert result.reports == 4
+    for entry in index:
+        assert (tmp_path / "again" / entry["file"]).read_bytes() == (out / entry["file"]).read_bytes()
