@@ -33,7 +33,6 @@ import torch
 from tasks.config import MIN_STREAM_SAMPLES, WIDTH_GRID, stream_samples
 from tasks.engine.explainer import _HOST, BatchedLime, Explanations, _Collector
 from tasks.engine.stability import (
-    BLOCKS,
     combine,
     concat_groups,
     critical_value,
@@ -299,4 +298,4 @@ class _MatchedCollector(_Collector):
         return explanations
 
 
-__all__ = ["BLOCKS", "WIDTH_GRID", "KernelMatchedLime", "kernel_tilt"]
+__all__ = ["WIDTH_GRID", "KernelMatchedLime", "kernel_tilt"]
