@@ -88,7 +88,8 @@ def _with_bad_rows(config: Path, target: Path) -> Path:
 
 def test_validate_warns_about_rows_a_run_would_fail_and_exits_0(make_config, tmp_path):
     bad = _with_bad_rows(make_config(), tmp_path / "rows.parquet")
-    result = limelight("validate", str(make_config("rows.toml", data={"decisions": str(bad)})))
+    config = make_config("rows.toml", data={"decisions": str(bad)}, features={"annual_income": {"missing": "fail"}})
+    result = limelight("validate", str(config))
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if "failures.parquet" in line)
     assert warning.startswith(f"! {bad}: 3 rows will go to failures.parquet (1 missing value, 1 infinite value, "

@@ -37,12 +37,12 @@ def encoded_rows(config: Path, decisions: Path, rows: list[int]) -> list[list[fl
 def faulty(make_config, demo_artifacts, tmp_path, monkeypatch):
     """``faulty(decisions, shard_size, **faults)`` -> a config whose model is tests/faulty_model.py."""
 
-    def make(decisions: Path, shard_size: int, **faults: object) -> Path:
+    def make(decisions: Path, shard_size: int, features: dict | None = None, **faults: object) -> Path:
         spec = tmp_path / "faults.json"
         monkeypatch.setenv("LIMELIGHT_TEST_FAULTS", str(spec))
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
         config = make_config("faulty.toml", data={"decisions": str(decisions)}, run={"shard_size": shard_size},
-                             model={"path": None, "entrypoint": "faulty_model:make"})
+                             model={"path": None, "entrypoint": "faulty_model:make"}, features=features or {})
         rows = {kind: encoded_rows(config, decisions, faults.pop(kind))  # type: ignore[arg-type]
                 for kind in ("kill", "raise", "nan", "badsum", "slow") if kind in faults}
         spec.write_text(json.dumps({"model": str(demo_artifacts.model), **faults, **rows}))
@@ -60,7 +60,8 @@ def test_bad_rows_failing_decisions_and_killed_workers_are_all_accounted_for(pre
     decisions = tmp_path / "decisions.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), decisions)
     marker = tmp_path / "killed-once"
-    config = faulty(decisions, 2, marker=str(marker), kill=[11], **{"raise": [4]}, nan=[5], badsum=[9])
+    config = faulty(decisions, 2, features={"annual_income": {"missing": "fail"}}, marker=str(marker), kill=[11],
+                    **{"raise": [4]}, nan=[5], badsum=[9])
     out = tmp_path / "out"
 
     summary = limelight_flow(config_path=str(config), out=str(out), devices="cpu:2", trigger="test",
