@@ -406,8 +406,9 @@ class CreditModel(nn.Module):
 
     Preprocessing is inside the module, with constants baked in as buffers: log1p of the money columns,
     standardisation of the numeric columns, one-hot of the category codes (an unknown code gives all zeros).
-    Missing values (NaN): a number is imputed by the training mean (0 after standardising) and each of
-    ``gap_features`` gets a missing indicator input; a missing category gives all zeros.
+    Missing values (NaN), when ``gap_features`` are given: a number is imputed by the training mean (0 after
+    standardising) and each of ``gap_features`` gets a missing indicator input; a missing category gives all
+    zeros. Without them (the complete demo, as before) a NaN number propagates to the output.
     """
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, gap_features: tuple[str, ...] = ()) -> None:
@@ -427,6 +428,7 @@ class CreditModel(nn.Module):
         self.register_buffer("cat_columns", torch.tensor(cat_columns, dtype=torch.long))
         self.register_buffer("cat_levels", torch.tensor(cat_levels, dtype=torch.float32))
         self.register_buffer("gap_columns", torch.tensor(gaps, dtype=torch.long))
+        self.impute: bool = bool(gaps)
         self.net = nn.Sequential(
             nn.Linear(len(numeric) + len(gaps) + len(cat_levels), HIDDEN), nn.ReLU(),
             nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
@@ -439,7 +441,8 @@ class CreditModel(nn.Module):
         numeric = torch.where(self.log_mask, torch.log1p(numeric.clamp_min(0.0)), numeric)
         numeric = (numeric - self.mean) / self.std
         missing = torch.isnan(numeric.index_select(1, self.gap_columns)).to(torch.float32)
-        numeric = torch.nan_to_num(numeric, nan=0.0)
+        if self.impute:
+            numeric = torch.nan_to_num(numeric, nan=0.0)
         one_hot = (torch.round(x.index_select(1, self.cat_columns)) == self.cat_levels).to(torch.float32)
         return self.net(torch.cat([numeric, missing, one_hot], dim=1))
 
