@@ -186,8 +186,9 @@ def _bin_names(name: str, edges: np.ndarray) -> tuple[str, ...]:
 
 def _sampled(present: np.ndarray, counts: np.ndarray, rows: int, missing: int, missing_value: int
              ) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Sampled values and their frequencies; ``missing`` rows (0: none sampled) become the last value, the missing
-    slot. Without a missing slot the frequencies are over the present values, as lime's."""
+    """Sampled values and their frequencies, counts over ``rows``; ``missing`` rows (0: none sampled) become the
+    last value, the missing slot. ``rows`` counts every reference row where the slot is sampled, the present ones
+    otherwise (exactly lime's frequencies for a complete column)."""
     values = [int(v) for v in present]
     frequencies = [float(c) / rows for c in counts]
     if missing:
@@ -198,12 +199,10 @@ def _sampled(present: np.ndarray, counts: np.ndarray, rows: int, missing: int, m
 
 def _numeric_stats(name: str, column: np.ndarray, sample_missing: bool = True) -> FeatureStats:
     gaps = np.isnan(column)
+    missing = int(gaps.sum()) if sample_missing else 0
+    rows = len(column) if sample_missing else len(column) - int(gaps.sum())
     if gaps.any():
-        missing = int(gaps.sum()) if sample_missing else 0
-        rows = len(column) if sample_missing else len(column) - int(gaps.sum())
-        column = column[~gaps]
-    else:
-        missing, rows = 0, len(column)
+        column = column[~gaps]  # quartiles and bin statistics over the present values
     edges = np.unique(np.percentile(column, [25, 50, 75]))
     bins = np.searchsorted(edges, column)
     means, stds = [], []
