@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import FeatureConfig, ModelConfig  # noqa: E402
-from tasks.demo import FEATURES, build_demo, generate_portfolio, model_inputs  # noqa: E402
+from tasks.demo import FEATURES, build_demo, default_demo_dir, generate_portfolio, model_inputs  # noqa: E402
 from tasks.engine import BatchedLime, fit_reference  # noqa: E402
 from tasks.engine.explainer import compile_enabled  # noqa: E402
 from tasks.engine.reference import LimeReference  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    artifacts = build_demo()
+    artifacts = build_demo(default_demo_dir().parent / "demo-complete", gaps=False)  # lime cannot sample gaps
     features = [FeatureConfig(**f) for f in FEATURES]
     reference = model_inputs(pd.read_parquet(artifacts.reference)).astype(np.float64)
     portfolio = generate_portfolio(max(args.decisions, args.lime_decisions), seed=99)

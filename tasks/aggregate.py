@@ -74,8 +74,11 @@ REVIEW_REASONS = ("low-fidelity", "no-width", "prediction-gap", "unstable", "del
 """Why a decision goes to human review ([review] in the config; docs/method.md, "Review gate")."""
 
 
-def format_value(feature: FeatureConfig, value: float) -> str:
-    """The decision's own value as a customer reads it: the category's text, or the number to its decimals."""
+def format_value(feature: FeatureConfig, value: float) -> str | None:
+    """The decision's own value as a customer reads it: the category's text, or the number to its decimals;
+    None for a missing value (the reports say "not provided")."""
+    if np.isnan(value):
+        return None
     if feature.kind == "categorical":
         code = int(value)
         categories = feature.categories or []

@@ -235,6 +235,12 @@ class FeatureConfig(_Strict):
     categories: list[str] | None = None
     unit: str | None = Field(default=None, description="shown after values in reports, e.g. '%' or 'GBP'")
     decimals: int = Field(default=2, ge=0, le=6)
+    missing: Literal["explain", "fail"] = Field(
+        default="explain",
+        description="a missing value (null or NaN): 'explain' treats it as a value of its own (the reference's gaps"
+        " are sampled at their frequency and the model receives NaN); 'fail' sends a decision missing it to"
+        " failures.parquet, and the model never receives NaN in this feature",
+    )
 
     @model_validator(mode="after")
     def _categories_match_kind(self) -> FeatureConfig:

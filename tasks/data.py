@@ -262,12 +262,14 @@ def _check_feature_values(
     ids: pa.Array | None,
     id_column: str,
     problems: _Problems,
+    missing_is_data: bool = False,
 ) -> None:
-    """Nulls, NaNs, infinities and unknown categories (:func:`_column_checks`), first bad row per column."""
+    """Nulls and NaNs (of ``missing = "fail"`` features, unless ``missing_is_data``: the reference), infinities
+    and unknown categories (:func:`_column_checks`), first bad row per column."""
     for feature in features:
         if feature.name in skip:
             continue
-        for _, bad, detail in _column_checks(table.column(feature.name), feature):
+        for _, bad, detail in _column_checks(table.column(feature.name), feature, missing_is_data):
             rows = np.flatnonzero(bad)
             if rows.size:
                 row = int(rows[0])
@@ -306,19 +308,20 @@ ROW_PROBLEM_KINDS = {
 
 
 def _column_checks(
-    column: pa.ChunkedArray | pa.Array, feature: FeatureConfig
+    column: pa.ChunkedArray | pa.Array, feature: FeatureConfig, missing_is_data: bool = False
 ) -> list[tuple[str, np.ndarray, Callable[[int], str]]]:
     """The value checks of one feature column, in order: (kind, bool mask of the bad rows, detail of a bad row).
 
-    A missing value or NaN; an infinity; a category the config does not list (nulls are "missing", not that).
-    Both the input-level checks (:func:`_check_feature_values`) and the row-level ones (:func:`row_problems`).
+    A missing value or NaN where the feature has ``missing = "fail"`` (and not ``missing_is_data``); an
+    infinity; a category the config does not list (nulls are "missing", not that). Both the input-level checks
+    (:func:`_check_feature_values`) and the row-level ones (:func:`row_problems`).
     """
     def mask(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
 
-    checks: list[tuple[str, np.ndarray, Callable[[int], str]]] = [
-        ("missing", mask(pc.is_null(column, nan_is_null=True)), lambda row: "missing value"),
-    ]
+    checks: list[tuple[str, np.ndarray, Callable[[int], str]]] = []
+    if feature.missing == "fail" and not missing_is_data:
+        checks.append(("missing", mask(pc.is_null(column, nan_is_null=True)), lambda row: "missing value"))
     if _is_float(column):
         values = _plain(column)
         checks.append(("infinite", mask(pc.is_inf(values)),
@@ -332,12 +335,21 @@ def _column_checks(
     return checks
 
 
+def decision_features(config: Config) -> list[FeatureConfig]:
+    """The features as the decisions are checked: with ``[explain] engine = "lime"`` every feature is
+    ``missing = "fail"`` (the lime package cannot explain a missing value); otherwise as configured."""
+    if config.explain.engine != "lime":
+        return list(config.features)
+    return [f.model_copy(update={"missing": "fail"}) for f in config.features]
+
+
 def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int, RowProblem]:
     """Row-level problems of a batch of decisions: row (0-based, in ``table``) -> the problem, naming the column.
 
     These are the problems a night's run survives (the decision goes to the failures table) and that
-    ``limelight validate`` warns about: a missing value, NaN or infinity in a feature, and a category the
-    config does not list. A row with several problems gets the first, in feature order.
+    ``limelight validate`` warns about: a missing value or NaN in a feature with ``missing = "fail"``, an
+    infinity, and a category the config does not list. A row with several problems gets the first, in feature
+    order. A missing value in any other feature is explained (docs/method.md, "Missing values").
     """
     reasons: dict[int, RowProblem] = {}
     for feature in features:
@@ -348,14 +360,16 @@ def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int
 
 
 def encode(table: pa.Table, features: Sequence[FeatureConfig], file: str = "", offset: int = 0,
-           id_column: str | None = None) -> np.ndarray:
-    """Features -> float64 [n, d] in config order; a categorical becomes its index in ``categories``.
+           id_column: str | None = None, missing_is_data: bool = False) -> np.ndarray:
+    """Features -> float64 [n, d] in config order; a categorical becomes its index in ``categories``; a
+    missing value (null or NaN) becomes NaN.
 
-    Raises :class:`InputError` on a missing value or an unknown category (the caller's
-    ``file``/``offset`` name the row).
+    Raises :class:`InputError` on an infinity, an unknown category or a missing value of a
+    ``missing = "fail"`` feature (unless ``missing_is_data``) (the caller's ``file``/``offset`` name the row).
     """
     ids = _as_string(table.column(id_column)) if id_column and id_column in table.column_names else None
-    _check_feature_values(table, features, set(), file, offset, ids, id_column or "id", _Problems(None))
+    _check_feature_values(table, features, set(), file, offset, ids, id_column or "id", _Problems(None),
+                          missing_is_data)
     out = np.empty((table.num_rows, len(features)), dtype=np.float64)
     for j, feature in enumerate(features):
         column = table.column(feature.name)
@@ -365,7 +379,7 @@ def encode(table: pa.Table, features: Sequence[FeatureConfig], file: str = "", o
         else:
             if pa.types.is_dictionary(column.type):
                 column = column.cast(column.type.value_type)
-            out[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            out[:, j] = pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
     return out
 
 
@@ -463,14 +477,15 @@ def scan_decisions(
                 broken.add(id_column)
                 break
             if row_failures is not None:
-                checkable = [f for f in config.features if f.name not in broken]
+                checkable = [f for f in decision_features(config) if f.name not in broken]
                 for row, problem in row_problems(table, checkable).items():
                     where = _where(source.path, offset + row, None, id_column)
                     row_failures[base[source.path] + offset + row] = f"{where}: {problem}"
                     if row_kinds is not None:
                         row_kinds[base[source.path] + offset + row] = problem.kind
             else:
-                _check_feature_values(table, config.features, broken, source.path, offset, ids, id_column, sink)
+                _check_feature_values(table, decision_features(config), broken, source.path, offset, ids, id_column,
+                                      sink)
             id_chunks.append(ids)
     if problems is not None and len(problems) > start:
         return None
@@ -551,7 +566,7 @@ def _to_rows(config: Config, table: pa.Table, source: SourceFile, first_row: int
         if name not in table.column_names:
             raise InputError(f"{source.path}: column '{name}' not found")
     ids = _as_string(table.column(id_column))
-    x = encode(table, config.features, source.path, first_row, id_column)
+    x = encode(table, decision_features(config), source.path, first_row, id_column)
     applicant_names = _applicant_columns(config, table)
     applicants = pa.table(
         [ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids]
@@ -591,7 +606,8 @@ def concat_rows(parts: Sequence[DecisionRows], id_column: str, d: int) -> Decisi
 
 
 def read_reference(config: Config, problems: list[str] | None = None) -> np.ndarray:
-    """The reference population encoded like the decisions: float64 [n, d]."""
+    """The reference population encoded like the decisions: float64 [n, d], NaN where a value is missing (the
+    reference keeps its gaps: they are data, docs/method.md "Missing values")."""
     sink = _Problems(problems)
     start = len(problems) if problems is not None else 0
     empty = np.empty((0, len(config.features)))
@@ -606,13 +622,25 @@ def read_reference(config: Config, problems: list[str] | None = None) -> np.ndar
             continue
         for offset, table in _iter_tables(source, config.feature_names):
             skip: set[str] = set()
-            _check_feature_values(table, config.features, skip, source.path, offset, None, "id", sink)
+            _check_feature_values(table, config.features, skip, source.path, offset, None, "id", sink,
+                                  missing_is_data=True)
             if skip:
                 break
-            blocks.append(encode(table, config.features))
+            blocks.append(encode(table, config.features, missing_is_data=True))
     if problems is not None and len(problems) > start:
         return empty
     reference = np.vstack(blocks) if blocks else empty
+    gaps = np.isnan(reference).any(axis=0) if len(reference) else np.zeros(len(config.features), bool)
+    if config.explain.engine == "lime" and gaps.any():
+        name = config.features[int(np.argmax(gaps))].name
+        sink.add(f"{config.data.reference}: column '{name}' has missing values, which [explain] engine = \"lime\" "
+                 "cannot sample (the lime package has no missing-value support): use engine = \"batched\"")
+        return empty
+    empty_columns = np.isnan(reference).all(axis=0) if len(reference) else np.zeros(len(config.features), bool)
+    if empty_columns.any():
+        name = config.features[int(np.argmax(empty_columns))].name
+        sink.add(f"{config.data.reference}: column '{name}' has no value (every row is missing it)")
+        return empty
     if len(reference) < MIN_REFERENCE_ROWS:
         sink.add(
             f"{config.data.reference}: reference has {len(reference)} row{'s' if len(reference) != 1 else ''}; "
@@ -745,17 +773,26 @@ def validate_all(config: Config, *, check_model: bool = True) -> Validation:
     reference = read_reference(config, problems=result.problems)
     result.reference_rows = len(reference)
     if check_model:
-        result.model = _check_model(config, reference[:64], result.problems)
+        result.model = _check_model(config, reference, result.problems)
     return result
 
 
-def _check_model(config: Config, sample: np.ndarray, problems: list[str]) -> str:
-    """Load the model on the CPU (never CUDA here) and run it on reference rows."""
+def _check_model(config: Config, reference: np.ndarray, problems: list[str]) -> str:
+    """Load the model on the CPU (never CUDA here) and run it on reference rows; where the reference has
+    missing values, probe it with NaN in those features (:func:`tasks.model.check_missing_contract`)."""
     from tasks.errors import LimelightError
-    from tasks.model import load_model
+    from tasks.model import check_missing_contract, load_model
 
     try:
         model = load_model(config.model, len(config.features), device="cpu")
+        if len(reference):
+            from tasks.engine.stats import fit_reference
+
+            check_missing_contract(model, *fit_reference(reference, config.features).missing_probe())
+            failing = [j for j, f in enumerate(config.features) if f.missing == "fail"]
+            sample = reference[~np.isnan(reference[:, failing]).any(axis=1)][:64]  # NaN never reaches those
+        else:
+            sample = reference
         if len(sample):
             import torch
 

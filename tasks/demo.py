@@ -18,6 +18,13 @@ comes with missed payments and a high debt-to-income ratio. Most applicants have
 in real bureau data, which makes LIME's quartile bins of ``delinquencies_2y`` degenerate (all quartiles are 0).
 The outcome is a latent default risk with non-linear effects, interactions and unobserved noise, so the model's
 held-out AUC is realistic (about 0.82), not perfect.
+
+The files have the gaps real applications have (:func:`add_gaps`): credit utilisation is empty where the applicant
+has no revolving credit (there is no limit to use), some applicants did not declare their income (the
+self-employed and lower earners more often; an undeclared income adds to the risk, ``UNDECLARED_INCOME_RISK``), and
+a few housing statuses were not recorded. The model imputes inside: a missing
+number gets the training mean plus a missing indicator, a missing category no one-hot bit (docs/method.md,
+"Missing values"). ``build_demo(gaps=False)`` writes the complete portfolio and the model without indicators.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 #: Bump whenever the generator, the outcome or the model changes: cached demos then rebuild.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CLASSES = ["approved", "declined"]
 EMPLOYMENT_TYPES = ["salaried", "self_employed", "contract", "unemployed", "retired"]
@@ -75,6 +82,14 @@ NUMERIC_FEATURES: list[str] = [f["name"] for f in FEATURES if f["kind"] == "nume
 CATEGORICAL_FEATURES: list[str] = [f["name"] for f in FEATURES if f["kind"] == "categorical"]
 #: Heavy-tailed money columns: the model takes their log1p before standardising.
 MONEY_FEATURES = ("annual_income", "loan_amount")
+
+#: Gaps (:func:`add_gaps`): income not declared (self-employed, others), housing status not recorded.
+UNDECLARED_INCOME = (0.10, 0.025)
+UNRECORDED_HOUSING = 0.02
+#: Log-odds of a decline added for an undeclared income (the lender cannot verify affordability).
+UNDECLARED_INCOME_RISK = 0.8
+#: Numeric features that can be missing in the demo: the model gets a missing indicator for each.
+GAP_FEATURES = ("annual_income", "credit_utilization")
 
 #: The decisions are taken over one working week (the explanation run is on Sunday 22 Nov 2026).
 FIRST_DECISION_DAY = date(2026, 11, 16)
@@ -288,16 +303,37 @@ def generate_portfolio(n: int, seed: int) -> pd.DataFrame:
     })
 
 
+def add_gaps(portfolio: pd.DataFrame, seed: int, showcase: bool = False) -> pd.DataFrame:
+    """The portfolio with the gaps of real applications (a copy): ``credit_utilization`` empty where there is no
+    revolving credit (stored as 0.0 by :func:`generate_portfolio`), ``annual_income`` not declared by
+    ``UNDECLARED_INCOME`` of the self-employed and of the others on average, lower earners more often (so the gap
+    says something about the applicant, as it does in real data), ``housing`` not recorded for
+    ``UNRECORDED_HOUSING``. ``showcase``: the second applicant did not declare an income either (a gap among the
+    first decisions, which the small end-to-end tests explain)."""
+    rng = np.random.default_rng(seed)
+    out = portfolio.copy()
+    out["credit_utilization"] = out["credit_utilization"].where(out["credit_utilization"] > 0.0, np.nan)
+    self_employed = (out["employment_type"] == "self_employed").to_numpy()
+    income_z = (np.log(out["annual_income"].to_numpy()) - np.log(_MEDIAN_INCOME)) / 0.5
+    undeclared = rng.random(len(out)) < np.where(self_employed, *UNDECLARED_INCOME) * 2 * expit(-1.5 * income_z)
+    if showcase and len(out) > 1:
+        undeclared[1] = True
+    out["annual_income"] = out["annual_income"].where(~undeclared, np.nan)
+    out["housing"] = out["housing"].where(rng.random(len(out)) >= UNRECORDED_HOUSING, None)
+    return out
+
+
 def model_inputs(portfolio: pd.DataFrame) -> np.ndarray:
-    """The model's float32 ``[n, 12]`` input: ``FEATURES`` order, categoricals as their index in ``categories``."""
+    """The model's float32 ``[n, 12]`` input: ``FEATURES`` order, categoricals as their index in ``categories``,
+    NaN for a missing value."""
     columns = []
     for feature in FEATURES:
         values = portfolio[feature["name"]]
         if feature["kind"] == "categorical":
             codes = pd.Categorical(values, categories=feature["categories"]).codes
-            if (codes < 0).any():
+            if ((codes < 0) & values.notna().to_numpy()).any():
                 raise ValueError(f"column {feature['name']!r}: values outside {feature['categories']}")
-            columns.append(codes.astype(np.float64))
+            columns.append(np.where(codes < 0, np.nan, codes.astype(np.float64)))
         else:
             columns.append(values.to_numpy(dtype=np.float64))
     return np.column_stack(columns).astype(np.float32)
@@ -341,10 +377,14 @@ def default_logit(portfolio: pd.DataFrame) -> np.ndarray:
     )
 
 
-def simulate_outcomes(portfolio: pd.DataFrame, seed: int) -> np.ndarray:
-    """Observed outcomes (1 = "declined"-worthy, 0 = "approved"): the latent risk plus unobserved noise."""
+def simulate_outcomes(portfolio: pd.DataFrame, seed: int, undeclared: np.ndarray | None = None) -> np.ndarray:
+    """Observed outcomes (1 = "declined"-worthy, 0 = "approved"): the latent risk plus unobserved noise, plus
+    ``UNDECLARED_INCOME_RISK`` for the applicants who did not declare their income (``undeclared``, bool [n]):
+    an affordability the lender cannot verify."""
     rng = np.random.default_rng(seed)
     logit = default_logit(portfolio) + 0.35 * rng.standard_normal(len(portfolio))
+    if undeclared is not None:
+        logit = logit + UNDECLARED_INCOME_RISK * undeclared
     return (rng.random(len(portfolio)) < expit(logit)).astype(np.int64)
 
 
@@ -366,11 +406,15 @@ class CreditModel(nn.Module):
 
     Preprocessing is inside the module, with constants baked in as buffers: log1p of the money columns,
     standardisation of the numeric columns, one-hot of the category codes (an unknown code gives all zeros).
+    Missing values (NaN), when ``gap_features`` are given: a number is imputed by the training mean (0 after
+    standardising) and each of ``gap_features`` gets a missing indicator input; a missing category gives all
+    zeros. Without them (the complete demo, as before) a NaN number propagates to the output.
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, gap_features: tuple[str, ...] = ()) -> None:
         super().__init__()
         numeric = [i for i, f in enumerate(FEATURES) if f["kind"] == "numeric"]
+        gaps = [numeric.index(i) for i, f in enumerate(FEATURES) if f["name"] in gap_features]
         cat_columns: list[int] = []
         cat_levels: list[float] = []
         for i, feature in enumerate(FEATURES):
@@ -383,8 +427,10 @@ class CreditModel(nn.Module):
         self.register_buffer("std", std.to(torch.float32))
         self.register_buffer("cat_columns", torch.tensor(cat_columns, dtype=torch.long))
         self.register_buffer("cat_levels", torch.tensor(cat_levels, dtype=torch.float32))
+        self.register_buffer("gap_columns", torch.tensor(gaps, dtype=torch.long))
+        self.impute: bool = bool(gaps)
         self.net = nn.Sequential(
-            nn.Linear(len(numeric) + len(cat_levels), HIDDEN), nn.ReLU(),
+            nn.Linear(len(numeric) + len(gaps) + len(cat_levels), HIDDEN), nn.ReLU(),
             nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
             nn.Linear(HIDDEN, len(CLASSES)),
         )
@@ -394,8 +440,11 @@ class CreditModel(nn.Module):
         numeric = x.index_select(1, self.numeric_columns)
         numeric = torch.where(self.log_mask, torch.log1p(numeric.clamp_min(0.0)), numeric)
         numeric = (numeric - self.mean) / self.std
+        missing = torch.isnan(numeric.index_select(1, self.gap_columns)).to(torch.float32)
+        if self.impute:
+            numeric = torch.nan_to_num(numeric, nan=0.0)
         one_hot = (torch.round(x.index_select(1, self.cat_columns)) == self.cat_levels).to(torch.float32)
-        return self.net(torch.cat([numeric, one_hot], dim=1))
+        return self.net(torch.cat([numeric, missing, one_hot], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=1)
@@ -418,8 +467,9 @@ def _deterministic_torch(seed: int) -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-def train_model(seed: int) -> tuple[CreditModel, dict[str, float]]:
-    """Train the demo's credit model on ``TRAINING_ROWS`` fresh synthetic applications.
+def train_model(seed: int, gaps: bool = True) -> tuple[CreditModel, dict[str, float]]:
+    """Train the demo's credit model on ``TRAINING_ROWS`` fresh synthetic applications (with the demo's gaps in
+    its inputs, :func:`add_gaps`, unless not ``gaps``; the outcomes follow the complete applications).
 
     AdamW on the cross-entropy, ``TRAINING_STEPS`` mini-batches drawn from seeded epoch permutations, one CPU
     thread, deterministic algorithms: the same weights on every run, in about a second. The short schedule and
@@ -427,8 +477,10 @@ def train_model(seed: int) -> tuple[CreditModel, dict[str, float]]:
     Returns the model (eval mode) and held-out metrics (AUC, decline rate, the AUC of the true latent risk).
     """
     portfolio = generate_portfolio(TRAINING_ROWS, _derived_seed(seed, 2))
-    labels = simulate_outcomes(portfolio, _derived_seed(seed, 3))
-    x = model_inputs(portfolio)
+    observed = add_gaps(portfolio, _derived_seed(seed, 6)) if gaps else portfolio
+    undeclared = observed["annual_income"].isna().to_numpy() if gaps else None
+    labels = simulate_outcomes(portfolio, _derived_seed(seed, 3), undeclared)
+    x = model_inputs(observed)
     n_train = int(round(TRAINING_ROWS * (1.0 - HOLDOUT_SHARE)))
 
     numeric = [i for i, f in enumerate(FEATURES) if f["kind"] == "numeric"]
@@ -436,11 +488,13 @@ def train_model(seed: int) -> tuple[CreditModel, dict[str, float]]:
     for j, i in enumerate(numeric):
         if FEATURES[i]["name"] in MONEY_FEATURES:
             scaled[:, j] = np.log1p(scaled[:, j])
-    mean = torch.tensor(scaled.mean(axis=0))
-    std = torch.tensor(np.maximum(scaled.std(axis=0), 1e-6))
+    if np.isnan(scaled).any():  # over the present values
+        mean, std = torch.tensor(np.nanmean(scaled, axis=0)), torch.tensor(np.maximum(np.nanstd(scaled, axis=0), 1e-6))
+    else:
+        mean, std = torch.tensor(scaled.mean(axis=0)), torch.tensor(np.maximum(scaled.std(axis=0), 1e-6))
 
     with _deterministic_torch(_derived_seed(seed, 4)):
-        model = CreditModel(mean, std)
+        model = CreditModel(mean, std, GAP_FEATURES if gaps else ())
         features = torch.from_numpy(x[:n_train])
         targets = torch.from_numpy(labels[:n_train])
         shuffle = torch.Generator().manual_seed(_derived_seed(seed, 5))
@@ -504,9 +558,9 @@ def _save_torchscript(model: nn.Module, path: Path) -> None:
     _atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
-def _cache_key(seed: int, n_decisions: int, n_reference: int) -> dict[str, int]:
+def _cache_key(seed: int, n_decisions: int, n_reference: int, gaps: bool) -> dict[str, int]:
     return {"generator_version": GENERATOR_VERSION, "seed": seed, "n_decisions": n_decisions,
-            "n_reference": n_reference}
+            "n_reference": n_reference, "gaps": int(gaps)}
 
 
 def _cached(directory: Path, artifacts: DemoArtifacts, key: dict[str, int]) -> bool:
@@ -527,11 +581,13 @@ def build_demo(
     n_reference: int = 5000,
     seed: int = 7,
     force: bool = False,
+    gaps: bool = True,
 ) -> DemoArtifacts:
     """Write (or reuse) the demo's decisions, reference sample and model in ``directory``.
 
     ``directory`` defaults to :func:`default_demo_dir`. The files are reused without any work when they exist
-    and ``demo.json`` matches the generator version and the parameters, unless ``force``. Writes are atomic and
+    and ``demo.json`` matches the generator version and the parameters, unless ``force``. ``gaps``: the
+    decisions and the reference have missing values (:func:`add_gaps`) and the model handles them. Writes are atomic and
     the result is a pure function of the parameters, so concurrent builds are harmless.
     """
     if n_decisions < 1 or n_reference < 1:
@@ -543,7 +599,7 @@ def build_demo(
         reference=directory / "reference.parquet",
         model=directory / "model.pt",
     )
-    key = _cache_key(seed, n_decisions, n_reference)
+    key = _cache_key(seed, n_decisions, n_reference, gaps)
     if not force and _cached(directory, artifacts, key):
         return artifacts
 
@@ -552,7 +608,10 @@ def build_demo(
 
     decisions = generate_portfolio(n_decisions, seed)
     reference = generate_portfolio(n_reference, _derived_seed(seed, 1))[FEATURE_NAMES]
-    model, metrics = train_model(seed)
+    if gaps:
+        decisions = add_gaps(decisions, _derived_seed(seed, 7), showcase=True)
+        reference = add_gaps(reference, _derived_seed(seed, 8))
+    model, metrics = train_model(seed, gaps)
     with torch.no_grad():
         declined = model(torch.from_numpy(model_inputs(decisions)))[:, CLASSES.index("declined")].numpy()
 

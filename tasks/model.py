@@ -304,3 +304,32 @@ def check_model_contract(model: LoadedModel, num_classes: int) -> None:
             f"{model.description}: outputs are not probabilities (rows must sum to 1); "
             "set [model] output = \"logits\" if it returns logits"
         )
+
+
+def check_missing_contract(model: LoadedModel, probe: np.ndarray, names: list[str]) -> None:
+    """Where the reference has missing values, the model receives NaN in those features (docs/method.md,
+    "Missing values"): call it on ``probe`` (``ReferenceStats.missing_probe()``: row i has NaN in feature
+    ``names[i]``, the last row in all of them) and require finite output, row by row.
+
+    A model that fails gets one line naming the (first) feature and the two fixes.
+    """
+    if not names:
+        return
+    rows = torch.as_tensor(probe, dtype=torch.float32, device=model.device)
+    for i in range(len(rows)):
+        try:
+            out = model(rows[i : i + 1]).to(torch.float64)
+            failed = None if bool(torch.isfinite(out).all()) else "returns non-finite output"
+        except ModelError:
+            raise
+        except Exception as error:  # the bank's code: report it in one line
+            failed = f"fails ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        if failed is None:
+            continue
+        what = f"'{names[i]}' is" if i < len(names) else f"{', '.join(repr(n) for n in names)} are"
+        fix_for = f"'{names[i]}'" if i < len(names) else "them"
+        raise ModelError(
+            f"{model.description}: {failed} when {what} missing (NaN), as in the reference and so in LIME's "
+            f"samples: use a model that handles NaN, or set [[features]] missing = \"fail\" for {fix_for} "
+            "(a decision missing it then fails alone)"
+        )

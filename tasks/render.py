@@ -200,6 +200,14 @@ def _factor(row: Mapping[str, Any], shared: _Shared, decision_id: str) -> dict[s
     entry = shared.catalog.features.get(name)
     label = clean_text(entry.label if entry is not None and entry.label else row["label"], limit=120)
     condition = clean_text(row["condition"], limit=300)
+    missing = _is_missing(row["value"])
+    if missing:  # the customer did not provide it: its own sentence, "not provided" as the value
+        value = texts["customer"]["not_provided"]
+        template = getattr(entry, f"{direction}_missing") if entry is not None else None
+        sentence = (fill(template, value=value, label=label) if template is not None else
+                    fill(texts["fallback"][f"{direction}_missing"], label=_in_sentence(label, language),
+                         outcome=shared.outcome_noun))
+        return _factor_fields(row, shared, decision_id, name, label, condition, value, None, sentence, direction)
     value = display_value(row["value"], feature, entry)
     band: Band | None = None
     if feature.kind == "numeric":
@@ -213,6 +221,14 @@ def _factor(row: Mapping[str, Any], shared: _Shared, decision_id: str) -> dict[s
         key = direction if feature.kind == "numeric" else f"{direction}_category"
         sentence = fill(texts["fallback"][key], label=_in_sentence(label, language), value=value,
                         range=range_text, outcome=shared.outcome_noun)
+    return _factor_fields(row, shared, decision_id, name, label, condition, value, clean_text(row["value"], limit=200),
+                          sentence, direction)
+
+
+def _factor_fields(row: Mapping[str, Any], shared: _Shared, decision_id: str, name: str, label: str, condition: str,
+                   value: str, raw_value: str | None, sentence: str, direction: str) -> dict[str, Any]:
+    """One factor as the templates and the embedded JSON take it (``raw_value`` None: a missing value)."""
+    texts = shared.texts
     weight = _float(row["weight"], "weight", decision_id)
     share = _float(row["share"], "share", decision_id)
     role = row.get("role")
@@ -223,7 +239,7 @@ def _factor(row: Mapping[str, Any], shared: _Shared, decision_id: str) -> dict[s
         "label": label,
         "condition": condition,
         "value": value,
-        "raw_value": clean_text(row["value"], limit=200),
+        "raw_value": raw_value,
         "sentence": clean_text(sentence, limit=1200),
         "direction": direction,
         "direction_word": texts["customer"][f"direction_{direction}"],

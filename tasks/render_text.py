@@ -168,6 +168,13 @@ class ReasonEntry:
     raises: str | None = None
     lowers: str | None = None
     categories: Mapping[str, str] = field(default_factory=dict)
+    raises_missing: str | None = None  # the sentences for a value the customer did not provide
+    lowers_missing: str | None = None
+
+
+#: Reason catalog sentence keys -> the placeholders they may use (a missing value has no band: no {range}).
+SENTENCE_KEYS = {"label": frozenset(), "raises": REASON_PLACEHOLDERS, "lowers": REASON_PLACEHOLDERS,
+                 "raises_missing": frozenset({"value", "label"}), "lowers_missing": frozenset({"value", "label"})}
 
 
 @dataclass(frozen=True)
@@ -193,24 +200,25 @@ def _load_catalog(path: Path) -> ReasonCatalog:
         where = f"{path}: [features.{name}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: must be a table")
-        unknown = set(entry) - {"label", "raises", "lowers", "categories"}
+        unknown = set(entry) - set(SENTENCE_KEYS) - {"categories"}
         if unknown:
             raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} "
-                              "(known: label, raises, lowers, categories)")
-        for key in ("label", "raises", "lowers"):
+                              f"(known: {', '.join(SENTENCE_KEYS)}, categories)")
+        for key, allowed in SENTENCE_KEYS.items():
             text = entry.get(key)
             if text is None:
                 continue
             if not isinstance(text, str) or not text.strip():
                 raise ConfigError(f"{where} {key}: must be a non-empty text")
-            bad = placeholders(text) - (REASON_PLACEHOLDERS if key != "label" else set())
+            bad = placeholders(text) - allowed
             if bad:
                 raise ConfigError(f"{where} {key}: unknown placeholder {{{sorted(bad)[0]}}} "
-                                  f"(known: {', '.join(sorted(REASON_PLACEHOLDERS))})")
+                                  f"(known: {', '.join(sorted(allowed)) or 'none'})")
         categories = entry.get("categories", {})
         if not isinstance(categories, dict) or not all(isinstance(v, str) for v in categories.values()):
             raise ConfigError(f"{where}.categories: must map category values to display texts")
-        features[name] = ReasonEntry(entry.get("label"), entry.get("raises"), entry.get("lowers"), categories)
+        features[name] = ReasonEntry(entry.get("label"), entry.get("raises"), entry.get("lowers"), categories,
+                                     entry.get("raises_missing"), entry.get("lowers_missing"))
     return ReasonCatalog(path=path, explained_class=meta.get("explained_class"), features=features)
 
 

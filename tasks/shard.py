@@ -289,7 +289,7 @@ def _resources(config: Config, run: RunInfo, device: str) -> _Loaded:
     """Model, reference statistics and explainer of this worker process, loaded once per key."""
     from tasks.data import read_reference
     from tasks.engine import fit_reference, make_explainer
-    from tasks.model import load_model
+    from tasks.model import check_missing_contract, load_model
 
     key = (run.config_sha256, run.model_sha256, run.reference_sha256, device)
     with _CACHE_LOCK:
@@ -297,8 +297,9 @@ def _resources(config: Config, run: RunInfo, device: str) -> _Loaded:
             _CACHE.move_to_end(key)
             return _CACHE[key]
         model = load_model(config.model, len(config.features), device=device)
-        model = CheckedModel(model)
         stats = fit_reference(read_reference(config), config.features, config.explain.kernel_width)
+        check_missing_contract(model, *stats.missing_probe())
+        model = CheckedModel(model)
         loaded = _Loaded(model, stats, make_explainer(config, stats, model))
         _CACHE[key] = loaded
         while len(_CACHE) > _CACHE_SIZE:

@@ -74,12 +74,17 @@ def small_demo(demo_artifacts: Any, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture
 def make_config(small_demo: Path, tmp_path: Path):
-    """Write a variant of the small demo config: ``make_config(explain={"engine": "lime"}, ...)``."""
+    """Write a variant of the small demo config: ``make_config(explain={"engine": "lime"}, ...)``;
+    ``features={"annual_income": {"missing": "fail"}}`` changes the named ``[[features]]``."""
     import tomllib
 
     def make(name: str = "variant.toml", **sections: dict[str, Any]) -> Path:
         raw = tomllib.loads(small_demo.read_text(encoding="utf-8"))
         for section, values in sections.items():
+            if section == "features":
+                for feature in raw["features"]:
+                    feature.update(values.get(feature["name"], {}))
+                continue
             raw.setdefault(section, {}).update(values)
         return write_config(tmp_path / name, raw)
 

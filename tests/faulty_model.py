@@ -35,11 +35,16 @@ def make() -> Callable[[np.ndarray], np.ndarray]:
     marker = faults.get("marker")
     slept: set[bytes] = set()
 
+    def same(x: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """[n, m]: row i of ``x`` equals row j of ``wanted`` (a missing value, NaN, equals NaN)."""
+        a, b = x[:, None, :], wanted[None, :, :]
+        return ((a == b) | (np.isnan(a) & np.isnan(b))).all(2)
+
     def hits(x: np.ndarray, kind: str) -> np.ndarray:
         wanted = rows[kind]
         if not len(wanted):
             return np.zeros(len(x), bool)
-        return (x[:, None, :] == wanted[None, :, :]).all(2).any(1)
+        return same(x, wanted).any(1)
 
     def predict(x: np.ndarray) -> np.ndarray:
         if marker and not Path(marker).exists():
@@ -50,7 +55,7 @@ def make() -> Callable[[np.ndarray], np.ndarray]:
         if hits(x, "raise").any():
             raise ValueError("poisoned decision")
         if len(rows["slow"]):
-            found = (x[:, None, :] == rows["slow"][None, :, :]).all(2).any(0)
+            found = same(x, rows["slow"]).any(0)
             new = {rows["slow"][i].tobytes() for i in np.flatnonzero(found)} - slept
             slept.update(new)
             time.sleep(float(faults["sleep"]) * len(new))

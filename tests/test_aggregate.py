@@ -102,6 +102,23 @@ def test_format_value_unknown_code_and_thousands() -> None:
     assert format_value(housing, 0) == "own" and format_value(housing, 7) == "7"
 
 
+def test_a_missing_value_is_null_and_its_condition_says_missing() -> None:
+    config = make_config()
+    rng = np.random.default_rng(1)
+    reference = np.column_stack([rng.integers(18, 80, 200), rng.uniform(0, 0.9, 200), rng.integers(0, 3, 200)])
+    reference = reference.astype(float)
+    reference[::10, 1], reference[::7, 2] = np.nan, np.nan
+    stats = fit_reference(reference, config.features)
+    x = np.array([[40.0, np.nan, np.nan]])
+    expl = Explanations(ids=["A-1"], feature_index=np.array([[1, 2, 0]]), weights=np.array([[0.1, -0.05, 0.01]]),
+                        intercept=np.array([0.3]), local_pred=np.array([0.36]), model_pred=np.array([0.35]),
+                        fidelity=np.array([0.6]))
+    table = explanation_table(expl, x, stats, config)
+    assert table["value"].isna().tolist() == [True, True, False] and table["value"][2] == "40"
+    assert table["condition"].tolist()[:2] == ["dti is missing", "housing is missing"]
+    assert format_value(config.features[2], float("nan")) is None
+
+
 def quality_explanations(**overrides) -> Explanations:
     values = dict(
         ids=["ok", "low", "gap", "unstable", "deletion"],

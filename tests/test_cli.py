@@ -70,7 +70,8 @@ def test_validate_warns_about_features_missing_from_the_reason_catalog(make_conf
 
 
 def _with_bad_rows(config: Path, target: Path) -> Path:
-    """The small demo's decisions with row-level problems at rows 17 (NaN), 18 (inf) and 30 (unknown category)."""
+    """The small demo's decisions with a missing value at row 17 (NaN: explained) and row-level problems at rows
+    18 (inf) and 30 (unknown category)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -91,11 +92,10 @@ def test_validate_warns_about_rows_a_run_would_fail_and_exits_0(make_config, tmp
     result = limelight("validate", str(make_config("rows.toml", data={"decisions": str(bad)})))
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if "failures.parquet" in line)
-    assert warning.startswith(f"! {bad}: 3 rows will go to failures.parquet (1 missing value, 1 infinite value, "
-                              "1 unknown category): row 17: column 'annual_income': missing value; row 18: column "
-                              "'annual_income': inf is not a finite number; row 30: column 'employment_type': "
-                              "'astronaut' is not a configured category"), warning
-    assert "48 decisions in 1 file: 45 would be explained, 3 would fail" in result.stdout
+    assert warning.startswith(f"! {bad}: 2 rows will go to failures.parquet (1 infinite value, 1 unknown category): "
+                              "row 18: column 'annual_income': inf is not a finite number; row 30: column "
+                              "'employment_type': 'astronaut' is not a configured category"), warning
+    assert "48 decisions in 1 file: 46 would be explained, 2 would fail" in result.stdout
     assert "error" not in result.stderr and "✗" not in result.stderr
 
 
@@ -105,9 +105,27 @@ def test_validate_lists_input_problems_and_warns_about_rows(make_config, tmp_pat
     result = limelight("validate", str(config))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert any(line.startswith(f"! {bad}: 3 rows will go to failures.parquet") for line in lines), result.stderr
+    assert any(line.startswith(f"! {bad}: 2 rows will go to failures.parquet") for line in lines), result.stderr
     assert any(line.startswith("✗") and "missing.pt: model file not found" in line for line in lines)
-    assert lines[-1] == f"error: {config}: 1 problem found; besides, 3 decisions would fail alone"
+    assert lines[-1] == f"error: {config}: 1 problem found; besides, 2 decisions would fail alone"
+
+
+def test_validate_probes_the_model_with_nan_where_the_reference_has_gaps(make_config, tmp_path):
+    """The demo's reference has gaps; the model of the complete demo does not handle NaN in numbers: one line
+    naming the feature and both fixes. With missing = "fail" for those features, it validates."""
+    from tasks.demo import build_demo
+
+    complete = build_demo(tmp_path / "complete", n_decisions=8, n_reference=200, gaps=False)
+    result = limelight("validate", str(make_config("nan.toml", model={"path": str(complete.model)})))
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("✗")]
+    assert line == (f"✗ {complete.model}: returns non-finite output when 'annual_income' is missing (NaN), as in the "
+                    "reference and so in LIME's samples: use a model that handles NaN, or set [[features]] missing = "
+                    "\"fail\" for 'annual_income' (a decision missing it then fails alone)")
+    fail = {"annual_income": {"missing": "fail"}, "credit_utilization": {"missing": "fail"}}
+    result = limelight("validate", str(make_config("fail.toml", model={"path": str(complete.model)}, features=fail)))
+    assert result.returncode == 0, result.stderr
+    assert "will go to failures.parquet" in result.stderr and "column 'annual_income': missing value" in result.stderr
 
 
 def _decisions(config: Path) -> Path:

@@ -49,13 +49,16 @@ def reference_table(n: int = 40) -> pa.Table:
     })
 
 
-def make_config(folder: Path, decisions: Path | None = None, reference: Path | None = None, **report: Any):
+def make_config(folder: Path, decisions: Path | None = None, reference: Path | None = None,
+                fail_missing: tuple[str, ...] = (), engine: str = "batched", **report: Any):
+    """A config of income, dti (numeric) and housing; ``fail_missing`` names the features with missing = "fail"."""
     raw = {
         "data": {
             "decisions": str(decisions or folder / "decisions.parquet"),
             "reference": str(reference or folder / "reference.parquet"),
         },
         "model": {"path": "model.pt", "classes": ["approved", "declined"], "explain": "declined"},
+        "explain": {"engine": engine},
         "report": {"applicant_fields": ["full_name"], **report},
         "features": [
             {"name": "income", "label": "Income", "kind": "numeric"},
@@ -63,6 +66,9 @@ def make_config(folder: Path, decisions: Path | None = None, reference: Path | N
             {"name": "housing", "label": "Housing", "kind": "categorical", "categories": HOUSING},
         ],
     }
+    for feature in raw["features"]:
+        if feature["name"] in fail_missing:
+            feature["missing"] = "fail"
     return parse_config(raw, folder / "limelight.toml")
 
 
@@ -143,7 +149,7 @@ def test_date_column_is_a_report_column(tmp_path):
 def test_bad_decisions_give_one_line_naming_file_column_row(tmp_path, table, expected):
     pq.write_table(table, tmp_path / "decisions.parquet", row_group_size=8)
     pq.write_table(reference_table(), tmp_path / "reference.parquet")
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, fail_missing=("income", "dti"))
     with pytest.raises(InputError) as error:
         scan_decisions(config)
     message = one_line(error)
@@ -290,7 +296,7 @@ def test_row_level_problems_fail_the_row_not_the_run(tmp_path):
     pq.write_table(decisions_table(income=income, housing=housing), tmp_path / "decisions.parquet",
                    row_group_size=8)
     pq.write_table(reference_table(), tmp_path / "reference.parquet")
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, fail_missing=("income",))
     failures: dict[int, str] = {}
     index = scan_decisions(config, row_failures=failures)
     assert index is not None and index.num_rows == 30
@@ -332,7 +338,7 @@ def test_validate_warns_about_the_rows_a_run_would_fail(tmp_path):
     pq.write_table(decisions_table(income=income, housing=housing), tmp_path / "decisions.parquet",
                    row_group_size=8)
     pq.write_table(reference_table(), tmp_path / "reference.parquet")
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, fail_missing=("income",))
     result = validate_all(config, check_model=False)
     assert result.problems == []
     run_failures: dict[int, str] = {}
@@ -356,10 +362,74 @@ def test_validate_lists_input_problems_and_still_warns_about_rows(tmp_path):
                              income=[float("nan") if i == 3 else 1.0 for i in range(10)]).drop(["dti"])
     pq.write_table(second, folder / "b.parquet")
     pq.write_table(reference_table(5), tmp_path / "reference.parquet")
-    result = validate_all(make_config(tmp_path, decisions=folder), check_model=False)
+    result = validate_all(make_config(tmp_path, decisions=folder, fail_missing=("income",)), check_model=False)
     assert len(result.problems) == 2
     assert "b.parquet: feature column 'dti' not found" in result.problems[0]
     assert "reference has 5 rows" in result.problems[1]
     assert result.row_failures == {13: f"{folder / 'b.parquet'} row 4: column 'income': missing value"}
     assert result.row_warnings() == [f"{folder / 'b.parquet'}: 1 row will go to failures.parquet (1 missing value): "
                                      "row 4: column 'income': missing value"]
+
+
+def _with_gaps(table: pa.Table, rows: dict[str, list[int]]) -> pa.Table:
+    """``table`` with nulls (NaN for floats) at the given rows of each column."""
+    for name, blanks in rows.items():
+        values = table.column(name).to_pylist()
+        for row in blanks:
+            values[row] = float("nan") if isinstance(values[row], float) else None
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(values, table.schema.field(name).type))
+    return table
+
+
+def test_missing_values_are_data_in_the_reference_and_explained_in_the_decisions(tmp_path):
+    """Nulls and NaNs, numeric and categorical: no row failure, no input problem; encoded as NaN."""
+    pq.write_table(_with_gaps(decisions_table(), {"income": [4], "dti": [5], "housing": [6]}),
+                   tmp_path / "decisions.parquet", row_group_size=8)
+    pq.write_table(_with_gaps(reference_table(), {"income": [0, 3], "dti": [1], "housing": [2, 7, 9]}),
+                   tmp_path / "reference.parquet")
+    config = make_config(tmp_path)
+    failures: dict[int, str] = {}
+    assert scan_decisions(config, row_failures=failures) is not None and failures == {}
+    result = validate_all(config, check_model=False)
+    assert result.problems == [] and result.row_failures == {}
+    rows = read_rows(config, list_source_files(config.data.decisions, "d")[0], 0, 30)
+    assert [np.flatnonzero(np.isnan(rows.x[:, j])).tolist() for j in range(3)] == [[4], [5], [6]]
+    reference = read_reference(config)
+    assert [np.flatnonzero(np.isnan(reference[:, j])).tolist() for j in range(3)] == [[0, 3], [1], [2, 7, 9]]
+
+
+def test_missing_fail_keeps_the_row_failure_and_infinities_still_fail(tmp_path):
+    table = _with_gaps(decisions_table(), {"income": [4], "housing": [6]})
+    income = table.column("income").to_pylist()
+    income[8] = float("inf")
+    pq.write_table(table.set_column(2, "income", pa.array(income)), tmp_path / "decisions.parquet")
+    pq.write_table(_with_gaps(reference_table(), {"housing": [2]}), tmp_path / "reference.parquet")
+    failures: dict[int, str] = {}
+    scan_decisions(make_config(tmp_path, fail_missing=("housing",)), row_failures=failures)
+    assert sorted(failures) == [6, 8]
+    assert failures[6].endswith("row 7: column 'housing': missing value")
+    assert failures[8].endswith("row 9: column 'income': inf is not a finite number")
+    assert len(read_reference(make_config(tmp_path, fail_missing=("housing",)))) == 40  # the reference keeps it
+
+
+def test_lime_engine_refuses_a_reference_with_gaps_and_fails_missing_decisions(tmp_path):
+    pq.write_table(_with_gaps(decisions_table(), {"dti": [3]}), tmp_path / "decisions.parquet")
+    pq.write_table(_with_gaps(reference_table(), {"income": [5]}), tmp_path / "reference.parquet")
+    config = make_config(tmp_path, engine="lime")
+    with pytest.raises(InputError) as error:
+        read_reference(config)
+    assert one_line(error) == (
+        f"{tmp_path / 'reference.parquet'}: column 'income' has missing values, which [explain] engine = \"lime\" "
+        "cannot sample (the lime package has no missing-value support): use engine = \"batched\""
+    )
+    failures: dict[int, str] = {}
+    scan_decisions(config, row_failures=failures)
+    assert list(failures) == [3] and failures[3].endswith("column 'dti': missing value")
+
+
+def test_a_reference_column_without_any_value_is_an_input_error(tmp_path):
+    pq.write_table(decisions_table(), tmp_path / "decisions.parquet")
+    pq.write_table(_with_gaps(reference_table(), {"dti": list(range(40))}), tmp_path / "reference.parquet")
+    with pytest.raises(InputError, match="reference.parquet: column 'dti' has no value"):
+        read_reference(make_config(tmp_path))

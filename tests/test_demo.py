@@ -151,7 +151,33 @@ def test_parquet_files_hold_the_contract_columns(built: DemoArtifacts) -> None:
     assert 0.03 < np.mean([not n.isascii() for n in names]) < 0.35
     for feature in FEATURES:
         if feature["kind"] == "categorical":
-            assert set(decisions[feature["name"]]) <= set(feature["categories"])
+            assert set(decisions[feature["name"]].dropna()) <= set(feature["categories"])
+
+
+def test_the_files_have_realistic_gaps_and_the_model_handles_them(built: DemoArtifacts,
+                                                                   model: torch.jit.ScriptModule) -> None:
+    """Utilisation empty exactly where there is no revolving credit, some incomes undeclared (the self-employed
+    more often), a few housing statuses unrecorded; nothing else missing. The model gives probabilities."""
+    reference = pd.read_parquet(built.reference)
+    complete = generate_portfolio(5000, demo._derived_seed(7, 1))[FEATURE_NAMES]
+    assert (reference["credit_utilization"].isna() == (complete["credit_utilization"] == 0)).all()
+    undeclared = reference["annual_income"].isna()
+    assert 0.02 < undeclared.mean() < 0.05
+    self_employed = reference["employment_type"] == "self_employed"
+    assert undeclared[self_employed].mean() > 2 * undeclared[~self_employed].mean()
+    assert 0.01 < reference["housing"].isna().mean() < 0.03
+    assert set(reference.columns[reference.isna().any()]) == {"annual_income", "credit_utilization", "housing"}
+    present = reference.notna()
+    pd.testing.assert_frame_equal(reference.where(present), complete.where(present))  # gaps only blank values
+    decisions = pd.read_parquet(built.decisions)
+    assert np.isnan(decisions.loc[1, "annual_income"])  # the showcase: page one of the demo has a gap
+    assert 0.05 < decisions[FEATURE_NAMES].isna().any(axis=1).mean() < 0.15
+    x = torch.from_numpy(demo.model_inputs(decisions))
+    assert torch.isnan(x).any()
+    out = model(x)
+    assert torch.isfinite(out).all() and torch.allclose(out.sum(dim=1), torch.ones(len(x)), atol=1e-5)
+    gaps = torch.full((1, 12), float("nan"))  # everything missing at once still gives probabilities
+    assert torch.isfinite(model(gaps)).all()
 
 
 def test_marginals_are_plausible(population: pd.DataFrame) -> None:

@@ -21,6 +21,7 @@ from flows.pipeline import limelight_flow, message_hook
 from tasks.config import load_config
 from tasks.data import SourceFile, read_rows
 from tasks.deadline import DeadlineMissed
+from tasks.demo import FEATURE_NAMES
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -37,12 +38,12 @@ def encoded_rows(config: Path, decisions: Path, rows: list[int]) -> list[list[fl
 def faulty(make_config, demo_artifacts, tmp_path, monkeypatch):
     """``faulty(decisions, shard_size, **faults)`` -> a config whose model is tests/faulty_model.py."""
 
-    def make(decisions: Path, shard_size: int, **faults: object) -> Path:
+    def make(decisions: Path, shard_size: int, features: dict | None = None, **faults: object) -> Path:
         spec = tmp_path / "faults.json"
         monkeypatch.setenv("LIMELIGHT_TEST_FAULTS", str(spec))
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
         config = make_config("faulty.toml", data={"decisions": str(decisions)}, run={"shard_size": shard_size},
-                             model={"path": None, "entrypoint": "faulty_model:make"})
+                             model={"path": None, "entrypoint": "faulty_model:make"}, features=features or {})
         rows = {kind: encoded_rows(config, decisions, faults.pop(kind))  # type: ignore[arg-type]
                 for kind in ("kill", "raise", "nan", "badsum", "slow") if kind in faults}
         spec.write_text(json.dumps({"model": str(demo_artifacts.model), **faults, **rows}))
@@ -69,26 +70,26 @@ def test_bad_rows_failing_decisions_and_killed_workers_are_all_accounted_for(pre
     ids = frame.customer_id.tolist()
     assert marker.exists()  # a worker really died once, mid-shard, and its shard ran again
     failures = pd.read_parquet(out / "failures.parquet")
-    assert failures.customer_id.tolist() == [ids[i] for i in (2, 4, 5, 7, 9, 11)]  # the selection's order
-    assert failures.stage.tolist() == ["input", "explain", "explain", "input", "explain", "worker"]
+    assert failures.customer_id.tolist() == [ids[i] for i in (4, 5, 7, 9, 11)]  # the selection's order
+    assert failures.stage.tolist() == ["explain", "explain", "input", "explain", "worker"]
     errors = failures.error.tolist()
-    assert "row 3: column 'annual_income': missing value" in errors[0]
-    assert "ValueError: poisoned decision" in errors[1]
-    assert "non-finite" in errors[2]
-    assert "'houseboat' is not a configured category" in errors[3]
-    assert "not probabilities" in errors[4]
-    assert "KilledWorker" in errors[5]
+    assert "ValueError: poisoned decision" in errors[0]
+    assert "non-finite" in errors[1]
+    assert "'houseboat' is not a configured category" in errors[2]
+    assert "not probabilities" in errors[3]
+    assert "KilledWorker" in errors[4]
 
-    reported = [ids[i] for i in (0, 1, 3, 6, 8, 10)]
+    reported = [ids[i] for i in (0, 1, 2, 3, 6, 8, 10)]  # 1 and 2 miss their income: explained
     counts = summary["counts"]
-    assert [counts[k] for k in ("decisions_in", "reported", "failed", "not_reached")] == [12, 6, 6, 0]
+    assert [counts[k] for k in ("decisions_in", "reported", "failed", "not_reached")] == [12, 7, 5, 0]
     assert summary["accounting"]["holds"]
     explained = pd.read_parquet(out / "explanations.parquet")
     assert explained.customer_id.drop_duplicates().tolist() == reported
+    assert (explained["value"].isna() == explained["condition"].str.endswith(" is missing")).all()
     manifest = json.loads((out / "manifest.json").read_text())
     assert [r["id"] for r in pq.read_table(out / "reports.parquet").to_pylist()] == reported
-    assert len(list((out / "reports").glob("*.pdf"))) == 6
-    assert manifest["failures"]["by_stage"] == {"explain": 3, "input": 2, "worker": 1}
+    assert len(list((out / "reports").glob("*.pdf"))) == 7
+    assert manifest["failures"]["by_stage"] == {"explain": 3, "input": 1, "worker": 1}
     assert manifest["trigger"]["trigger"] == "test" and manifest["trigger"]["started_by"] == "pytest"
     assert manifest["accounting"]["holds"] and manifest["not_reached_ids"] == []
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
@@ -166,6 +167,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(prefect_api, small_
     import sys
 
     config = slow_config(faulty, small_demo, 0.5)
+    selected = pd.read_parquet(small_demo.parent / "decisions.parquet").head(8)
+    assert selected[FEATURE_NAMES].isna().any(axis=1).any()  # decisions with missing values resume too
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "flows.cli", "run", str(config), "--out", str(out), "--devices", "cpu:1",
@@ -196,7 +199,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(prefect_api, small_
     assert second["resumed"]["shards_reused"] >= 1 and second["resumed"]["render_batches_reused"] >= 1
     assert first["resumed"]["shards_reused"] == 0
     assert first["run_id"] == second["run_id"] and first["counts"] == second["counts"]
-    assert second["counts"]["reported"] == 8 and second["accounting"]["holds"]
+    assert second["counts"]["reported"] == 8 and second["accounting"]["holds"] and second["counts"]["failed"] == 0
     for name in ("explanations.parquet", "summary.pdf", "failures.parquet"):
         assert (fresh.parent / name).read_bytes() == (killed / name).read_bytes(), name
     assert first["outputs"]["reports.parquet"] == second["outputs"]["reports.parquet"]

@@ -59,6 +59,7 @@ def test_reason_catalogs_match_and_cover_both_directions() -> None:
         for direction in ("raises", "lowers"):
             assert "{value}" in en[name][direction] and "{value}" in zh[name][direction]
         assert set(en[name].get("categories", {})) == set(zh[name].get("categories", {}))
+        assert {k for k in en[name] if k.endswith("_missing")} == {k for k in zh[name] if k.endswith("_missing")}
     for feature in demo_config().features:
         if feature.kind == "categorical":
             assert set(en[feature.name]["categories"]) == set(feature.categories or [])
@@ -159,3 +160,46 @@ def test_notices_fill_lender_details_for_every_jurisdiction() -> None:
     for jurisdiction, notice in texts.items():  # right to reasons, human review and to contest, everywhere
         body = " ".join(notice["paragraphs"]).lower()
         assert "reason" in body and "staff" in body and "contest" in body, jurisdiction
+
+
+@pytest.mark.parametrize(
+    ("language", "own", "fallback", "not_provided"),
+    [
+        ("en", "You did not declare your annual income. Without it we could not assess how much you can afford to "
+               "repay, which increased the likelihood of a decline.",
+         "Your purpose of the loan was not provided; in our model its absence reduced the likelihood of a decline.",
+         "not provided"),
+        ("zh-CN", "您未申报年收入。缺少这一信息，我们无法评估您能负担的还款额，这提高了申请被拒绝的可能性。",
+         "您未提供借款用途；在我们的模型中，该信息的缺失降低了被拒绝的可能性。", "未提供"),
+    ],
+    ids=["en", "zh-CN"],
+)
+def test_a_missing_value_is_not_provided_with_its_own_sentence(language, own, fallback, not_provided) -> None:
+    """The catalog's raises_missing sentence (annual_income), else the general one (loan_purpose has none);
+    "not provided" in the value cell; null in the embedded JSON."""
+    from tasks.render import _group_rows, _report_context, _shared
+    from tasks.render_samples import demo_run, synthetic_inputs
+
+    config = demo_config(language)
+    rows, _ = synthetic_inputs(1, config, seed=3)
+    for rank, (name, direction) in enumerate([("annual_income", "raises"), ("loan_purpose", "lowers")]):
+        feature = next(f for f in config.features if f.name == name)
+        rows.loc[rank, ["feature", "label", "condition", "value", "direction"]] = [
+            name, feature.label, f"{name} is missing", None, direction]
+        rows.loc[rank, "weight"] = abs(rows.loc[rank, "weight"]) * (1 if direction == "raises" else -1)
+    (decision_id, records), = _group_rows(rows, "customer_id").items()
+    context, attachment = _report_context(decision_id, records, None, _shared(config, demo_run(config)))
+    factors = context["factors"]
+    assert [f["value"] for f in factors[:2]] == [not_provided, not_provided]
+    assert [f["sentence"] for f in factors[:2]] == [own, fallback]
+    assert [f["value"] for f in attachment["factors"][:2]] == [None, None]
+    assert [f["condition"] for f in attachment["factors"][:2]] == ["annual_income is missing",
+                                                                    "loan_purpose is missing"]
+    assert attachment["factors"][2]["value"] is not None
+
+
+def test_missing_sentences_cannot_use_the_range(tmp_path: Path) -> None:
+    path = tmp_path / "reasons.toml"
+    path.write_text('[features.housing]\nraises_missing = "not given, {range}"\n')
+    with pytest.raises(ConfigError, match=r"raises_missing: unknown placeholder \{range\} \(known: label, value\)"):
+        load_reason_catalog(demo_config("en", reasons=str(path)))

@@ -3,8 +3,9 @@
 A factor is lime's "the feature is in the decision's own bin/category" (z_j = 1); removing it means z_j = 0:
 the feature takes another bin or category of the reference. For the decision's top-k features, every
 combination of *other* values is enumerated, each numeric bin represented by its reference mean (the same
-bin means lime keeps) and each category by its code, weighted by the reference frequencies (renormalised
-without the decision's own value, independently per feature, as lime samples them). All other features keep
+bin means lime keeps), each category by its code and a missing slot (docs/method.md, "Missing values") by
+NaN, weighted by the reference frequencies (renormalised without the decision's own value, independently per
+feature, as lime samples them). All other features keep
 the decision's values. Then
 
     deletion_delta = Σ_c weight_c · f(x with the top factors replaced by combination c) − f(x)
@@ -23,9 +24,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from tasks.engine.stats import ReferenceStats
+from tasks.engine.stats import FeatureStats, ReferenceStats
 
 MAX_COMBINATIONS = 256
+
+
+def _model_input(feature: FeatureStats, value: int) -> float:
+    """What the model receives for a sampled value: the bin's reference mean, the category's code, or NaN for
+    the missing slot (a missing value is one of the reference's values like any other)."""
+    if value == feature.missing_value:
+        return float("nan")
+    return feature.means[value] if feature.kind == "numeric" else float(value)
 
 
 class DeletionCheck:
@@ -34,10 +43,7 @@ class DeletionCheck:
         # per feature: the reference's values (bins/codes), their frequencies and their model-input values
         self._values = [np.asarray(f.values, dtype=np.int64) for f in stats.features]
         self._freqs = [np.asarray(f.frequencies, dtype=np.float64) for f in stats.features]
-        self._inputs = [
-            np.asarray([f.means[v] for v in f.values] if f.kind == "numeric" else f.values, dtype=np.float64)
-            for f in stats.features
-        ]
+        self._inputs = [np.asarray([_model_input(f, v) for v in f.values], dtype=np.float64) for f in stats.features]
 
     def _alternatives(self, j: int, own: int, keep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         other = self._values[j] != own

@@ -35,6 +35,9 @@ class LimeReference:
     def __post_init__(self) -> None:
         if self.stats.data is None:
             raise ValueError("the lime engine needs the reference data: fit_reference keeps it")
+        if np.isnan(self.stats.data).any():  # tasks.data.read_reference says so first, naming the column
+            raise ValueError("the lime engine cannot sample missing values (the lime package has no support for "
+                             "them): use engine = \"batched\"")
         categorical = [j for j, f in enumerate(self.stats.features) if f.kind == "categorical"]
         self.explainer = LimeTabularExplainer(
             self.stats.data,

@@ -14,6 +14,12 @@ On top of lime's statistics it precomputes, per (feature, bin), the inverse CDF 
 samples inside the bin (``scipy.stats.truncnorm.ppf`` on a fine grid), so undiscretising on any device is a
 table look-up with linear interpolation. Deliberate deviation: where a bin's min equals its max, lime 0.2.0.1
 returns the z-score bound ``(min - mean) / std`` instead of a value; the table holds the bin's value there.
+
+Missing values (lime has none: docs/method.md, "Missing values") are data here, not a code path: a feature whose
+reference has nulls/NaN gets one more sampled value, its *missing slot* (code :attr:`FeatureStats.missing_value`),
+with the reference's share of missing rows as its frequency and an inverse-CDF row of NaN, so a sample that draws
+it passes NaN to the model. Quartile edges and bin statistics are computed over the present values only. A
+decision's missing value discretises to the slot. A reference without gaps gives exactly lime's statistics.
 """
 
 from __future__ import annotations
@@ -48,14 +54,31 @@ class FeatureStats:
     frequencies: tuple[float, ...]  # their relative frequencies in the reference
     categories: tuple[str, ...] = ()
 
+    @property
+    def missing_value(self) -> int:
+        """The code of "missing": one past the last bin (numeric) or category (categorical)."""
+        return len(self.categories) if self.kind == "categorical" else len(self.bin_names)
+
+    @property
+    def missing_frequency(self) -> float:
+        """The reference's share of missing values that perturbations draw (0 where none are sampled)."""
+        slot = self.values.index(self.missing_value) if self.missing_value in self.values else None
+        return self.frequencies[slot] if slot is not None else 0.0
+
     def bin_of(self, value: float) -> int:
-        """The discretised value of ``value``: its quartile bin (numeric) or its code (categorical)."""
+        """The discretised value of ``value``: its quartile bin (numeric) or its code (categorical); NaN is
+        :attr:`missing_value`."""
+        if np.isnan(value):
+            return self.missing_value
         if self.kind == "categorical":
             return int(value)
         return int(np.searchsorted(np.asarray(self.edges), value))
 
     def condition(self, value: float) -> str:
-        """lime's name for the decision's bin or category: ``'age <= 35.00'`` or ``'housing=rent'``."""
+        """lime's name for the decision's bin or category: ``'age <= 35.00'`` or ``'housing=rent'``;
+        ``'age is missing'`` for a missing value."""
+        if np.isnan(value):
+            return f"{self.name} is missing"
         if self.kind == "categorical":
             code = int(value)
             label = self.categories[code] if 0 <= code < len(self.categories) else str(code)
@@ -81,15 +104,37 @@ class ReferenceStats:
         return [f.name for f in self.features]
 
     def discretize(self, x: np.ndarray) -> np.ndarray:
-        """Bins/codes of each decision, int64 [B, d]."""
+        """Bins/codes of each decision, int64 [B, d]; a missing value (NaN) is its feature's missing slot."""
         x = np.atleast_2d(x)
         out = np.empty(x.shape, dtype=np.int64)
         for j, feature in enumerate(self.features):
+            gaps = np.isnan(x[:, j])
             if feature.kind == "categorical":
-                out[:, j] = x[:, j].astype(np.int64)
+                out[:, j] = np.where(gaps, 0.0, x[:, j]).astype(np.int64)
             else:
                 out[:, j] = np.searchsorted(np.asarray(feature.edges), x[:, j])
+            out[gaps, j] = feature.missing_value
         return out
+
+    def missing_probe(self) -> tuple[np.ndarray, list[str]]:
+        """Model rows that check NaN support: (rows float64 [m + 1, d], the names of the m features whose
+        missing slot is sampled). Every row is a typical applicant (each feature's most frequent bin mean or
+        category); row i has NaN in the i-th such feature, the last row in all of them (samples can miss several
+        at once). No rows when no feature samples missing values."""
+        gaps = [j for j, f in enumerate(self.features) if f.missing_frequency > 0]
+        if not gaps:
+            return np.zeros((0, self.num_features)), []
+        base = np.empty(self.num_features)
+        for j, feature in enumerate(self.features):
+            present = [(freq, value) for value, freq in zip(feature.values, feature.frequencies, strict=True)
+                       if value != feature.missing_value]
+            typical = max(present)[1] if present else 0
+            base[j] = feature.means[typical] if feature.kind == "numeric" else float(typical)
+        rows = np.repeat(base[None, :], len(gaps) + 1, axis=0)
+        for i, j in enumerate(gaps):
+            rows[i, j] = np.nan
+            rows[-1, j] = np.nan
+        return rows, [self.features[j].name for j in gaps]
 
     def sampling_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Padded arrays for the sampler.
@@ -116,7 +161,10 @@ class ReferenceStats:
 
 
 def _inverse_cdf_row(feature: FeatureStats, value: int, grid: np.ndarray) -> np.ndarray:
-    """What lime puts in the model's input for a sample that drew ``value``, as a function of a uniform."""
+    """What lime puts in the model's input for a sample that drew ``value``, as a function of a uniform (NaN for
+    the missing slot)."""
+    if value == feature.missing_value:
+        return np.full(grid.shape, np.nan)
     if feature.kind == "categorical":
         return np.full(grid.shape, float(value))
     low, high = feature.mins[value], feature.maxs[value]
@@ -136,7 +184,25 @@ def _bin_names(name: str, edges: np.ndarray) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _numeric_stats(name: str, column: np.ndarray) -> FeatureStats:
+def _sampled(present: np.ndarray, counts: np.ndarray, rows: int, missing: int, missing_value: int
+             ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Sampled values and their frequencies, counts over ``rows``; ``missing`` rows (0: none sampled) become the
+    last value, the missing slot. ``rows`` counts every reference row where the slot is sampled, the present ones
+    otherwise (exactly lime's frequencies for a complete column)."""
+    values = [int(v) for v in present]
+    frequencies = [float(c) / rows for c in counts]
+    if missing:
+        values.append(missing_value)
+        frequencies.append(float(missing) / rows)
+    return tuple(values), tuple(frequencies)
+
+
+def _numeric_stats(name: str, column: np.ndarray, sample_missing: bool = True) -> FeatureStats:
+    gaps = np.isnan(column)
+    missing = int(gaps.sum()) if sample_missing else 0
+    rows = len(column) if sample_missing else len(column) - int(gaps.sum())
+    if gaps.any():
+        column = column[~gaps]  # quartiles and bin statistics over the present values
     edges = np.unique(np.percentile(column, [25, 50, 75]))
     bins = np.searchsorted(edges, column)
     means, stds = [], []
@@ -145,6 +211,7 @@ def _numeric_stats(name: str, column: np.ndarray) -> FeatureStats:
         means.append(float(np.mean(selection)) if len(selection) else 0.0)
         stds.append((float(np.std(selection)) if len(selection) else 0.0) + 1e-11)
     present, counts = np.unique(bins, return_counts=True)
+    values, frequencies = _sampled(present, counts, rows, missing, len(edges) + 1)
     return FeatureStats(
         name=name,
         kind="numeric",
@@ -154,13 +221,19 @@ def _numeric_stats(name: str, column: np.ndarray) -> FeatureStats:
         stds=tuple(stds),
         mins=(float(column.min()), *(float(e) for e in edges)),
         maxs=(*(float(e) for e in edges), float(column.max())),
-        values=tuple(int(v) for v in present),
-        frequencies=tuple(float(c) / len(column) for c in counts),
+        values=values,
+        frequencies=frequencies,
     )
 
 
-def _categorical_stats(name: str, column: np.ndarray, categories: Sequence[str]) -> FeatureStats:
-    present, counts = np.unique(column.astype(np.int64), return_counts=True)
+def _categorical_stats(
+    name: str, column: np.ndarray, categories: Sequence[str], sample_missing: bool = True
+) -> FeatureStats:
+    gaps = np.isnan(column)
+    missing = int(gaps.sum()) if sample_missing else 0
+    rows = len(column) if sample_missing else len(column) - int(gaps.sum())
+    present, counts = np.unique(column[~gaps].astype(np.int64), return_counts=True)
+    values, frequencies = _sampled(present, counts, rows, missing, len(categories))
     return FeatureStats(
         name=name,
         kind="categorical",
@@ -170,8 +243,8 @@ def _categorical_stats(name: str, column: np.ndarray, categories: Sequence[str])
         stds=(),
         mins=(),
         maxs=(),
-        values=tuple(int(v) for v in present),
-        frequencies=tuple(float(c) / len(column) for c in counts),
+        values=values,
+        frequencies=frequencies,
         categories=tuple(categories),
     )
 
@@ -180,7 +253,9 @@ def _categorical_stats(name: str, column: np.ndarray, categories: Sequence[str])
 def fit_reference(
     reference: np.ndarray, features: Sequence[FeatureConfig], kernel_width: float | None = None
 ) -> ReferenceStats:
-    """Fit lime's sampling statistics on the reference population (float64 [n, d], categoricals as codes)."""
+    """Fit lime's sampling statistics on the reference population (float64 [n, d], categoricals as codes, NaN
+    for a missing value). A feature with ``missing = "fail"`` ignores the reference's gaps (its statistics are
+    those of the present values, and no sample is missing it); any other feature samples them."""
     reference = np.asarray(reference, dtype=np.float64)
     if reference.ndim != 2 or reference.shape[1] != len(features):
         raise InputError(f"reference: expected {len(features)} feature columns, got shape {reference.shape}")
@@ -188,16 +263,20 @@ def fit_reference(
         raise InputError(
             f"reference: {reference.shape[0]} rows; at least {MIN_REFERENCE_ROWS} are needed for quartiles"
         )
-    if not np.isfinite(reference).all():
-        row, col = np.argwhere(~np.isfinite(reference))[0]
+    if np.isinf(reference).any():
+        row, col = np.argwhere(np.isinf(reference))[0]
         raise InputError(f"reference: column {features[col].name!r} row {row} is not a finite number")
+    empty = np.isnan(reference).all(axis=0)
+    if empty.any():
+        raise InputError(f"reference: column {features[int(np.argmax(empty))].name!r} has no value (all missing)")
     stats = []
     for j, feature in enumerate(features):
         column = reference[:, j]
+        sample_missing = getattr(feature, "missing", "explain") != "fail"
         if feature.kind == "categorical":
-            stats.append(_categorical_stats(feature.name, column, feature.categories or ()))
+            stats.append(_categorical_stats(feature.name, column, feature.categories or (), sample_missing))
         else:
-            stats.append(_numeric_stats(feature.name, column))
+            stats.append(_numeric_stats(feature.name, column, sample_missing))
     width = kernel_width if kernel_width is not None else default_kernel_width(len(features))
     return ReferenceStats(
         features=tuple(stats), kernel_width=width, reference_rows=reference.shape[0], data=reference
