@@ -157,3 +157,33 @@ def test_only_all_missing_at_once_can_fail_too(demo, gappy) -> None:
     with pytest.raises(ModelError, match=r"m: returns non-finite output when 'annual_income', 'housing' are missing"):
         check_missing_contract(model, *stats.missing_probe())
 
+
+
+def test_kernel_matched_keeps_a_missing_own_value_and_tilts_the_missing_slot(demo, gappy) -> None:
+    """The default method on a reference with gaps: a decision missing its income keeps it missing wherever the
+    feature stays in its 'bin' (the model sees NaN), leaves it with the kernel-tilted probability, and is
+    explained with finite numbers."""
+    import math
+
+    from tasks.engine.matched import KernelMatchedLime, kernel_tilt
+    from tasks.engine.rng import decision_keys
+    from tasks.engine.sampler import QuartileSampler
+
+    _, stats = gappy
+    x = demo.decisions[:4].copy()
+    x[:2, INCOME] = np.nan
+    sampler = QuartileSampler(stats, "cpu", design="random")
+    own = torch.as_tensor(sampler.own_rows(stats.discretize(x)))
+    tilt = kernel_tilt(0.2 * math.sqrt(stats.num_features))
+    tilts = torch.full((4,), tilt, dtype=torch.float64)
+    keys = torch.as_tensor(decision_keys(3, list("abcd")))
+    drawn = sampler.sample(torch.as_tensor(x, dtype=torch.float32), own, keys, 20_000, tilt=tilts)
+    stays = drawn.same_bin[:2, 1:, INCOME]
+    assert torch.isnan(drawn.inputs[:2, 1:, INCOME][stays]).all()
+    assert not torch.isnan(drawn.inputs[:2, 1:, INCOME][~stays]).any()
+    expected = sampler.leave_probability(own, tilts)[:2, INCOME].numpy()
+    observed = 1.0 - stays.double().mean(1).numpy()
+    assert np.all(np.abs(observed - expected) <= 5 * np.sqrt(expected * (1 - expected) / 20_000) + 1e-4)
+    out = KernelMatchedLime(stats=stats, model=nan_safe(demo.model), explain_index=1, num_samples=1200,
+                            stability_runs=2, adaptive=False, adverse_threshold=0.4).explain(x, list("abcd"))
+    assert np.isfinite(out.weights).all() and np.isfinite(out.fidelity).all() and np.isfinite(out.local_pred).all()
