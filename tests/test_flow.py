@@ -89,8 +89,8 @@ def test_reports_and_summary(full_run):
     assert manifest["outputs"]["reports.parquet"]["sha256"] == file_sha256(out / "reports.parquet")
     assert manifest["outputs"]["reports.parquet"]["rows"] == TEST_DECISIONS
     assert len(reports) == TEST_DECISIONS == len(list((out / "reports").glob("*.pdf")))
-    assert [r["id"] for r in reports] == pq.read_table(out / "explanations.parquet").column(
-        "customer_id").to_pylist()[::3]
+    assert [r["id"] for r in reports] == list(dict.fromkeys(pq.read_table(out / "explanations.parquet").column(
+        "customer_id").to_pylist()))
     review = set(summary["review_ids"])
     assert {r["id"] for r in reports if r["needs_review"]} == review
     for entry in reports[:5]:
