@@ -11,6 +11,7 @@ to review at the default gates, samples per decision, and the time against the p
 
     .venv/bin/python bench/bench_matched.py --decisions 100            # every case, 100 decisions each
     .venv/bin/python bench/bench_matched.py --case loan --decisions 200
+    .venv/bin/python bench/bench_matched.py --case demo --ceiling      # what the binary representation can hold
 """
 
 from __future__ import annotations
@@ -142,12 +143,50 @@ def report(name: str, results: list[Explanations], seconds: list[float], plain_s
               f"{np.mean(first.fidelity_widest >= 0.5):.1%}")
 
 
+def representation_ceiling(case: Case, decisions: int = 20, samples: int = 5000) -> None:
+    """In-sample R² of least squares on the same kernel-matched samples with lime's binary representation (one
+    'same bin' indicator per feature) and with one indicator per bin drawn: how much of the model's local
+    variance the representation itself can hold."""
+    from tasks.engine.matched import kernel_tilt
+    from tasks.engine.rng import decision_keys
+    from tasks.engine.sampler import QuartileSampler
+
+    stats, d = case.stats, case.stats.num_features
+    sampler = QuartileSampler(stats, "cpu", design="sobol")
+    x, ids = case.x[:decisions], case.ids[:decisions]
+    own = torch.as_tensor(sampler.own_rows(stats.discretize(x)))
+    keys = torch.as_tensor(decision_keys(1, ids))
+
+    def r2(columns: np.ndarray, y: np.ndarray) -> float:
+        design = np.column_stack([np.ones(len(y)), columns])
+        beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+        return float(1 - (y - design @ beta).var() / y.var()) if y.var() > 0 else 1.0
+
+    for scale in (0.35, 0.2, 0.12):
+        tilt = torch.full((len(x),), kernel_tilt(scale * math.sqrt(d)), dtype=torch.float64)
+        drawn = sampler.sample(torch.as_tensor(x, dtype=torch.float32), own, keys, samples, tilt=tilt)
+        y = case.model(drawn.inputs.view(-1, d)).view(len(x), samples, -1)[..., case.explain_index]
+        y = y.double().cpu().numpy()
+        binary, per_bin = [], []
+        for b in range(len(x)):
+            z = drawn.same_bin[b].numpy().astype(float)
+            bins = stats.discretize(drawn.inputs[b].double().numpy())
+            onehot = np.column_stack([(bins[:, j] == v).astype(float) for j, f in enumerate(stats.features)
+                                      for v in f.values])
+            binary.append(r2(z, y[b]))
+            per_bin.append(r2(onehot, y[b]))
+        print(f"  width {scale} x sqrt d: median in-sample R2 with lime's same-bin indicators "
+              f"{np.median(binary):.2f}, with one indicator per bin {np.median(per_bin):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", choices=["demo", "german-gbm", "german-mlp", "loan", "all"], default="all")
     parser.add_argument("--decisions", type=int, default=100)
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only the binary representation's ceiling on the chosen case(s) (20 decisions)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -158,6 +197,10 @@ def main() -> None:
     for key in chosen:
         build, threshold = builders[key]
         case = build(device)
+        if args.ceiling:
+            print(f"{case.name}: the representation's ceiling")
+            representation_ceiling(case)
+            continue
         x, ids = case.x[: args.decisions], case.ids[: args.decisions]
         print(f"{case.name}: {len(ids)} decisions, S = {args.samples}, decision threshold {threshold}")
         common = dict(stats=case.stats, model=case.model, explain_index=case.explain_index, num_samples=args.samples,
