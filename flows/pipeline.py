@@ -225,19 +225,20 @@ def _report_sources(config: Config) -> dict[str, str]:
 @task(name="explanation-quality", **IO, **NOT_CACHED)
 def quality_task(explanations: str) -> dict[str, Any]:
     """Stability, fidelity, deletion-check and review figures of the run, for the manifest."""
-    from tasks.aggregate import quality_summary
+    from tasks.aggregate import quality_summary, read_for_summary
 
-    return quality_summary(pd.read_parquet(explanations))
+    return quality_summary(read_for_summary(explanations))
 
 
 @task(name="render-summary", **NOT_CACHED)
 def summary_task(
     explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str
 ) -> str:
+    from tasks.aggregate import read_for_summary
     from tasks.render import render_run_summary
     from tasks.render_summary import summary_counts
 
-    frame = pd.read_parquet(explanations)
+    frame = read_for_summary(explanations)
     return str(render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target)))
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.config import Config, FeatureConfig
 
@@ -206,6 +208,19 @@ def _reasons_per_adverse_decision(table: pd.DataFrame) -> dict[str, int]:
     adverse = table[table["role"].isin(["reason", "favourable"])]
     counts = adverse.groupby(id_column)["role"].agg(lambda roles: int((roles == "reason").sum()))
     return {str(n): int(c) for n, c in counts.value_counts().sort_index().items()}
+
+
+SUMMARY_COLUMNS = ("rank", "role", "feature", "direction", "fidelity", "needs_review", "review_reasons", "stable",
+                   "order_agrees", "stability", "selection_z", "num_samples", "prediction_gap", "deletion_holds",
+                   "kernel_width_sqrt_d", "fidelity_widest")
+"""The columns of ``explanations.parquet`` the run summary and :func:`quality_summary` read (after the id)."""
+
+
+def read_for_summary(path: str | Path) -> pd.DataFrame:
+    """``explanations.parquet`` with the id column and :data:`SUMMARY_COLUMNS` only: the texts, values and weights
+    of every factor (most of the file) are not read into memory for a run's figures."""
+    names = pq.read_schema(path).names
+    return pd.read_parquet(path, columns=[names[0], *(c for c in SUMMARY_COLUMNS if c in names)])
 
 
 def quality_summary(table: pd.DataFrame) -> dict:
