@@ -11,8 +11,9 @@ processes on a shared machine do not count; wall time beside it):
 
 Printed per case: decisions failing for a missing value (the run's own row checks, ``tasks.data.row_problems``,
 plus any decision the engine could not explain), decisions with a gap, and the engine's seconds per decision,
-plain (``stability_runs = 1``: a fixed S per decision, so the ratio is the per-sample cost) and as configured by
-default (two streams, adaptive: the ratio also includes any change in the samples adaptation spends); and the same
+plain (lime's method, ``stability_runs = 1``: a fixed S per decision, so the ratio is the per-sample cost) and as
+configured by default (the kernel-matched method: widths tried, two streams, adaptive; the ratio also includes any
+change in the samples the width search and adaptation spend); and the same
 ratio without the CPU time spent inside the model (the engine's own cost: sampling, kernel, surrogate, checks).
 
     .venv/bin/python bench/bench_missing.py                      # CPU, 1 torch thread (as a worker)
