@@ -5,10 +5,10 @@
 Each size gets its own demo portfolio of N decisions (tasks/demo.py, cached in .cache/scale-N/) and runs the
 real CLI in a subprocess under ``/usr/bin/time -v``: ``limelight explain`` (explanations only) for the
 ``--explain`` sizes, ``limelight run`` (PDFs) for the ``--run`` sizes. The engine is the plain one
-(``[explain] stability_runs = 1``, ``adaptive = false``) with ``--samples`` samples per decision. Printed per
-run: wall time (the CLI's, with its fixed ~20 s of server and worker start), time per decision, the explain
-phase as the CLI reports it, peak RSS (the largest single process: the CLI, the Prefect server or a
-Dask worker; GNU time's "Maximum resident set size"), task runs' sizes (shards), and the manifest's size.
+(``[explain] method = "lime"``, ``stability_runs = 1``, ``adaptive = false``) with ``--samples`` samples per
+decision. Printed per run: wall time (the CLI's, with its fixed ~20 s of server and worker start), time per
+decision, the explain phase as the CLI reports it, peak RSS (the largest single process: the CLI, the Prefect
+server or a Dask worker; GNU time's "Maximum resident set size"), task runs' sizes (shards), and the manifest's size.
 The targets: time per decision and peak RSS flat (within 10%) from the smallest to the largest size.
 """
 
@@ -36,7 +36,7 @@ def scale_config(n: int, folder: Path, samples: int, shard_size: int) -> Path:
     raw = tomllib.loads((REPO / "config" / "demo.toml").read_text(encoding="utf-8"))
     raw["data"].update({"decisions": str(artifacts.decisions), "reference": str(artifacts.reference)})
     raw["model"]["path"] = str(artifacts.model)
-    raw["explain"].update({"num_samples": samples, "stability_runs": 1, "adaptive": False})
+    raw["explain"].update({"num_samples": samples, "method": "lime", "stability_runs": 1, "adaptive": False})
     raw["run"]["shard_size"] = shard_size
     target = folder / f"scale-{n}.toml"
     target.write_text(dump_toml(raw), encoding="utf-8")
