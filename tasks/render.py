@@ -256,7 +256,7 @@ def _factor_fields(row: Mapping[str, Any], shared: _Shared, decision_id: str, na
 
 def _chart(factors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Geometry of the signed bar chart: numbers only (labels are HTML text beside it)."""
-    width, row, bar = 300, 14, 9
+    width, row, bar = 300, 12, 8
     axis = width / 2
     biggest = max((abs(f["weight"]) for f in factors), default=0.0) or 1.0
     bars = []
