@@ -28,33 +28,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_quality import german_data  # noqa: E402
 
 from tasks.config import FeatureConfig, ModelConfig  # noqa: E402
 from tasks.engine import BatchedLime, fit_reference  # noqa: E402
 from tasks.engine.explainer import compile_enabled  # noqa: E402
 from tasks.model import load_model  # noqa: E402
 
-GERMAN = Path(__file__).resolve().parent / "data" / "german_credit.csv.gz"
 FORMATS = ("xgboost", "lightgbm", "skops", "onnx-trees", "onnx-mlp")
 
 
 def german() -> tuple[np.ndarray, np.ndarray, list[FeatureConfig]]:
-    frame = pd.read_csv(GERMAN)
-    y = (frame.pop("creditability") == "bad").to_numpy(np.int64)
-    features, columns = [], []
-    for name in frame.columns:
-        if frame[name].dtype.kind in "iuf":
-            features.append(FeatureConfig(name=name, label=name, kind="numeric", decimals=0))
-            columns.append(frame[name].to_numpy(np.float64))
-        else:
-            levels = sorted(frame[name].astype(str).unique())
-            features.append(FeatureConfig(name=name, label=name, kind="categorical", categories=levels))
-            columns.append(frame[name].astype(str).map({v: i for i, v in enumerate(levels)}).to_numpy(np.float64))
-    return np.column_stack(columns), y, features
+    """German credit as the model sees it (bench_quality.german_data): rows, target (1 = bad), features."""
+    data = german_data()
+    return data.x, data.target, data.features
 
 
 def build(kind: str, x: np.ndarray, y: np.ndarray, folder: Path, threads: int, trees: int = 300
