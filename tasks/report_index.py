@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 
 from tasks.errors import InputError
 from tasks.io import atomic_path, file_sha256
+from tasks.manifest import EXPLANATIONS
+from tasks.manifest import REPORT_INDEX as INDEX
 
-INDEX = "reports.parquet"
-EXPLANATIONS = "explanations.parquet"
 SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("file", pa.string(), nullable=False),  # relative to the output folder, e.g. reports/ab/x.pdf
