@@ -122,7 +122,7 @@ def format_and_runtime(model: ModelConfig) -> tuple[str, Runtime]:
     if model.path is None:
         return "entrypoint", runtime_of(None)
     try:
-        found = model.format or infer_format(model.path)
+        found = model_format(model)
     except ModelError:
         found = "unknown"  # the file is gone: the run's hash still says which file it was
     return found, runtime_of(found)
