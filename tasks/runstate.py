@@ -27,13 +27,22 @@ import numpy as np
 from tasks.config import Config
 from tasks.errors import InputError
 from tasks.io import write_json_atomic
-from tasks.manifest import STAGING_PREFIX, package_versions
+from tasks.manifest import (
+    EXPLANATIONS,
+    FAILURES,
+    MANIFEST,
+    REPORT_INDEX,
+    REPORTS,
+    STAGING_PREFIX,
+    SUMMARY,
+    package_versions,
+)
 from tasks.runinfo import RunInfo
 
 STATE = "state.json"
 RECORDS = "records"
 #: What a run publishes into its output folder (tasks/manifest.py names them too).
-PUBLISHED = ("explanations.parquet", "reports", "reports.parquet", "summary.pdf", "failures.parquet", "manifest.json")
+PUBLISHED = (EXPLANATIONS, REPORTS, REPORT_INDEX, SUMMARY, FAILURES, MANIFEST)
 
 
 def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarray,
