@@ -197,10 +197,16 @@ def _sampled(present: np.ndarray, counts: np.ndarray, rows: int, missing: int, m
     return tuple(values), tuple(frequencies)
 
 
-def _numeric_stats(name: str, column: np.ndarray, sample_missing: bool = True) -> FeatureStats:
+def _gaps(column: np.ndarray, sample_missing: bool) -> tuple[np.ndarray, int, int]:
+    """The column's missing values (bool mask), how many the missing slot samples (0 if it samples none) and
+    the rows the frequencies count over (every row where the slot is sampled, the present ones otherwise)."""
     gaps = np.isnan(column)
-    missing = int(gaps.sum()) if sample_missing else 0
-    rows = len(column) if sample_missing else len(column) - int(gaps.sum())
+    missing = int(gaps.sum())
+    return gaps, missing if sample_missing else 0, len(column) if sample_missing else len(column) - missing
+
+
+def _numeric_stats(name: str, column: np.ndarray, sample_missing: bool = True) -> FeatureStats:
+    gaps, missing, rows = _gaps(column, sample_missing)
     if gaps.any():
         column = column[~gaps]  # quartiles and bin statistics over the present values
     edges = np.unique(np.percentile(column, [25, 50, 75]))
@@ -229,9 +235,7 @@ def _numeric_stats(name: str, column: np.ndarray, sample_missing: bool = True) -
 def _categorical_stats(
     name: str, column: np.ndarray, categories: Sequence[str], sample_missing: bool = True
 ) -> FeatureStats:
-    gaps = np.isnan(column)
-    missing = int(gaps.sum()) if sample_missing else 0
-    rows = len(column) if sample_missing else len(column) - int(gaps.sum())
+    gaps, missing, rows = _gaps(column, sample_missing)
     present, counts = np.unique(column[~gaps].astype(np.int64), return_counts=True)
     values, frequencies = _sampled(present, counts, rows, missing, len(categories))
     return FeatureStats(
