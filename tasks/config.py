@@ -165,6 +165,12 @@ class ExplainConfig(_Strict):
             raise ValueError("must be a power of 2 (samples double each adaptation round)")
         return factor
 
+    @property
+    def effective_method(self) -> str:
+        """The method the run explains with: ``method`` for the batched engine; the lime package (``engine =
+        "lime"``) is always lime's."""
+        return self.method if self.engine == "batched" else "lime"
+
     @field_validator("width_grid")
     @classmethod
     def _widest_first(cls, grid: tuple[float, ...]) -> tuple[float, ...]:
@@ -174,7 +180,7 @@ class ExplainConfig(_Strict):
 
     @model_validator(mode="after")
     def _method_fits(self) -> ExplainConfig:
-        if self.method == "kernel-matched" and self.engine == "batched":
+        if self.effective_method == "kernel-matched":
             if self.stability_runs < 2:
                 raise ValueError("method = 'kernel-matched' needs stability_runs >= 2: the streams give the "
                                  "held-out fidelity (or set method = 'lime' for the plain engine)")

@@ -89,7 +89,7 @@ def build_run_info(
         explained_class=config.model.explain,
         min_fidelity=config.review.min_fidelity,
         versions=package_versions(),
-        method=explain.method if explain.engine == "batched" else "lime",
+        method=explain.effective_method,
     )
 
 

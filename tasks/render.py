@@ -401,9 +401,8 @@ def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applica
         "chart_key": fill(tc["chart_key"], outcome=shared.outcome_noun),
         "fidelity": fid,
         "fidelity_line": fill(tc["fidelity_value"], fidelity=fid),
-        "fidelity_meaning": fill(tc["fidelity_meaning_matched" if config.explain.method == "kernel-matched"
-                                    and config.explain.engine == "batched" else "fidelity_meaning"],
-                                 percent=_fidelity_percent(fid)),
+        "fidelity_meaning": fill(tc["fidelity_meaning_matched" if config.explain.effective_method == "kernel-matched"
+                                    else "fidelity_meaning"], percent=_fidelity_percent(fid)),
         "surrogate": [
             {"label": tc["intercept"], "value": f"{intercept:+.6f}", "css": "num-left"},
             {"label": tc["local_pred"], "value": f"{local_pred:.6f}", "css": "num-left"},

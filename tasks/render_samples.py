@@ -102,7 +102,7 @@ def demo_run(config: Config, generated_at: str = "2026-11-22T09:30:00Z") -> RunI
         min_fidelity=config.review.min_fidelity,
         versions={"limelight": "0.1.0", "lime": "0.2.0.1", "torch": "2.13.0", "weasyprint": "70.0",
                   "python": "3.11"},
-        method=config.explain.method if config.explain.engine == "batched" else "lime",
+        method=config.explain.effective_method,
     )
 
 

@@ -215,7 +215,7 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
         {"label": tc["target_fidelity"], "value": threshold_text(e.target_fidelity), "css": ""},
         {"label": tc["min_effective_share"], "value": threshold_text(e.min_effective_share), "css": ""},
         {"label": tc["min_contrasts"], "value": f"{e.min_contrasts:,}", "css": ""},
-    ] if e.method == "kernel-matched" and e.engine == "batched" else []
+    ] if e.effective_method == "kernel-matched" else []
     return [
         *matched,
         {"label": tc["design"], "value": tc[f"design_{e.design}"], "css": ""},
