@@ -37,7 +37,14 @@ from tasks.engine.stability import (
     to_device,
 )
 from tasks.engine.stats import ReferenceStats
-from tasks.engine.surrogate import FINAL_ALPHA, WeightedMoments, kernel_moments, ridge_on, select_features
+from tasks.engine.surrogate import (
+    FINAL_ALPHA,
+    WeightedMoments,
+    all_features,
+    kernel_moments,
+    ridge_on,
+    select_features,
+)
 from tasks.errors import ModelError
 from tasks.model import LoadedModel
 
@@ -311,7 +318,7 @@ class BatchedLime:
     def _evaluate(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, out: _Collector) -> np.ndarray:
         """Fit the pooled samples and every stream's own, test the selection; write decisions ``rows`` of
         ``out``; return the unstable ones (bool [len(rows)])."""
-        runs, d, device = self.stability_runs, self.stats.num_features, self.device
+        runs = self.stability_runs
         count = groups.total_weight.shape[1]
         per_run = count // runs
         pooled = flatten(combine(groups, torch.ones(1, count, dtype=torch.float64)))
@@ -334,8 +341,7 @@ class BatchedLime:
         out.local_pred[rows] = (fit.intercept + fit.coef.sum(1)).cpu().numpy()
         out.fidelity[rows] = fit.score.cpu().numpy()
         if self.with_all_weights:
-            everything = torch.arange(d, device=device).expand(len(rows), -1)
-            out.all_weights[rows] = ridge_on(pooled, everything, FINAL_ALPHA).coef.cpu().numpy()
+            out.all_weights[rows] = ridge_on(pooled, all_features(pooled), FINAL_ALPHA).coef.cpu().numpy()
         out.stability[rows] = share.cpu().numpy()
         out.order_agrees[rows] = same_order.cpu().numpy()
         out.selection_z[rows] = z.cpu().numpy()
@@ -364,8 +370,7 @@ class BatchedLime:
         coef = fit.coef.gather(1, order)
         all_weights = None
         if self.with_all_weights:
-            everything = torch.arange(self.stats.num_features, device=device).expand(batch, -1)
-            all_weights = ridge_on(moments, everything, FINAL_ALPHA).coef.cpu().numpy()
+            all_weights = ridge_on(moments, all_features(moments), FINAL_ALPHA).coef.cpu().numpy()
         return Explanations(
             ids=ids,
             feature_index=features.cpu().numpy(),
