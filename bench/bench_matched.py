@@ -98,7 +98,7 @@ def _review_config(threshold: float):
     return SimpleNamespace(review=ReviewConfig(), report=SimpleNamespace(decision_threshold=threshold))
 
 
-def principal_sets(result: Explanations, threshold: float, k: int) -> list[frozenset[int]]:
+def principal_sets(result: Explanations, threshold: float) -> list[frozenset[int]]:
     sets = []
     for b in range(len(result.ids)):
         roles = factor_roles(result.feature_index[b], result.weights[b], bool(result.model_pred[b] >= threshold))
@@ -121,7 +121,7 @@ def report(name: str, results: list[Explanations], seconds: list[float], plain_s
     gap = np.abs(first.local_pred - first.model_pred)
     fid = first.fidelity
     bad, adverse = adverse_with_favourable_reason(first, threshold, k)
-    sets = [principal_sets(r, threshold, k) for r in results]
+    sets = [principal_sets(r, threshold) for r in results]
     same = np.mean([a == b for a, b in zip(sets[0], sets[1], strict=True)]) if len(sets) > 1 else float("nan")
     gates = review_reasons(first, _review_config(threshold))
     review = np.mean([bool(r) for r in gates])
