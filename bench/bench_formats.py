@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import german_data  # noqa: E402
 
-from tasks.config import FeatureConfig, ModelConfig  # noqa: E402
 from tasks.engine import BatchedLime, fit_reference  # noqa: E402
 from tasks.engine.explainer import compile_enabled  # noqa: E402
-from tasks.model import load_model  # noqa: E402
+from tasks.inputs.config import FeatureConfig, ModelConfig  # noqa: E402
+from tasks.inputs.model import load_model  # noqa: E402
 
 FORMATS = ("xgboost", "lightgbm", "skops", "onnx-trees", "onnx-mlp")
 

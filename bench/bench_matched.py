@@ -39,10 +39,10 @@ from bench_quality import (  # noqa: E402
     german_mlp_case,
 )
 
-from tasks.aggregate import factor_roles, review_reasons  # noqa: E402
-from tasks.config import FeatureConfig, ReviewConfig  # noqa: E402
 from tasks.engine import BatchedLime, Explanations, fit_reference  # noqa: E402
 from tasks.engine.matched import KernelMatchedLime  # noqa: E402
+from tasks.explain.aggregate import factor_roles, review_reasons  # noqa: E402
+from tasks.inputs.config import FeatureConfig, ReviewConfig  # noqa: E402
 
 
 def loan_case(device: torch.device, seed: int = 0, rows: int = 6000) -> Case:

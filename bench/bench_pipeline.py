@@ -36,7 +36,7 @@ def variant_config(source: Path, folder: Path, shard_size: int, samples: int | N
     """The demo config with absolute paths and the benchmark's shard size (and optional sample/decision counts)."""
     import pyarrow.parquet as pq
 
-    from tasks.config import load_config
+    from tasks.inputs.config import load_config
     from tasks.io import dump_toml
 
     config = load_config(source)
@@ -79,8 +79,8 @@ def main() -> None:
 
     from flows.pipeline import limelight_flow
     from flows.server import prefect_server
-    from tasks.config import load_config
     from tasks.demo import build_demo
+    from tasks.inputs.config import load_config
 
     build_demo(Path(load_config(args.config).data.decisions).parent)
     counts = [] if args.skip_explain else [int(n) for n in args.workers.split(",")]

@@ -34,14 +34,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.aggregate import review_reasons  # noqa: E402
-from tasks.config import ExplainConfig, FeatureConfig, ModelConfig, ReviewConfig, stream_samples  # noqa: E402
 from tasks.demo import FEATURES, build_demo, model_inputs  # noqa: E402
 from tasks.engine import BatchedLime, Explanations, ReferenceStats, fit_reference  # noqa: E402
 from tasks.engine.explainer import selection_method  # noqa: E402
 from tasks.engine.stability import combine, flatten, jackknife_z, selection_margin  # noqa: E402
 from tasks.engine.surrogate import select_features  # noqa: E402
-from tasks.model import load_model  # noqa: E402
+from tasks.explain.aggregate import review_reasons  # noqa: E402
+from tasks.inputs.config import ExplainConfig, FeatureConfig, ModelConfig, ReviewConfig, stream_samples  # noqa: E402
+from tasks.inputs.model import load_model  # noqa: E402
 
 GERMAN = Path(__file__).resolve().parent / "data" / "german_credit.csv.gz"
 

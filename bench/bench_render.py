@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_render.py --count 0 --experiments   # side-by-side design comparison only
 
 Each mode runs in a fresh process (spawn), renders synthetic decisions of the demo's features through the
-real API (tasks.render.render_customer_reports) in shards of 256, after a 5-document warm-up that is not
+real API (tasks.report.render.render_customer_reports) in shards of 256, after a 5-document warm-up that is not
 counted. PDFs/s is reported on wall time and on CPU time (CPU time is what a core delivers when other jobs
 share the machine). Peak RSS is ru_maxrss of each rendering process.
 
@@ -39,7 +39,7 @@ WARMUP = 5
 
 
 def _inputs(count: int, language: str, tags: bool, offset: int = 0):
-    from tasks.render_samples import demo_config, demo_run, synthetic_inputs
+    from tasks.report.samples import demo_config, demo_run, synthetic_inputs
 
     config = demo_config(language, pdf_tags=tags)
     run = demo_run(config)
@@ -50,7 +50,7 @@ def _inputs(count: int, language: str, tags: bool, offset: int = 0):
 def _render_job(args: tuple[int, int, str, bool]) -> dict[str, float]:
     """Render ``count`` documents in this process (after a warm-up); return timings and peak RSS."""
     count, offset, language, tags = args
-    from tasks.render import render_customer_reports
+    from tasks.report.render import render_customer_reports
 
     config, run, rows, applicants = _inputs(count, language, tags, offset)
     ids = list(dict.fromkeys(rows["customer_id"]))
@@ -98,7 +98,8 @@ def bench(count: int, workers: int, language: str, tags: bool) -> None:
 def _experiments(count: int, language: str, tags: bool) -> None:
     import dataclasses
 
-    from tasks.render import (
+    from tasks.report.pdf import document_kind, layout, write
+    from tasks.report.render import (
         PAGES_MARK,
         _customer_pdf,
         _pdf_settings,
@@ -107,7 +108,6 @@ def _experiments(count: int, language: str, tags: bool) -> None:
         customer_documents,
         shared_html,
     )
-    from tasks.render_pdf import document_kind, layout, write
 
     config, run, rows, applicants = _inputs(count, language, tags)
     docs = customer_documents(rows, applicants, config, run)

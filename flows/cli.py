@@ -81,7 +81,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _guard(action: Callable[[], T]) -> T:
     """LimelightError: one red line, exit 2 (4 for a missed deadline). Anything else: the traceback, exit 1."""
-    from tasks.deadline import DeadlineMissed
+    from tasks.run.deadline import DeadlineMissed
 
     try:
         return action()
@@ -127,8 +127,8 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     from flows.cluster import resolve_devices
     from flows.pipeline import _probe_writable, limelight_flow, message_hook
     from flows.server import prefect_server
-    from tasks.config import load_config
-    from tasks.deadline import parse_deadline
+    from tasks.inputs.config import load_config
+    from tasks.run.deadline import parse_deadline
 
     # Cheap checks first, so a typo fails in a second instead of after starting a server.
     loaded = load_config(config)
@@ -240,15 +240,15 @@ def explain(
 def _validate(config_path: Path) -> tuple[Any, list[str]]:
     """Every problem of config, inputs and model, and the warnings: decisions a run would fail alone (row-level
     problems, as the run finds them), then the report step's own (gaps in the reason catalog)."""
-    from tasks.config import load_config
-    from tasks.data import validate_all
+    from tasks.inputs.config import load_config
+    from tasks.plan.validate import validate_all
 
     config = load_config(config_path)  # a config that does not parse is one problem: raised as such
     result = validate_all(config, check_model=True)
     warnings: list[str] = result.row_warnings()
     if config.report.enabled:
-        from tasks.render_pdf import require_fonts
-        from tasks.render_text import load_notice, missing_catalog_entries
+        from tasks.report.pdf import require_fonts
+        from tasks.report.text import load_notice, missing_catalog_entries
 
         for check in (lambda: require_fonts(config.report.language), lambda: load_notice(config)):
             try:
@@ -283,8 +283,8 @@ def validate(config: ConfigArg) -> None:
 
 
 def _build_demo() -> Path:
-    from tasks.config import load_config
     from tasks.demo import build_demo
+    from tasks.inputs.config import load_config
 
     config = load_config(DEMO_CONFIG)
     with console.status("building the demo inputs (once; cached)"):
@@ -310,7 +310,7 @@ def _serve(config: Path | None, out: str | None, **options: Any) -> None:
 
     from flows.deployments import nightly_deployment
     from flows.server import configured_api_url
-    from tasks.config import load_config
+    from tasks.inputs.config import load_config
 
     if not configured_api_url():
         raise LimelightError("limelight serve needs a Prefect server whose scheduler runs: start one (prefect "
@@ -349,8 +349,8 @@ def rerender(
                                                            "(default: out/rerender-<run id>)")] = None,
 ) -> None:
     """Re-render a published run's reports and summary from its manifest and inputs; check each PDF's SHA-256."""
-    from tasks.rerender import load_manifest
-    from tasks.rerender import rerender as rerender_run
+    from tasks.report.rerender import load_manifest
+    from tasks.report.rerender import rerender as rerender_run
 
     def action() -> Any:
         target = out or Path("out") / f"rerender-{load_manifest(manifest)['run_id']}"

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from tasks.errors import LimelightError
-from tasks.shard import DEVICE_ENV
+from tasks.explain.worker import DEVICE_ENV
 
 #: The resource every worker advertises once; each explain task needs one.
 RESOURCE = "DEVICE"

@@ -91,7 +91,7 @@ def nightly_deployment(
     from prefect.schedules import Cron
 
     from flows.pipeline import limelight_flow
-    from tasks.schedule import zone
+    from tasks.inputs.schedule import zone
 
     entry = read_spec(spec, spec_path)
     name = name or entry.name
@@ -132,7 +132,7 @@ def scheduled_run_date() -> str | None:
     from prefect.client.orchestration import get_client
     from prefect.context import FlowRunContext
 
-    from tasks.schedule import previous_day
+    from tasks.inputs.schedule import previous_day
 
     context = FlowRunContext.get()
     flow_run = context.flow_run if context is not None else None

@@ -11,7 +11,7 @@ Nothing is lost: every selected decision ends as a report (an explanation row in
 a row of ``failures.parquet`` (bad input row, the model failing on it, its report failing, or the
 worker dying on it), or "not reached" when a deadline stopped the run; the manifest checks
 ``in = reported + failed + not_reached``. A killed run is resumed by rerunning the same command
-(tasks/runstate.py).
+(tasks/run/state.py).
 
 The CLI (flows/cli.py) runs this flow against one Prefect server (flows/server.py); it can also be
 deployed (flows/deployments.py).
@@ -60,28 +60,19 @@ from flows.cluster import (
     with_render_pool,
 )
 from flows.deployments import scheduled_run_date
-from tasks import manifest as mf
-from tasks import report_index
-from tasks.config import Config, load_config
-from tasks.data import DecisionsIndex, read_reference, scan_decisions, select_positions
-from tasks.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, parse_deadline
 from tasks.errors import InputError, LimelightError
+from tasks.explain.worker import Failure, ShardResult, explain_shard, merge_parts, one_line, prepare_worker
+from tasks.inputs.config import Config, load_config
+from tasks.inputs.data import DecisionsIndex, read_reference, scan_decisions, select_positions
+from tasks.inputs.schedule import night_sha256, parse_run_date, select_day
 from tasks.io import file_sha256, write_table_atomic
-from tasks.runinfo import RunInfo
-from tasks.runstate import Found, effective_settings, find_run, load_record, run_identity, save_record, write_state
-from tasks.schedule import night_sha256, parse_run_date, select_day
-from tasks.shard import (
-    Failure,
-    Shard,
-    ShardResult,
-    explain_shard,
-    merge_parts,
-    one_line,
-    plan_shards,
-    prepare_worker,
-    split_shard,
-)
-from tasks.sizing import RENDER_BATCH, RunSizes, run_sizes
+from tasks.plan.shards import Shard, plan_shards, split_shard
+from tasks.plan.sizing import RENDER_BATCH, RunSizes, run_sizes
+from tasks.report import index as report_index
+from tasks.run import manifest as mf
+from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, parse_deadline
+from tasks.run.info import RunInfo
+from tasks.run.state import Found, effective_settings, find_run, load_record, run_identity, save_record, write_state
 
 Mode = Literal["run", "explain"]
 #: Progress callbacks of the process that runs the flow (the CLI's progress bar): (stage, done, total).
@@ -145,8 +136,8 @@ NOT_CACHED = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 def renderer_available() -> bool:
-    """Whether the report step (tasks/render.py) is installed; without it runs still produce explanations."""
-    return importlib.util.find_spec("tasks.render") is not None
+    """Whether the report step (tasks/report/render.py) is installed; without it runs still produce explanations."""
+    return importlib.util.find_spec("tasks.report.render") is not None
 
 
 # --- tasks in the flow process ------------------------------------------------------------------
@@ -161,7 +152,7 @@ class Selection:
     planned: np.ndarray
     shards: list[Shard]
     input_failures: dict[int, str]
-    sizes: RunSizes  # shard and render-batch sizes, grown with the decisions (tasks/sizing.py)
+    sizes: RunSizes  # shard and render-batch sizes, grown with the decisions (tasks/plan/sizing.py)
 
 
 @task(name="load-config", **IO, **NOT_CACHED)
@@ -185,7 +176,7 @@ def validate_inputs(config: Config, require_report_columns: bool) -> tuple[Decis
 @task(name="plan-shards", **NOT_CACHED)
 def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file: str | None,
               run_date: str | None = None, row_failures: dict[int, str] | None = None) -> Selection:
-    if run_date:  # a night's run: that day's decisions only (tasks/schedule.py)
+    if run_date:  # a night's run: that day's decisions only (tasks/inputs/schedule.py)
         positions = select_day(index, config, run_date, limit, ids_file)
     else:
         positions = select_positions(index, limit, ids_file, config.data.id_column)
@@ -204,7 +195,7 @@ def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file
 @task(name="checksums", **IO, **NOT_CACHED)
 def checksums_task(config: Config) -> tuple[str, str, str]:
     """SHA-256 of model, decisions and reference, for the manifest and the workers' cache key."""
-    from tasks.model import model_sha256
+    from tasks.inputs.model import model_sha256
 
     decisions, reference = mf.input_checksums(config)
     return model_sha256(config.model), decisions, reference
@@ -217,7 +208,7 @@ def merge_task(results: list[ShardResult], target: str, id_column: str, run: Run
 
 
 def _report_sources(config: Config) -> dict[str, str]:
-    from tasks.render_text import report_sources
+    from tasks.report.text import report_sources
 
     return report_sources(config)
 
@@ -225,7 +216,7 @@ def _report_sources(config: Config) -> dict[str, str]:
 @task(name="explanation-quality", **IO, **NOT_CACHED)
 def quality_task(explanations: str) -> dict[str, Any]:
     """Stability, fidelity, deletion-check and review figures of the run, for the manifest."""
-    from tasks.aggregate import quality_summary, read_for_summary
+    from tasks.explain.aggregate import quality_summary, read_for_summary
 
     return quality_summary(read_for_summary(explanations))
 
@@ -234,9 +225,9 @@ def quality_task(explanations: str) -> dict[str, Any]:
 def summary_task(
     explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str
 ) -> str:
-    from tasks.aggregate import read_for_summary
-    from tasks.render import render_run_summary
-    from tasks.render_summary import summary_counts
+    from tasks.explain.aggregate import read_for_summary
+    from tasks.report.render import render_run_summary
+    from tasks.report.summary import summary_counts
 
     frame = read_for_summary(explanations)
     return str(render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target)))
@@ -290,7 +281,7 @@ def render_task(
     A report that fails alone (its data breaks the template, say) becomes a failure of that decision;
     a problem of the whole step (fonts, notices: a LimelightError for the batch) fails the run.
     """
-    from tasks.render import render_customer_reports
+    from tasks.report.render import render_customer_reports
 
     applicants = pd.read_parquet(result.applicants).iloc[start:stop].reset_index(drop=True)
     id_column = config.data.id_column
@@ -737,7 +728,7 @@ def limelight_flow(
     plan = resolve_devices(devices or config.run.devices, cluster, config.run.torch_threads)
     render = mode == "run" and config.report.enabled
     if render and not renderer_available():
-        warnings.append("the report step (tasks/render.py) is not installed: no PDFs rendered")
+        warnings.append("the report step (tasks/report/render.py) is not installed: no PDFs rendered")
         logger.warning(warnings[-1])
         render = False
     pool = render_workers if render_workers is not None else config.run.render_workers
@@ -819,7 +810,7 @@ def limelight_flow(
         rows = merge_task(results, str(merged), config.data.id_column, run, exclude)
         failed_path = staging / mf.FAILURES
         write_table_atomic(failures_table(failures, config.data.id_column, selected_ids), failed_path)
-        # The run summary's count keys (tasks/render_summary.py) and the execution's.
+        # The run summary's count keys (tasks/report/summary.py) and the execution's.
         counts = {
             "decisions_in": decisions,
             "reported": accounting["reported"],

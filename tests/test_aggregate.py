@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.aggregate import explanation_schema, explanation_table, format_value, shares
-from tasks.config import FeatureConfig, parse_config
 from tasks.engine import Explanations, fit_reference
+from tasks.explain.aggregate import explanation_schema, explanation_table, format_value, shares
+from tasks.inputs.config import FeatureConfig, parse_config
 
 
 def make_config(min_fidelity: float = 0.3):
@@ -84,7 +84,7 @@ def test_adverse_decisions_name_only_factors_that_raised_them() -> None:
     assert declined["review_reasons"].iloc[0] == "no-width" and approved["review_reasons"].iloc[0] == ""
     lenient = config.model_copy(update={"review": config.review.model_copy(update={"require_width": False})})
     assert explanation_table(expl, x, stats, lenient)["review_reasons"].iloc[0] == ""
-    from tasks.aggregate import quality_summary
+    from tasks.explain.aggregate import quality_summary
 
     summary = quality_summary(table)
     assert summary["reasons_per_adverse_decision"] == {"2": 1}  # one decline, two factors raised it
@@ -141,7 +141,7 @@ def quality_explanations(**overrides) -> Explanations:
 
 
 def test_review_gate_reasons_and_quality_summary() -> None:
-    from tasks.aggregate import quality_summary
+    from tasks.explain.aggregate import quality_summary
 
     config = make_config()
     rng = np.random.default_rng(0)
@@ -212,8 +212,8 @@ def test_reports_and_summary_show_the_checks(tmp_path: Path) -> None:
 
     from test_render_support import demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
 
-    from tasks.aggregate import quality_summary
-    from tasks.render import render_customer_reports, render_run_summary
+    from tasks.explain.aggregate import quality_summary
+    from tasks.report.render import render_customer_reports, render_run_summary
 
     config = demo_config("en", decision_column=None)
     run = demo_run(config)

@@ -21,7 +21,7 @@ from flows.cluster import (
     visible_gpus,
     with_render_pool,
 )
-from tasks.shard import DEVICE_ENV
+from tasks.explain.worker import DEVICE_ENV
 
 SMI = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)

@@ -1,4 +1,4 @@
-"""tasks/data.py: validation (one line naming file/column/row), encoding, streamed row reads, --ids files."""
+"""tasks/inputs/data.py: validation (one line naming file/column/row), encoding, streamed row reads, --ids files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import parse_config
-from tasks.data import (
+from tasks.errors import InputError
+from tasks.inputs.config import parse_config
+from tasks.inputs.data import (
     MIN_REFERENCE_ROWS,
     decision_ids,
     list_source_files,
@@ -22,9 +23,8 @@ from tasks.data import (
     report_columns,
     scan_decisions,
     select_positions,
-    validate_all,
 )
-from tasks.errors import InputError
+from tasks.plan.validate import validate_all
 
 HOUSING = ["own", "rent", "mortgage"]
 

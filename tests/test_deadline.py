@@ -1,4 +1,4 @@
-"""tasks/deadline.py: parsing --deadline and the finish estimate after a calibration batch."""
+"""tasks/run/deadline.py: parsing --deadline and the finish estimate after a calibration batch."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from tasks.deadline import estimate, parse_deadline
 from tasks.errors import InputError
+from tasks.run.deadline import estimate, parse_deadline
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from tasks import demo
-from tasks.config import FeatureConfig, load_config
 from tasks.demo import FEATURE_NAMES, FEATURES, DemoArtifacts, build_demo, generate_portfolio
+from tasks.inputs.config import FeatureConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = ("decisions.parquet", "reference.parquet", "model.pt", "demo.json")

@@ -18,7 +18,7 @@ import pytest
 from flows.deployments import nightly_deployment, read_spec
 from tasks.errors import ConfigError
 from tasks.io import dump_toml, file_sha256
-from tasks.rerender import rerender
+from tasks.report.rerender import rerender
 
 REPO = Path(__file__).resolve().parents[1]
 DAYS = ("2026-11-19", "2026-11-20", "2026-11-21")

@@ -12,9 +12,9 @@ import pytest
 
 from flows.pipeline import limelight_flow, renderer_available
 from tasks.errors import InputError, ModelError
+from tasks.explain.worker import explanation_schema
 from tasks.io import file_sha256
-from tasks.runinfo import RunInfo
-from tasks.shard import explanation_schema
+from tasks.run.info import RunInfo
 
 TEST_DECISIONS = 48  # tests/conftest.py: the small demo
 TEST_SHARD = 16

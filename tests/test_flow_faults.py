@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.pipeline import limelight_flow, message_hook
-from tasks.config import load_config
-from tasks.data import SourceFile, read_rows
-from tasks.deadline import DeadlineMissed
 from tasks.demo import FEATURE_NAMES
+from tasks.inputs.config import load_config
+from tasks.inputs.data import SourceFile, read_rows
+from tasks.run.deadline import DeadlineMissed
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent

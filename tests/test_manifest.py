@@ -1,4 +1,4 @@
-"""tasks/manifest.py and tasks/io.py: RunInfo, the manifest, atomic writes, publishing staged outputs."""
+"""tasks/run/manifest.py and tasks/io.py: RunInfo, the manifest, atomic writes, publishing staged outputs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.config import default_kernel_width, parse_config
+from tasks.inputs.config import default_kernel_width, parse_config
 from tasks.io import atomic_path, file_sha256, replace_dir, tree_sha256, write_json_atomic, write_text_atomic
-from tasks.manifest import (
+from tasks.run.info import RunInfo
+from tasks.run.manifest import (
     MANIFEST,
     Execution,
     build_manifest,
@@ -22,7 +23,6 @@ from tasks.manifest import (
     publish,
     staging_dir,
 )
-from tasks.runinfo import RunInfo
 
 STARTED = datetime(2026, 11, 22, 2, 0, 5, tzinfo=UTC)
 
@@ -160,7 +160,7 @@ def test_dump_toml_round_trips_a_config():
 
 
 def test_accounting_holds_only_when_each_decision_ends_once():
-    from tasks.manifest import accounting
+    from tasks.run.manifest import accounting
 
     ok = accounting(["a", "b", "c", "d"], ["a", "c"], ["b"], ["d"])
     assert ok["holds"] and (ok["decisions_in"], ok["reported"], ok["failed"], ok["not_reached"]) == (4, 2, 1, 1)
@@ -170,7 +170,7 @@ def test_accounting_holds_only_when_each_decision_ends_once():
 
 
 def test_publish_can_keep_the_staging_folder(tmp_path):
-    from tasks.manifest import publish
+    from tasks.run.manifest import publish
 
     staging, out = tmp_path / ".staging", tmp_path / "out"
     staging.mkdir()

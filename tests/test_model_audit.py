@@ -13,12 +13,12 @@ import pytest
 import xgboost as xgb
 
 from tasks import model_formats
-from tasks.config import parse_config
 from tasks.errors import InputError, ModelError
-from tasks.manifest import Execution, build_manifest, build_run_info, new_run_id
-from tasks.model import model_sha256
-from tasks.rerender import check_model_record
-from tasks.runstate import effective_settings, run_identity
+from tasks.inputs.config import parse_config
+from tasks.inputs.model import model_sha256
+from tasks.report.rerender import check_model_record
+from tasks.run.manifest import Execution, build_manifest, build_run_info, new_run_id
+from tasks.run.state import effective_settings, run_identity
 
 STARTED = datetime(2026, 11, 22, 2, 0, 5, tzinfo=UTC)
 
@@ -142,7 +142,7 @@ def test_a_run_with_an_xgboost_file_records_it_and_rerenders(prefect_api, demo_a
 
     from flows.pipeline import limelight_flow
     from tasks.demo import model_inputs
-    from tasks.rerender import rerender
+    from tasks.report.rerender import rerender
 
     reference = model_inputs(pd.read_parquet(demo_artifacts.reference)).astype(np.float32)
     labels = (reference[:, 1] > np.median(reference[:, 1])).astype(int)  # a fixed rule, not a trained model's

@@ -24,14 +24,14 @@ from test_render_support import (
 )
 
 from tasks.errors import ConfigError, InputError
-from tasks.render import (
+from tasks.report.render import (
     RenderedReport,
     customer_documents,
     missing_catalog_entries,
     render_customer_reports,
     report_filename,
 )
-from tasks.render_text import fidelity_text
+from tasks.report.text import fidelity_text
 
 N = 6
 
@@ -331,8 +331,8 @@ def test_template_html_path_gives_the_same_bytes_as_weasyprints_own(tmp_path: Pa
     must not change. Fails when a template uses an element ua.css does not cover, or WeasyPrint's UA changes."""
     import dataclasses
 
-    from tasks.render import PAGES_MARK, _pdf_settings, _shared, shared_html
-    from tasks.render_pdf import document_kind, layout, write
+    from tasks.report.pdf import document_kind, layout, write
+    from tasks.report.render import PAGES_MARK, _pdf_settings, _shared, shared_html
 
     config = demo_config("en")
     run = demo_run(config)

@@ -21,9 +21,9 @@ from test_render_support import (
 )
 from weasyprint.urls import path2url
 
-from tasks.render import render_customer_reports, render_run_summary
-from tasks.render_fetcher import TemplateFolderFetcher
-from tasks.render_pdf import document_kind
+from tasks.report.fetcher import TemplateFolderFetcher
+from tasks.report.pdf import document_kind
+from tasks.report.render import render_customer_reports, render_run_summary
 
 SECRET = b"root:x:0:0"  # first bytes of /etc/passwd
 

@@ -14,9 +14,9 @@ import pytest
 from test_render_support import decoded_pdf, demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
 
 from tasks.errors import InputError
-from tasks.render import render_run_summary
-from tasks.render_summary import sample_rounds
-from tasks.render_text import fidelity_text
+from tasks.report.render import render_run_summary
+from tasks.report.summary import sample_rounds
+from tasks.report.text import fidelity_text
 
 
 def test_summary_content_and_archival_metadata(tmp_path: Path) -> None:

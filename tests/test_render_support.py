@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pikepdf
 
-from tasks.render_samples import demo_config, demo_run, synthetic_inputs
+from tasks.report.samples import demo_config, demo_run, synthetic_inputs
 
 __all__ = ["decoded_pdf", "demo_config", "demo_run", "embedded_files", "flat", "has_sentence", "outline",
            "pdf_text", "structure_problems", "synthetic_inputs"]

@@ -1,4 +1,4 @@
-"""tasks/report_index.py: the report index beside the manifest, old inline manifests, report subfolders."""
+"""tasks/report/index.py: the report index beside the manifest, old inline manifests, report subfolders."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 
 from tasks import report_index as ri
 from tasks.errors import ConfigError, InputError
+from tasks.inputs.report_config import ReportConfig
 from tasks.io import file_sha256
-from tasks.report_config import ReportConfig
 
 ENTRIES = [{"id": "A1", "file": "reports/A1.pdf", "sha256": "a" * 64, "needs_review": True},
            {"id": "B2", "file": "reports/B2.pdf", "sha256": "b" * 64, "needs_review": False}]
@@ -79,7 +79,7 @@ def test_report_subfolders():
 def test_date_layout_needs_a_date_column(make_config):
     import tomllib
 
-    from tasks.config import load_config
+    from tasks.inputs.config import load_config
     from tasks.io import dump_toml
 
     assert ReportConfig(layout="date", date_column="decision_date").layout == "date"

@@ -1,4 +1,4 @@
-"""tasks/rerender.py and `limelight rerender`: a published run re-rendered byte for byte, or a clear error."""
+"""tasks/report/rerender.py and `limelight rerender`: a published run re-rendered byte for byte, or a clear error."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from tasks.errors import InputError
 from tasks.io import file_sha256
-from tasks.rerender import RerenderMismatch, load_manifest, rerender
+from tasks.report.rerender import RerenderMismatch, load_manifest, rerender
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = 6  # decisions in the published run: each report costs ~0.4 s to render again
@@ -120,7 +120,7 @@ def test_a_pdf_whose_recorded_bytes_differ_is_named(published, tmp_path):
 
 def test_a_changed_notice_text_shows_as_differing_pdfs(published, tmp_path):
     """The notice text changes every report: the byte check catches it, and the manifest's report sources say why."""
-    from tasks.render_text import _load_notices
+    from tasks.report.text import _load_notices
 
     out, _, notices = published
     original = notices.read_text(encoding="utf-8")

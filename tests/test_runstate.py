@@ -1,4 +1,4 @@
-"""tasks/runstate.py: a run's identity, finding it again in its output folder, refusing another run's folder."""
+"""tasks/run/state.py: a run's identity, finding it again in its output folder, refusing another run's folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tasks.errors import InputError
-from tasks.manifest import build_run_info, staging_dir, utc_now
-from tasks.runstate import effective_settings, find_run, load_record, run_identity, save_record, write_state
+from tasks.run.manifest import build_run_info, staging_dir, utc_now
+from tasks.run.state import effective_settings, find_run, load_record, run_identity, save_record, write_state
 
 CHECKSUMS = {"config": "c", "model": "m", "decisions": "d", "reference": "r"}
 
@@ -30,7 +30,7 @@ def test_identity_changes_with_any_input_and_the_selection():
 
 @pytest.fixture
 def run(small_demo):
-    from tasks.config import load_config
+    from tasks.inputs.config import load_config
 
     return build_run_info(load_config(small_demo), run_id="20261122T000000Z-abcdef12", started=utc_now(),
                           model_sha256="m", decisions_sha256="d", reference_sha256="r")
@@ -60,7 +60,7 @@ def test_a_staged_run_is_found_and_another_refused(tmp_path, run):
 
 def test_identity_follows_the_resolved_settings_not_where_inputs_live(tmp_path):
     """A changed setting, written or a default, is another run; moved inputs or other workers are not."""
-    from tasks.config import parse_config
+    from tasks.inputs.config import parse_config
 
     raw = {"data": {"decisions": "d.parquet", "reference": "r.parquet"},
            "model": {"path": "m.pt", "classes": ["a", "b"], "explain": "b"},

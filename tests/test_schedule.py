@@ -1,4 +1,4 @@
-"""tasks/schedule.py: which night a run explains and which decisions belong to it."""
+"""tasks/inputs/schedule.py: which night a run explains and which decisions belong to it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import parse_config
-from tasks.data import scan_decisions
 from tasks.errors import ConfigError, InputError
-from tasks.schedule import date_key, day_positions, parse_run_date, previous_day, select_day
+from tasks.inputs.config import parse_config
+from tasks.inputs.data import scan_decisions
+from tasks.inputs.schedule import date_key, day_positions, parse_run_date, previous_day, select_day
 
 REPO = Path(__file__).resolve().parents[1]
 DAYS = [date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
@@ -139,8 +139,8 @@ def test_missing_or_unusable_date_keys_are_named(tmp_path, twelve, demo_artifact
 
 
 def test_a_partitioned_nights_checksum_covers_its_own_partition_only(tmp_path, twelve, demo_artifacts):
-    from tasks.data import list_source_files
-    from tasks.schedule import night_sha256
+    from tasks.inputs.data import list_source_files
+    from tasks.inputs.schedule import night_sha256
 
     root = tmp_path / "decisions"
     for day in DAYS[:2]:

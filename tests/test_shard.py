@@ -1,4 +1,4 @@
-"""tasks/shard.py: planning (file slices of shard_size), reading a shard in order, explaining one, merging."""
+"""tasks/plan/shards.py and tasks/explain/worker.py: planning, reading a shard in order, explaining one, merging."""
 
 from __future__ import annotations
 
@@ -10,24 +10,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import load_config
-from tasks.data import DecisionsIndex, SourceFile, scan_decisions
 from tasks.errors import LimelightError
-from tasks.manifest import build_run_info, utc_now
-from tasks.shard import (
+from tasks.explain.worker import (
     _CACHE,
     DEVICE_ENV,
-    Piece,
     ShardResult,
     clear_cache,
     conform,
     explain_shard,
     explanation_schema,
     merge_parts,
-    plan_shards,
-    read_shard,
     worker_device,
 )
+from tasks.inputs.config import load_config
+from tasks.inputs.data import DecisionsIndex, SourceFile, scan_decisions
+from tasks.plan.shards import Piece, plan_shards, read_shard
+from tasks.run.manifest import build_run_info, utc_now
 
 
 def index_of(*counts: int) -> DecisionsIndex:
@@ -90,7 +88,7 @@ def test_worker_device_follows_the_cluster_env(monkeypatch):
 
 
 def _run_info(config):
-    from tasks.model import model_sha256
+    from tasks.inputs.model import model_sha256
 
     return build_run_info(config, run_id="test-run", started=utc_now(), model_sha256=model_sha256(config.model),
                           decisions_sha256="d" * 64, reference_sha256="r" * 64)
@@ -172,7 +170,7 @@ def test_shard_result_is_small_and_picklable():
 
 
 def test_split_shard_halves_pieces_in_order():
-    from tasks.shard import Shard, split_shard
+    from tasks.plan.shards import Shard, split_shard
 
     index = index_of(5, 5)
     shard = plan_shards(index, 7, np.array([3, 4, 5, 6, 7, 0, 1]))[0]
@@ -190,7 +188,7 @@ def test_split_shard_halves_pieces_in_order():
 
 
 def test_bisection_isolates_failing_rows():
-    from tasks.shard import bisect_failures
+    from tasks.explain.worker import bisect_failures
 
     calls = []
 
@@ -211,7 +209,7 @@ def test_checked_model_refuses_non_probabilities():
     import torch
 
     from tasks.errors import ModelError
-    from tasks.shard import CheckedModel
+    from tasks.explain.worker import CheckedModel
 
     class Fake:
         description, output = "fake", "probabilities"
@@ -234,7 +232,7 @@ def test_checked_model_refuses_non_probabilities():
 
 
 def test_shard_result_round_trips_as_a_record():
-    from tasks.shard import ShardResult
+    from tasks.explain.worker import ShardResult
 
     result = ShardResult(3, 2, 6, "p", "a", ("x",), 1.5, "cpu", "host:1", "shard-00003.1", (1,), ("x", "y"),
                          (("z", "explain", "ValueError: no"),))

@@ -1,4 +1,4 @@
-"""tasks/sizing.py: shard and render-batch sizes keep a run's task runs bounded however many decisions."""
+"""tasks/plan/sizing.py: shard and render-batch sizes keep a run's task runs bounded however many decisions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from math import ceil
 
 import pytest
 
-from tasks.sizing import FLOW_TASK_RUNS, MAX_RENDER_BATCHES, MAX_SHARDS, RENDER_BATCH, RunSizes, run_sizes
+from tasks.plan.sizing import FLOW_TASK_RUNS, MAX_RENDER_BATCHES, MAX_SHARDS, RENDER_BATCH, RunSizes, run_sizes
 
 
 def counted(sizes: RunSizes) -> tuple[int, int]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tasks.config import Config, ExplainConfig, stream_samples
 from tasks.engine.deletion import MAX_COMBINATIONS, DeletionCheck
 from tasks.engine.rng import decision_keys
 from tasks.engine.sampler import QuartileSampler
@@ -46,7 +45,8 @@ from tasks.engine.surrogate import (
     select_features,
 )
 from tasks.errors import ModelError
-from tasks.model import LoadedModel
+from tasks.inputs.config import Config, ExplainConfig, stream_samples
+from tasks.inputs.model import LoadedModel
 
 log = logging.getLogger("limelight.engine")
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.config import MIN_STREAM_SAMPLES, WIDTH_GRID, stream_samples
 from tasks.engine.explainer import _HOST, BatchedLime, Explanations, _Collector
 from tasks.engine.stability import (
     combine,
@@ -54,6 +53,7 @@ from tasks.engine.surrogate import (
     ridge_on,
     uniform_moments,
 )
+from tasks.inputs.config import MIN_STREAM_SAMPLES, WIDTH_GRID, stream_samples
 
 SCREEN_FRACTION = 4
 """Each width is tried with S/4 samples; the chosen one is topped up to S (and adapted beyond)."""

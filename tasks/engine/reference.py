@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from lime.lime_tabular import LimeTabularExplainer
 
-from tasks.config import Config
 from tasks.engine.deletion import DeletionCheck
 from tasks.engine.explainer import Explanations
 from tasks.engine.rng import decision_keys
 from tasks.engine.stats import ReferenceStats
-from tasks.model import LoadedModel
+from tasks.inputs.config import Config
+from tasks.inputs.model import LoadedModel
 
 
 @dataclass
@@ -35,7 +35,7 @@ class LimeReference:
     def __post_init__(self) -> None:
         if self.stats.data is None:
             raise ValueError("the lime engine needs the reference data: fit_reference keeps it")
-        if np.isnan(self.stats.data).any():  # tasks.data.read_reference says so first, naming the column
+        if np.isnan(self.stats.data).any():  # tasks.inputs.data.read_reference says so first, naming the column
             raise ValueError("the lime engine cannot sample missing values (the lime package has no support for "
                              "them): use engine = \"batched\"")
         categorical = [j for j, f in enumerate(self.stats.features) if f.kind == "categorical"]

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 
-from tasks.config import MIN_REFERENCE_ROWS, FeatureConfig, default_kernel_width
 from tasks.errors import InputError
+from tasks.inputs.config import MIN_REFERENCE_ROWS, FeatureConfig, default_kernel_width
 
 GRID_INTERVALS = 4096
 """Intervals of the inverse-CDF grid per bin; the look-up's error is below 1/GRID_INTERVALS of probability."""

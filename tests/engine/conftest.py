@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import FeatureConfig, ModelConfig
 from tasks.demo import FEATURES, build_demo, model_inputs
 from tasks.engine import ReferenceStats, fit_reference
-from tasks.model import LoadedModel, load_model
+from tasks.inputs.config import FeatureConfig, ModelConfig
+from tasks.inputs.model import LoadedModel, load_model
 
 
 @dataclass

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import parse_config
 from tasks.engine import BatchedLime, make_explainer
 from tasks.engine.reference import LimeReference
+from tasks.inputs.config import parse_config
 
 AGREEMENT_DECISIONS = 100
 
@@ -189,8 +189,8 @@ def test_make_explainer_picks_the_configured_engine(demo, tmp_path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_and_cuda_give_the_same_explanations(demo) -> None:
-    from tasks.config import ModelConfig
-    from tasks.model import load_model
+    from tasks.inputs.config import ModelConfig
+    from tasks.inputs.model import load_model
 
     cuda_model = load_model(
         ModelConfig(path=demo.model_path, classes=["approved", "declined"], explain="declined"),

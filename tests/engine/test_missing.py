@@ -11,7 +11,7 @@ from tasks.engine import BatchedLime, fit_reference
 from tasks.engine.deletion import DeletionCheck
 from tasks.engine.stats import GRID_INTERVALS, _categorical_stats, _numeric_stats
 from tasks.errors import ModelError
-from tasks.model import LoadedModel, check_missing_contract
+from tasks.inputs.model import LoadedModel, check_missing_contract
 
 INCOME, HOUSING = 0, 10  # a numeric and a categorical demo feature
 

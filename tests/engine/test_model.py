@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import ModelConfig
 from tasks.engine import BatchedLime
 from tasks.errors import ModelError
-from tasks.model import load_model, model_sha256
+from tasks.inputs.config import ModelConfig
+from tasks.inputs.model import load_model, model_sha256
 
 CLASSES = ["approved", "declined"]
 

@@ -19,11 +19,11 @@ import torch
 import xgboost as xgb
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 
-from tasks.config import FeatureConfig, ModelConfig
 from tasks.engine import BatchedLime, ReferenceStats, fit_reference
 from tasks.errors import ModelError
-from tasks.model import entrypoint_sha256, load_model, model_audit, model_sha256
-from tasks.model_formats import infer_format, runtime_of
+from tasks.inputs.config import FeatureConfig, ModelConfig
+from tasks.inputs.model import entrypoint_sha256, load_model, model_audit, model_sha256
+from tasks.inputs.model_formats import infer_format, runtime_of
 
 GERMAN = Path(__file__).resolve().parents[2] / "bench" / "data" / "german_credit.csv.gz"
 CLASSES = ["good", "bad"]
@@ -349,7 +349,7 @@ def test_onnx_trees_are_told_from_neural_models(german: German, tmp_path: Path) 
     from skl2onnx import to_onnx
     from sklearn.tree import DecisionTreeClassifier
 
-    from tasks.model_formats import _has_tree_ops
+    from tasks.inputs.model_formats import _has_tree_ops
 
     tree = DecisionTreeClassifier(max_depth=2).fit(german.x, german.y)
     (tmp_path / "tree.onnx").write_bytes(to_onnx(tree, german.x[:1].astype(np.float32)).SerializeToString())
@@ -397,8 +397,8 @@ def test_neural_onnx_on_the_cuda_provider(german: German, tmp_path: Path) -> Non
 
 
 def test_config_file_names_the_key_of_a_refused_format(tmp_path: Path) -> None:
-    from tasks.config import load_config
     from tasks.errors import ConfigError
+    from tasks.inputs.config import load_config
 
     (tmp_path / "run.toml").write_text(textwrap.dedent("""
         [data]

@@ -162,8 +162,8 @@ class Linear:
 
 
 def test_deletion_check_direction_on_a_linear_model() -> None:
-    from tasks.config import FeatureConfig
     from tasks.engine import fit_reference
+    from tasks.inputs.config import FeatureConfig
 
     rng = np.random.default_rng(0)
     reference = np.column_stack([rng.uniform(0, 10, 400), rng.integers(0, 3, 400)]).astype(float)
@@ -193,8 +193,8 @@ def test_deletion_check_direction_on_a_linear_model() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_and_cuda_agree_with_stability_and_adaptation(demo) -> None:
-    from tasks.config import ModelConfig
-    from tasks.model import load_model
+    from tasks.inputs.config import ModelConfig
+    from tasks.inputs.model import load_model
 
     cuda_model = load_model(
         ModelConfig(path=demo.model_path, classes=["approved", "declined"], explain="declined"), len(demo.features),

@@ -6,9 +6,9 @@ from lime.discretize import QuartileDiscretizer
 from lime.lime_tabular import LimeTabularExplainer
 from scipy import stats as scipy_stats
 
-from tasks.config import FeatureConfig
 from tasks.engine import fit_reference
 from tasks.engine.stats import GRID_INTERVALS, _inverse_cdf_row
+from tasks.inputs.config import FeatureConfig
 
 
 def lime_explainer(demo) -> LimeTabularExplainer:

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.config import Config, FeatureConfig
+from tasks.inputs.config import Config, FeatureConfig
 
 if TYPE_CHECKING:  # the engine imports torch; the flow process only needs the schema
     from tasks.engine import Explanations, ReferenceStats

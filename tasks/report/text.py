@@ -20,9 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config, FeatureConfig
 from tasks.errors import ConfigError
-from tasks.runinfo import RunInfo
+from tasks.inputs.config import Config, FeatureConfig
+from tasks.run.info import RunInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXTS_DIR = REPO_ROOT / "config" / "texts"
@@ -83,7 +83,7 @@ def report_sources(config: Config) -> dict[str, str]:
     import hashlib
 
     from tasks.io import file_sha256
-    from tasks.render_pdf import TEMPLATES_DIR
+    from tasks.report.pdf import TEMPLATES_DIR
 
     digest = hashlib.sha256()
     for file in sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file() and "sample" not in p.parts):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
-from tasks.report_config import ReportConfig
+from tasks.inputs.report_config import ReportConfig
 
 
 class _Strict(BaseModel):

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.config import Config
-from tasks.data import DecisionsIndex, SourceFile, select_positions
 from tasks.errors import ConfigError, InputError
+from tasks.inputs.config import Config
+from tasks.inputs.data import DecisionsIndex, SourceFile, select_positions
 from tasks.io import file_sha256
 
 

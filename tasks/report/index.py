@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 from tasks.errors import InputError
 from tasks.io import atomic_path, file_sha256
-from tasks.manifest import EXPLANATIONS
-from tasks.manifest import REPORT_INDEX as INDEX
+from tasks.run.manifest import EXPLANATIONS
+from tasks.run.manifest import REPORT_INDEX as INDEX
 
 SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),

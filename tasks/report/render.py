@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.aggregate import ROLES, is_adverse
-from tasks.config import Config, FeatureConfig
 from tasks.errors import InputError, LimelightError
-from tasks.render_pdf import (
+from tasks.explain.aggregate import ROLES, is_adverse
+from tasks.inputs.config import Config, FeatureConfig
+from tasks.report.pdf import (
     DocumentKind,
     PdfPart,
     PdfSettings,
@@ -42,8 +42,8 @@ from tasks.render_pdf import (
     shared_pages,
     write,
 )
-from tasks.render_summary import quality_settings_rows, summary_document
-from tasks.render_text import (
+from tasks.report.summary import quality_settings_rows, summary_document
+from tasks.report.text import (
     Band,
     Notice,
     ReasonCatalog,
@@ -62,7 +62,7 @@ from tasks.render_text import (
     threshold_text,
     w3c_utc,
 )
-from tasks.runinfo import RunInfo
+from tasks.run.info import RunInfo
 
 __all__ = [
     "ROW_COLUMNS",
@@ -291,7 +291,7 @@ _MAX_K = 4  # [explain] top_k's upper bound
 
 
 def _quality(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The explanation-quality columns of a decision (tasks/aggregate.py), JSON-ready; None where absent."""
+    """The explanation-quality columns of a decision (tasks/explain/aggregate.py), JSON-ready; None where absent."""
     out: dict[str, Any] = {}
     for name in _QUALITY_COLUMNS:
         value = row.get(name)

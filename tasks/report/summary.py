@@ -1,6 +1,6 @@
 """The run summary PDF: counts, fidelity histogram, reason frequencies, review list, parameters and hashes.
 
-Called through :func:`tasks.render.render_run_summary`. One document per run, so clarity beats speed here.
+Called through :func:`tasks.report.render.render_run_summary`. One document per run, so clarity beats speed here.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.aggregate import REVIEW_REASONS, quality_summary
-from tasks.config import Config, stream_samples
 from tasks.errors import InputError
-from tasks.render_pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
-from tasks.render_text import (
+from tasks.explain.aggregate import REVIEW_REASONS, quality_summary
+from tasks.inputs.config import Config, stream_samples
+from tasks.report.pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
+from tasks.report.text import (
     audit_rows,
     clean_text,
     fidelity_text,
@@ -28,7 +28,7 @@ from tasks.render_text import (
     threshold_text,
     w3c_utc,
 )
-from tasks.runinfo import RunInfo
+from tasks.run.info import RunInfo
 
 COUNT_KEYS = ("decisions_in", "reports_made", "needs_review", "failed")
 
@@ -203,7 +203,7 @@ def _reasons_by_id(firsts: pd.DataFrame, id_column: str) -> dict[str, list[str]]
 
 def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[str, str]]:
     """The run's explanation-quality settings ([explain] stability and adaptation, [review] gates) as (label,
-    value) rows after :func:`tasks.render_text.audit_rows`, for the customer annex and the run summary.
+    value) rows after :func:`tasks.report.text.audit_rows`, for the customer annex and the run summary.
 
     RunInfo does not carry them, so they come from the config; a re-render reads the run's own config (its
     SHA-256 is checked against the manifest), so the rows, like the rest of the page, are the same bytes."""

@@ -144,7 +144,7 @@ def require(model_format: str, path: Path) -> Any:
 
 
 def worker_threads() -> int:
-    """The worker's threads: what the worker set for torch (tasks/shard.py sets [run] torch_threads first)."""
+    """The worker's threads: what the worker set for torch (tasks/explain/worker.py sets [run] torch_threads first)."""
     return max(1, torch.get_num_threads())
 
 

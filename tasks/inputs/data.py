@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.config import MIN_REFERENCE_ROWS, Config, FeatureConfig
 from tasks.errors import InputError
+from tasks.inputs.config import MIN_REFERENCE_ROWS, Config, FeatureConfig
 
 #: Rows per record batch while scanning; bounds the memory of validation.
 SCAN_BATCH_ROWS = 65_536
@@ -702,104 +702,3 @@ def select_positions(
         return None if limit is None else np.arange(min(limit, index.num_rows), dtype=np.int64)
     positions = read_id_file(ids_file, index, id_column)
     return positions if limit is None else positions[:limit]
-
-
-
-# --- everything at once (``limelight validate``) ------------------------------------------------------
-
-
-@dataclass
-class Validation:
-    """What ``limelight validate`` found: input-level ``problems`` (a run would stop, exit 2) and the decisions
-    with row-level problems (a run would explain the others and list these in ``failures.parquet``)."""
-
-    problems: list[str] = field(default_factory=list)
-    decisions: int = 0
-    files: int = 0
-    reference_rows: int = 0
-    model: str = ""
-    row_failures: dict[int, str] = field(default_factory=dict)  # global position -> the run's failure text
-    row_kinds: dict[int, str] = field(default_factory=dict)  # global position -> RowProblem.kind
-    sources: tuple[SourceFile, ...] = ()
-
-    def summary(self) -> str:
-        failing = len(self.row_failures)
-        verdict = "all valid" if not failing else "no input-level problem"
-        return (
-            f"{self.decisions} decisions in {self.files} file{'s' if self.files != 1 else ''}: "
-            f"{self.decisions - failing} would be explained, {failing} would fail; "
-            f"reference of {self.reference_rows} rows, model {self.model}: {verdict}"
-        )
-
-    def row_warnings(self, shown: int = 3) -> list[str]:
-        """One line per decisions file with row-level problems: the count per kind and the first ``shown`` rows,
-        e.g. ``d.parquet: 2 rows will go to failures.parquet (2 missing values): row 5: column 'income':
-        missing value; row 9: ...``."""
-        starts = np.cumsum([0] + [f.num_rows for f in self.sources])
-        lines = []
-        for number, source in enumerate(self.sources):
-            positions = [p for p in sorted(self.row_failures) if starts[number] <= p < starts[number + 1]]
-            if not positions:
-                continue
-            kinds = [self.row_kinds.get(p, "") for p in positions]
-            counts = ", ".join(
-                f"{kinds.count(kind)} {names[kinds.count(kind) != 1]}"
-                for kind, names in ROW_PROBLEM_KINDS.items() if kind in kinds
-            )
-            where = [self.row_failures[p].removeprefix(f"{source.path} ") for p in positions[:shown]]
-            more = f"; ... ({len(positions) - shown} more)" if len(positions) > shown else ""
-            lines.append(f"{source.path}: {len(positions)} row{'s' if len(positions) != 1 else ''} will go to "
-                         f"failures.parquet ({counts}): {'; '.join(where)}{more}")
-        return lines
-
-
-def validate_all(config: Config, *, check_model: bool = True) -> Validation:
-    """Check the report files, the decisions, the reference and (on the CPU) the model; collect every problem.
-
-    The decisions are checked as a run checks them (:func:`scan_decisions` with ``row_failures``): a
-    row-level problem (:func:`row_problems`) is not a problem here but a decision the run would fail alone.
-    """
-    result = Validation()
-    for key in ("reasons", "notices"):
-        value = getattr(config.report, key)
-        if value and not Path(value).is_file():
-            result.problems.append(f"{config.source}: [report] {key}: file not found ({value})")
-    index = scan_decisions(config, require_report_columns=config.report.enabled, problems=result.problems,
-                           row_failures=result.row_failures, row_kinds=result.row_kinds)
-    if index is not None:
-        result.decisions, result.files, result.sources = index.num_rows, len(index.files), index.files
-    elif result.row_failures:  # input-level problems too (the files did list): still say where the bad rows are
-        result.sources = tuple(list_source_files(config.data.decisions, "[data] decisions"))
-    reference = read_reference(config, problems=result.problems)
-    result.reference_rows = len(reference)
-    if check_model:
-        result.model = _check_model(config, reference, result.problems)
-    return result
-
-
-def _check_model(config: Config, reference: np.ndarray, problems: list[str]) -> str:
-    """Load the model on the CPU (never CUDA here) and run it on reference rows; where the reference has
-    missing values, probe it with NaN in those features (:func:`tasks.model.check_missing_contract`)."""
-    from tasks.errors import LimelightError
-    from tasks.model import check_missing_contract, load_model
-
-    try:
-        model = load_model(config.model, len(config.features), device="cpu")
-        if len(reference):
-            from tasks.engine.stats import fit_reference
-
-            check_missing_contract(model, *fit_reference(reference, config.features).missing_probe())
-            failing = [j for j, f in enumerate(config.features) if f.missing == "fail"]
-            sample = reference[~np.isnan(reference[:, failing]).any(axis=1)][:64]  # NaN never reaches those
-        else:
-            sample = reference
-        if len(sample):
-            import torch
-
-            out = model(torch.as_tensor(sample, dtype=torch.float32))
-            if not bool(torch.isfinite(out).all()):
-                problems.append(f"{model.description}: output on reference rows is not finite")
-    except LimelightError as error:
-        problems.append(str(error))
-        return ""
-    return f"{model.description} (sha256 {model.sha256[:12]})"

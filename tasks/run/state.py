@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import Config
 from tasks.errors import InputError
+from tasks.inputs.config import Config
 from tasks.io import write_json_atomic
-from tasks.manifest import (
+from tasks.run.info import RunInfo
+from tasks.run.manifest import (
     EXPLANATIONS,
     FAILURES,
     MANIFEST,
@@ -37,11 +38,10 @@ from tasks.manifest import (
     SUMMARY,
     package_versions,
 )
-from tasks.runinfo import RunInfo
 
 STATE = "state.json"
 RECORDS = "records"
-#: What a run publishes into its output folder (tasks/manifest.py names them too).
+#: What a run publishes into its output folder (tasks/run/manifest.py names them too).
 PUBLISHED = (EXPLANATIONS, REPORTS, REPORT_INDEX, SUMMARY, FAILURES, MANIFEST)
 
 
@@ -65,7 +65,7 @@ def effective_settings(config: Config) -> dict[str, Any]:
     limelight's version; not where the inputs live nor the devices and threads, which change no result.
     The model's format and its runtime library's version count too (another XGBoost may predict otherwise);
     the model file and ``[model] files`` count by their SHA-256 (the model checksum), not their paths."""
-    from tasks.model import format_and_runtime
+    from tasks.inputs.model import format_and_runtime
 
     settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads", "render_workers"},
                                                        "data": {"decisions", "reference"},

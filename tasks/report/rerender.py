@@ -3,14 +3,14 @@
 From ``OUT/manifest.json`` and the inputs it names (the config and the decisions, checked against their
 recorded SHA-256) and ``explanations.parquet`` beside it, every customer report and the run summary are
 rendered again into another folder; each PDF's SHA-256 must equal the manifest's. The renderer is
-deterministic (tasks/render.py): every date and identifier comes from the run's :class:`RunInfo`, which
+deterministic (tasks/report/render.py): every date and identifier comes from the run's :class:`RunInfo`, which
 the manifest records (``run``) and ``explanations.parquet`` repeats in its metadata (``limelight.run``).
 
 The model and the reference are not needed: the explanations are the run's own, not recomputed. The manifest's
 model record (format, runtime library and version, the file's SHA-256, or an entrypoint's source and ``[model]
 files`` hashes) must add up to the model hash the run's PDFs carry (``run.model_sha256``); it is reported back.
 The reports and their SHA-256 are read from the run's report index (``reports.parquet``, checked against the
-manifest's SHA-256), or from the inline list of a manifest written before the index (tasks/report_index.py).
+manifest's SHA-256), or from the inline list of a manifest written before the index (tasks/report/index.py).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks import manifest as mf
-from tasks import report_index
-from tasks.config import Config, load_config
-from tasks.data import _as_string, _iter_tables, list_source_files, report_columns
 from tasks.errors import InputError, LimelightError
+from tasks.inputs.config import Config, load_config
+from tasks.inputs.data import _as_string, _iter_tables, list_source_files, report_columns
+from tasks.inputs.schedule import night_sha256
 from tasks.io import file_sha256, tree_sha256
-from tasks.runinfo import RunInfo
-from tasks.schedule import night_sha256
+from tasks.report import index as report_index
+from tasks.run import manifest as mf
+from tasks.run.info import RunInfo
 
 
 class RerenderMismatch(LimelightError):
@@ -79,7 +79,7 @@ def check_model_record(manifest: dict[str, Any], manifest_path: Path) -> str:
     """The manifest's model record must name the model hash of the run (the one every PDF repeats): a file's own
     SHA-256, or an entrypoint's source and artifacts recombined. Returns it in words, e.g. ``xgboost file
     model.ubj (sha256 3f9c…, xgboost 3.2.0)``. Manifests from before model formats carry source and sha256 only."""
-    from tasks.model import entrypoint_sha256
+    from tasks.inputs.model import entrypoint_sha256
 
     record, run_sha = manifest.get("model") or {}, manifest["run"].get("model_sha256")
     if record.get("sha256") != run_sha:
@@ -116,7 +116,7 @@ def run_info(manifest: dict[str, Any], explanations: Path) -> RunInfo:
 def applicants(config: Config, ids: set[str]) -> pd.DataFrame:
     """The report columns of the decisions ``ids`` (id as text), read as the pipeline reads them.
 
-    tasks/data.py's own scan fills hive partition columns in, so a partition key shown in the report
+    tasks/inputs/data.py's own scan fills hive partition columns in, so a partition key shown in the report
     (e.g. ``decision_date``) gets exactly the value and type the run's reports got.
     """
     id_column = config.data.id_column
@@ -142,7 +142,7 @@ def _inputs(manifest: dict[str, Any], manifest_path: Path) -> tuple[Config, Path
     decisions = Path(manifest["inputs"]["decisions"]["path"])
     config = config.model_copy(update={"data": config.data.model_copy(update={"decisions": decisions})})
     run_date = (manifest.get("trigger") or {}).get("run_date")
-    night = None  # a night of a hive-partitioned dataset is hashed over its own partition (tasks/schedule.py)
+    night = None  # a night of a hive-partitioned dataset is hashed over its own partition (tasks/inputs/schedule.py)
     if run_date and decisions.is_dir():
         night = night_sha256(list_source_files(decisions, "[data] decisions"), config, run_date)
     check_sha256(decisions, manifest["inputs"]["decisions"]["sha256"], "decisions", night)
@@ -182,9 +182,9 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     Raises :class:`InputError` when an input's SHA-256 changed, and :class:`RerenderMismatch` naming the
     first file whose bytes differ. The re-rendered files stay in ``out`` either way, for inspection.
     """
-    from tasks.render import render_customer_reports, render_run_summary
-    from tasks.render_summary import summary_counts
-    from tasks.render_text import report_sources
+    from tasks.report.render import render_customer_reports, render_run_summary
+    from tasks.report.summary import summary_counts
+    from tasks.report.text import report_sources
 
     manifest_path = Path(manifest_path).resolve()
     manifest = load_manifest(manifest_path)

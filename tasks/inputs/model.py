@@ -1,6 +1,6 @@
 """Loading the bank's model behind one contract: float32 [n, d] in, class probabilities [n, C] out.
 
-Supported (``[model] format``, inferred from the file where unambiguous; tasks/model_formats.py): a
+Supported (``[model] format``, inferred from the file where unambiguous; tasks/inputs/model_formats.py): a
 TorchScript file (``torch.jit.save``), a torch.export archive (``.pt2``), an ONNX file, an XGBoost model
 (``.ubj``/``.json``), a LightGBM model (``.txt``), a scikit-learn estimator saved with skops; or a Python
 entrypoint ``package.module:function`` returning a callable that takes a float32 numpy array and returns
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.config import ModelConfig
 from tasks.errors import ModelError
-from tasks.model_formats import (
+from tasks.inputs.config import ModelConfig
+from tasks.inputs.model_formats import (
     PICKLE_REFUSED,
     Runtime,
     infer_format,
@@ -72,7 +72,7 @@ class ModelAudit:
 
 def entrypoint_sha256(entrypoint: str, source_sha256: str | None, files: list[dict[str, str]]) -> str:
     """The model hash of an entrypoint: its name, its module source's SHA-256 and each artifact's (name, SHA-256),
-    as canonical JSON. tasks/rerender.py recomputes it from the manifest's record."""
+    as canonical JSON. tasks/report/rerender.py recomputes it from the manifest's record."""
     facts = {"entrypoint": entrypoint, "source_sha256": source_sha256,
              "files": [[Path(entry["path"]).name, entry["sha256"]] for entry in files]}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
@@ -273,7 +273,7 @@ def load_model(model: ModelConfig, num_features: int, device: torch.device | str
 def is_probabilities(out: torch.Tensor) -> bool:
     """Whether every row of a model's ``[N, C]`` output is a probability vector: values in [0, 1] (within
     1e-6) summing to 1 (within 1e-3, float32 models). The load-time contract and the per-decision check
-    (tasks/shard.py, CheckedModel) both ask this."""
+    (tasks/explain/worker.py, CheckedModel) both ask this."""
     values = out.detach().to(torch.float64)
     in_range = bool(((values >= -1e-6) & (values <= 1 + 1e-6)).all())
     return in_range and float((values.sum(1) - 1).abs().max()) <= 1e-3

@@ -39,8 +39,8 @@ from weasyprint.text.fonts import FontConfiguration
 from weasyprint.urls import URLFetcher
 
 from tasks.errors import LimelightError
-from tasks.render_fetcher import TemplateFolderFetcher
-from tasks.render_text import w3c_utc
+from tasks.report.fetcher import TemplateFolderFetcher
+from tasks.report.text import w3c_utc
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 LOGGER = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config, default_kernel_width
+from tasks.inputs.config import Config, default_kernel_width
 from tasks.io import file_sha256, replace_dir, tree_sha256, write_json_atomic
-from tasks.runinfo import RunInfo
+from tasks.run.info import RunInfo
 
-#: 2: the reports are listed in REPORT_INDEX (tasks/report_index.py), the review ids in the explanations.
+#: 2: the reports are listed in REPORT_INDEX (tasks/report/index.py), the review ids in the explanations.
 MANIFEST_VERSION = 2
 EXPLANATIONS = "explanations.parquet"
 REPORTS = "reports"
@@ -134,7 +134,7 @@ def build_manifest(
     list's count, not its ids, so its size does not grow with the number of decisions.
     """
     started = datetime.strptime(run.generated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    from tasks.model import model_record
+    from tasks.inputs.model import model_record
 
     return {
         "manifest_version": MANIFEST_VERSION,

@@ -1,10 +1,8 @@
-"""Shards: plan them (file slices of ``[run] shard_size`` decisions) and explain one on a worker.
+"""Explain one shard on a worker, and merge the shards' part files into ``explanations.parquet``.
 
-A shard is a list of pieces, each a row range ``[start, stop)`` of one Parquet file, in the order the
-decisions are explained. Without ``--ids`` the pieces are contiguous slices of the files in order;
-with ``--ids`` consecutive rows of one file collapse into one piece. Only paths and row numbers
-travel to the workers: each worker reads its own slice, and writes its explanation rows (and the
-report columns of its decisions) as part files into a staging folder.
+A worker reads its shard's rows (tasks/plan/shards.py), explains them, and writes its explanation rows (and
+the report columns of its decisions) as part files into the run's staging folder; only a
+:class:`ShardResult` (counts, ids, paths) goes back to the flow.
 
 A worker process keeps the loaded model, the fitted reference statistics and the explainer between
 shards (keyed by the config, model and reference checksums and the device), so only the first shard
@@ -17,7 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,11 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.config import Config
-from tasks.data import DecisionRows, DecisionsIndex, SourceFile, concat_rows, read_rows, read_rows_at
 from tasks.errors import LimelightError
+from tasks.inputs.config import Config
 from tasks.io import atomic_path
-from tasks.runinfo import RunInfo
+from tasks.plan.shards import Shard, read_shard
+from tasks.run.info import RunInfo
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,148 +39,11 @@ DEVICE_ENV = "LIMELIGHT_DEVICE"
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Rows ``[start, stop)`` of one Parquet file."""
-
-    source: SourceFile
-    start: int
-    stop: int
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Decisions ``[first, first + size)`` of the run's selection, as file pieces.
-
-    ``path`` is empty for a planned shard; the halves of a shard split after failing are
-    ``path + (0,)`` and ``path + (1,)``, so (index, path) sorts in the order of the selection.
-    """
-
-    index: int
-    pieces: tuple[Piece, ...]
-    first: int = 0
-    path: tuple[int, ...] = ()
-
-    @property
-    def size(self) -> int:
-        return sum(p.size for p in self.pieces)
-
-    @property
-    def name(self) -> str:
-        return f"shard-{self.index:05d}" + "".join(f".{i}" for i in self.path)
-
-    @property
-    def order(self) -> tuple[int, tuple[int, ...]]:
-        return self.index, self.path
-
-
-def split_shard(shard: Shard) -> tuple[Shard, Shard]:
-    """The two halves of a shard (of at least two decisions), in order."""
-    if shard.size < 2:
-        raise ValueError("a shard of one decision cannot be split")
-    half = shard.size // 2
-    left: list[Piece] = []
-    right: list[Piece] = []
-    seen = 0
-    for piece in shard.pieces:
-        if seen + piece.size <= half:
-            left.append(piece)
-        elif seen >= half:
-            right.append(piece)
-        else:
-            cut = piece.start + (half - seen)
-            left.append(Piece(piece.source, piece.start, cut))
-            right.append(Piece(piece.source, cut, piece.stop))
-        seen += piece.size
-    return (Shard(shard.index, tuple(left), shard.first, (*shard.path, 0)),
-            Shard(shard.index, tuple(right), shard.first + half, (*shard.path, 1)))
-
-
-def plan_shards(index: DecisionsIndex, shard_size: int, positions: np.ndarray | None = None) -> list[Shard]:
-    """Cut the decisions into shards of ``shard_size``.
-
-    ``positions`` (global row numbers, in the order to explain) selects rows; None means every
-    row in file order, planned from the row counts alone.
-    """
-    if shard_size < 1:
-        raise ValueError("shard_size must be positive")
-    if positions is None:
-        return _plan_all(index.files, shard_size)
-    shards = []
-    for number, first in enumerate(range(0, len(positions), shard_size)):
-        chunk = positions[first : first + shard_size]
-        shards.append(Shard(number, tuple(_pieces(index, chunk)), first))
-    return shards
-
-
-def _plan_all(files: Sequence[SourceFile], shard_size: int) -> list[Shard]:
-    shards: list[Shard] = []
-    pieces: list[Piece] = []
-    room = shard_size
-    for source in files:
-        start = 0
-        while start < source.num_rows:
-            take = min(room, source.num_rows - start)
-            pieces.append(Piece(source, start, start + take))
-            start += take
-            room -= take
-            if room == 0:
-                shards.append(Shard(len(shards), tuple(pieces), len(shards) * shard_size))
-                pieces, room = [], shard_size
-    if pieces:
-        shards.append(Shard(len(shards), tuple(pieces), len(shards) * shard_size))
-    return shards
-
-
-def _pieces(index: DecisionsIndex, positions: np.ndarray) -> Iterator[Piece]:
-    """Runs of consecutive rows of one file -> pieces, keeping the order of ``positions``."""
-    file_of = np.searchsorted(index.offsets, positions, side="right") - 1
-    local = positions - index.offsets[file_of]
-    run_start = 0
-    for i in range(1, len(positions) + 1):
-        if i == len(positions) or file_of[i] != file_of[i - 1] or local[i] != local[i - 1] + 1:
-            source = index.files[int(file_of[run_start])]
-            yield Piece(source, int(local[run_start]), int(local[i - 1]) + 1)
-            run_start = i
-
-
-def read_shard(config: Config, shard: Shard) -> DecisionRows:
-    """The shard's decisions in order; each file is read once (only the row groups it needs)."""
-    d = len(config.features)
-    if len(shard.pieces) == 1:
-        piece = shard.pieces[0]
-        return read_rows(config, piece.source, piece.start, piece.stop)
-    by_file: OrderedDict[str, list[Piece]] = OrderedDict()
-    for piece in shard.pieces:
-        by_file.setdefault(piece.source.path, []).append(piece)
-    blocks, block_start, cursor = [], {}, 0
-    for path, pieces in by_file.items():
-        rows = np.concatenate([np.arange(p.start, p.stop, dtype=np.int64) for p in pieces])
-        block = read_rows_at(config, pieces[0].source, rows)
-        blocks.append(block)
-        block_start[path] = cursor
-        cursor += len(rows)
-    joined = concat_rows(blocks, config.data.id_column, d)
-    order, used = [], dict.fromkeys(by_file, 0)
-    for piece in shard.pieces:
-        begin = block_start[piece.source.path] + used[piece.source.path]
-        order.append(np.arange(begin, begin + piece.size, dtype=np.int64))
-        used[piece.source.path] += piece.size
-    take = np.concatenate(order)
-    return DecisionRows(
-        ids=[joined.ids[i] for i in take], x=joined.x[take], applicants=joined.applicants.take(pa.array(take))
-    )
-
-
 # --- the explanations table ----------------------------------------------------------------------
 
 def explanation_schema(id_column: str) -> pa.Schema:
-    """The public schema of explanations.parquet (docs/CONTRACTS.md); tasks/aggregate.py owns it."""
-    from tasks.aggregate import explanation_schema as contract
+    """The public schema of explanations.parquet (docs/CONTRACTS.md); tasks/explain/aggregate.py owns it."""
+    from tasks.explain.aggregate import explanation_schema as contract
 
     return contract(id_column)
 
@@ -287,9 +148,9 @@ def worker_device() -> str:
 
 def _resources(config: Config, run: RunInfo, device: str) -> _Loaded:
     """Model, reference statistics and explainer of this worker process, loaded once per key."""
-    from tasks.data import read_reference
     from tasks.engine import fit_reference, make_explainer
-    from tasks.model import check_missing_contract, load_model
+    from tasks.inputs.data import read_reference
+    from tasks.inputs.model import check_missing_contract, load_model
 
     key = (run.config_sha256, run.model_sha256, run.reference_sha256, device)
     with _CACHE_LOCK:
@@ -366,7 +227,7 @@ class CheckedModel:
         import torch
 
         from tasks.errors import ModelError
-        from tasks.model import is_probabilities
+        from tasks.inputs.model import is_probabilities
 
         out = self._model(x)
         if out.dim() == 2 and len(out):
@@ -401,7 +262,7 @@ def explain_shard(config: Config, shard: Shard, run: RunInfo, staging: str | Pat
     _set_threads(config.run.torch_threads)
     rows = read_shard(config, shard)
     loaded = _resources(config, run, device)
-    from tasks.aggregate import explanation_table
+    from tasks.explain.aggregate import explanation_table
 
     def explain(take: np.ndarray) -> pa.Table:
         x = rows.x[take]

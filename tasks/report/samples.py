@@ -4,7 +4,7 @@ The rows follow the explanations.parquet contract (docs/CONTRACTS.md) for the de
 style conditions (quartile bands, ``name=value`` for categories). They are not model output: values,
 weights and fidelities are drawn at random (seeded), only their shapes are realistic.
 
-``python -m tasks.render_samples`` re-renders the sample page images in templates/*/sample/.
+``python -m tasks.report.samples`` re-renders the sample page images in templates/*/sample/.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.config import Config, parse_config
-from tasks.runinfo import RunInfo
+from tasks.inputs.config import Config, parse_config
+from tasks.run.info import RunInfo
 
 DEMO_FEATURES: list[dict[str, Any]] = [
     {"name": "annual_income", "label": "Annual income", "kind": "numeric", "unit": "GBP", "decimals": 0},
@@ -173,7 +173,7 @@ def _real_inputs(explanations: Path, decisions: Path, config_path: Path, languag
 
     import pyarrow.parquet as pq
 
-    from tasks.config import load_config
+    from tasks.inputs.config import load_config
 
     table = pq.read_table(explanations)
     run = RunInfo.from_dict(json.loads(table.schema.metadata[b"limelight.run"]))
@@ -193,7 +193,7 @@ def write_samples(root: Path, explanations: Path | None = None, decisions: Path 
     With ``explanations`` (a `limelight explain` output), ``decisions`` and ``config_path`` the images show real
     demo decisions; otherwise synthetic rows.
     """
-    from tasks.render import render_customer_reports, render_run_summary
+    from tasks.report.render import render_customer_reports, render_run_summary
 
     written = []
     with tempfile.TemporaryDirectory() as tmp:
