@@ -1,4 +1,4 @@
-"""Helpers shared by the tests/test_render*.py modules (no tests here)."""
+"""Helpers shared by the tests/report/test_*.py modules (no tests here)."""
 
 from __future__ import annotations
 

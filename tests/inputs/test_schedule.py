@@ -15,7 +15,7 @@ from tasks.inputs.config import parse_config
 from tasks.inputs.data import scan_decisions
 from tasks.inputs.schedule import date_key, day_positions, parse_run_date, previous_day, select_day
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAYS = [date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
 
 

@@ -20,7 +20,7 @@ from tasks.errors import ConfigError
 from tasks.io import dump_toml, file_sha256
 from tasks.report.rerender import rerender
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAYS = ("2026-11-19", "2026-11-20", "2026-11-21")
 PER_DAY = 4
 TEST_SAMPLES = 500  # tests/conftest.py

@@ -13,7 +13,7 @@ from tasks.errors import InputError
 from tasks.io import file_sha256
 from tasks.report.rerender import RerenderMismatch, load_manifest, rerender
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REPORTS = 6  # decisions in the published run: each report costs ~0.4 s to render again
 
 pytestmark = pytest.mark.slow

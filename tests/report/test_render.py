@@ -276,8 +276,8 @@ def test_report_filenames_do_not_collide() -> None:
 
 
 def test_missing_report_font_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks import render_pdf
     from tasks.errors import LimelightError
+    from tasks.report import pdf as render_pdf
 
     monkeypatch.setitem(render_pdf.REQUIRED_FONTS, "xx-test", {"No Such Font Family": "fonts-nothing"})
     with pytest.raises(LimelightError, match="fonts-nothing"):

@@ -24,7 +24,7 @@ from tasks.inputs.data import SourceFile, read_rows
 from tasks.run.deadline import DeadlineMissed
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/, where faulty_model.py lives
 
 
 def encoded_rows(config: Path, decisions: Path, rows: list[int]) -> list[list[float]]:

@@ -60,7 +60,7 @@ def test_validate_warns_about_features_missing_from_the_reason_catalog(make_conf
 
     from tasks.io import dump_toml
 
-    catalog = tomllib.loads((Path(__file__).parents[1] / "config/reasons/en.toml").read_text(encoding="utf-8"))
+    catalog = tomllib.loads((Path(__file__).parents[2] / "config/reasons/en.toml").read_text(encoding="utf-8"))
     del catalog["features"]["open_accounts"]
     (tmp_path / "reasons.toml").write_text(dump_toml(catalog), encoding="utf-8")
     config = make_config("gap.toml", report={"reasons": str(tmp_path / "reasons.toml")})

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from tasks import model_formats
 from tasks.errors import InputError, ModelError
+from tasks.inputs import model_formats
 from tasks.inputs.config import parse_config
 from tasks.inputs.model import model_sha256
 from tasks.report.rerender import check_model_record

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import report_index as ri
 from tasks.errors import ConfigError, InputError
 from tasks.inputs.report_config import ReportConfig
 from tasks.io import file_sha256
+from tasks.report import index as ri
 
 ENTRIES = [{"id": "A1", "file": "reports/A1.pdf", "sha256": "a" * 64, "needs_review": True},
            {"id": "B2", "file": "reports/B2.pdf", "sha256": "b" * 64, "needs_review": False}]
