@@ -1,7 +1,7 @@
 # limelight: setup, tests, demo, benchmark.
 #
 #   make setup     system packages (root + apt only), venv, pip install -e .[dev] (instant when done)
-#   make test      setup, ruff, pytest
+#   make test      setup, ruff, lint-imports (the import contracts in pyproject.toml), pytest
 #   make demo      setup, run the embedded demo into out/demo
 #   make bench     explanation throughput with 1 and 2 CPU workers
 #
@@ -42,6 +42,7 @@ system-packages:
 
 lint: setup
 	$(BIN)/ruff check flows tasks tests bench
+	$(BIN)/lint-imports --no-cache
 
 test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
