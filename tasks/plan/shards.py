@@ -19,6 +19,7 @@ from tasks.inputs.config import Config
 from tasks.inputs.data import DecisionRows, DecisionsIndex, SourceFile, concat_rows, read_rows, read_rows_at
 
 
+@dataclass(frozen=True)
 class Piece:
     """Rows ``[start, stop)`` of one Parquet file."""
 
