@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.demo import FEATURES, build_demo, default_demo_dir, generate_portfolio, model_inputs  # noqa: E402
 from tasks.engine import BatchedLime, fit_reference  # noqa: E402
-from tasks.engine.explainer import compile_enabled  # noqa: E402
+from tasks.engine.factory import compile_enabled  # noqa: E402
 from tasks.engine.reference import LimeReference  # noqa: E402
 from tasks.inputs.config import FeatureConfig, ModelConfig  # noqa: E402
 from tasks.inputs.model import load_model  # noqa: E402

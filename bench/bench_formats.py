@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import german_data  # noqa: E402
 
 from tasks.engine import BatchedLime, fit_reference  # noqa: E402
-from tasks.engine.explainer import compile_enabled  # noqa: E402
+from tasks.engine.factory import compile_enabled  # noqa: E402
 from tasks.inputs.config import FeatureConfig, ModelConfig  # noqa: E402
 from tasks.inputs.model import load_model  # noqa: E402
 

@@ -4,14 +4,15 @@ Structure after Captum's explainers: the sampler, the kernel and the surrogate a
 the device is the model's. Decisions are processed in chunks sized to a memory budget; each chunk is one
 model call over all its perturbations. On CUDA out-of-memory the chunk is halved and retried (logged), so
 no decision is lost.
+
+The result type is :class:`~tasks.engine.explanations.Explanations`; the kernel-matched engine
+(:mod:`tasks.engine.matched`) builds on :class:`BatchedLime`, and :mod:`tasks.engine.factory` picks the
+configured engine.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from tasks.engine.deletion import MAX_COMBINATIONS, DeletionCheck
+from tasks.engine.explanations import Collector, Explanations
 from tasks.engine.rng import decision_keys
 from tasks.engine.sampler import QuartileSampler
 from tasks.engine.stability import (
@@ -45,7 +47,7 @@ from tasks.engine.surrogate import (
     select_features,
 )
 from tasks.errors import ModelError
-from tasks.inputs.config import Config, ExplainConfig, stream_samples
+from tasks.inputs.config import stream_samples
 from tasks.inputs.model import LoadedModel
 
 log = logging.getLogger("limelight.engine")
@@ -54,53 +56,6 @@ _BYTES_PER_SAMPLE_FEATURE = 96  # sampler and surrogate temporaries per (sample,
 _MODEL_BYTES_PER_ROW = 2048  # activations of a small tabular model per input row (a conservative default)
 _CPU_BUDGET_MB = 1024
 _CPU_MODEL_ROWS = 8192  # a small MLP runs ~2x faster per row in calls that keep activations in cache
-
-
-@dataclass
-class Explanations:
-    """One row per decision. Factors are ordered by |weight|, largest first."""
-
-    ids: list[str]
-    feature_index: np.ndarray  # int64 [B, k]
-    weights: np.ndarray  # float64 [B, k]
-    intercept: np.ndarray  # [B]
-    local_pred: np.ndarray  # [B]
-    model_pred: np.ndarray  # [B]
-    fidelity: np.ndarray  # [B]: weighted R² of the surrogate on its samples (lime's `score`)
-    all_weights: np.ndarray | None = None  # [B, d]: Ridge(alpha=1) on every feature, for audits
-    # Quality (docs/method.md, "Stability" and "Deletion check"); None where not computed.
-    stability: np.ndarray | None = None  # [B]: share of stream pairs whose top-k SET agrees
-    order_agrees: np.ndarray | None = None  # bool [B]: every stream gives the same ORDERED top-k
-    selection_z: np.ndarray | None = None  # [B]: selection margin / its jackknife standard error
-    stable: np.ndarray | None = None  # bool [B]: streams agree and selection_z >= the critical value
-    num_samples: np.ndarray | None = None  # int64 [B]: samples behind the reported fit (all streams)
-    deletion_delta: np.ndarray | None = None  # [B]: model output with the top factors removed, minus model_pred
-    deletion_holds: np.ndarray | None = None  # bool [B]: the output moved against the factors' net effect
-    # Kernel-matched engine (tasks/engine/matched.py); None for lime's method.
-    kernel_width: np.ndarray | None = None  # [B]: the kernel width the decision was explained at
-    effective_samples: np.ndarray | None = None  # [B]: samples expected to leave the applicant's point
-    fidelity_widest: np.ndarray | None = None  # [B]: held-out fidelity at the widest width (lime's 0.75·√d)
-    width_found: np.ndarray | None = None  # bool [B]: a width of the grid passed; False: the widest was kept
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @staticmethod
-    def concatenate(parts: Sequence[Explanations]) -> Explanations:
-        """Join explanations of consecutive chunks."""
-
-        def joined(name: str) -> np.ndarray | None:
-            arrays = [getattr(p, name) for p in parts]
-            return None if any(a is None for a in arrays) else np.concatenate(arrays)
-
-        return Explanations(ids=[i for p in parts for i in p.ids], **{name: joined(name) for name in _ARRAYS})
-
-
-_ARRAYS = (
-    "feature_index", "weights", "intercept", "local_pred", "model_pred", "fidelity", "all_weights", "stability",
-    "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds", "kernel_width",
-    "effective_samples", "fidelity_widest", "width_found",
-)
 
 
 @dataclass
@@ -117,7 +72,7 @@ class BatchedLime:
     memory_budget_mb: int | None = None  # default: 1 GiB on CPU, a quarter of the free memory on CUDA
     with_all_weights: bool = True
     model_rows: int | None = None  # rows per model call; default: cache-sized on CPU, the whole chunk on CUDA
-    compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (see compile_enabled)
+    compile: bool = False  # fuse sampling and the kernel/moments step with torch.compile (factory.compile_enabled)
     stability_runs: int = 1  # independent streams of S/R samples per decision; 1: the plain engine (no stability)
     adaptive: bool = False  # double the samples of unstable decisions, up to max_samples_factor x num_samples
     max_samples_factor: int = 16
@@ -157,7 +112,7 @@ class BatchedLime:
             raise ValueError(f"x must be [B, {self.stats.num_features}] with one id per row, got {x.shape}")
         ids = list(ids)
         if not len(x):
-            return _empty(self.top_k, self.stats.num_features)
+            return Explanations.empty(self.top_k, self.stats.num_features)
         if self.stability_runs > 1:
             explanations = self._explain_stable(x, ids)
         else:
@@ -213,7 +168,7 @@ class BatchedLime:
         plain engine does); decisions whose top-k is not stable get twice the samples per stream, round after
         round, up to ``max_samples_factor`` x S in all; the reported fit pools every sample drawn."""
         n, s = len(x), stream_samples(self.num_samples, self.stability_runs)
-        out = _Collector(ids, self.top_k, self.stats.num_features)
+        out = Collector(ids, self.top_k, self.stats.num_features)
         cap = s * self.max_samples_factor
         carried: list[tuple[np.ndarray, WeightedMoments]] = []
 
@@ -222,7 +177,7 @@ class BatchedLime:
             unstable = self._evaluate(np.arange(a, b), groups, s, out)
             if self.adaptive and s < cap and unstable.any():
                 mask = torch.as_tensor(unstable, device=groups.czz.device)
-                carried.append((np.arange(a, b)[unstable], to_device(index_groups(groups, mask), _HOST)))
+                carried.append((np.arange(a, b)[unstable], to_device(index_groups(groups, mask), HOST)))
 
         self._in_chunks(n, s, first)
         self._adapt(x, ids, carried, s, lambda rows, groups, per_stream: self._evaluate(rows, groups, per_stream, out))
@@ -262,7 +217,7 @@ class BatchedLime:
                 again = evaluate(rows, groups, per_stream) | (per_stream < minimum)
                 if per_stream < cap and again.any():
                     mask = torch.as_tensor(again, device=groups.czz.device)
-                    next_round.append((rows[again], to_device(index_groups(groups, mask), _HOST)))
+                    next_round.append((rows[again], to_device(index_groups(groups, mask), HOST)))
 
             self._in_chunks(len(index), added, more)
 
@@ -315,7 +270,7 @@ class BatchedLime:
         ]
         return stack_groups(parts)
 
-    def _evaluate(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, out: _Collector) -> np.ndarray:
+    def _evaluate(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, out: Collector) -> np.ndarray:
         """Fit the pooled samples and every stream's own, test the selection; write decisions ``rows`` of
         ``out``; return the unstable ones (bool [len(rows)])."""
         runs = self.stability_runs
@@ -407,7 +362,8 @@ def _check_finite(target: torch.Tensor, ids: Sequence[str], description: str) ->
         raise ModelError(f"{description}: non-finite output for decision {ids[first]!r}")
 
 
-_HOST = torch.device("cpu")
+HOST = torch.device("cpu")
+"""The host: where the stable path keeps the moments of decisions carried to the next adaptation round."""
 
 
 def selection_method(method: str, k: int) -> str:
@@ -416,90 +372,3 @@ def selection_method(method: str, k: int) -> str:
     if method == "auto":
         return "forward_selection" if k <= 6 else "highest_weights"
     return method
-
-
-class _Collector:
-    """Per-decision results of the stable path, filled round by round (decisions re-fitted overwrite)."""
-
-    def __init__(self, ids: list[str], k: int, d: int) -> None:
-        n = len(ids)
-        k = min(k, d)
-        self.ids = ids
-        self.feature_index = np.zeros((n, k), dtype=np.int64)
-        self.weights = np.zeros((n, k))
-        self.intercept, self.local_pred, self.model_pred, self.fidelity = (np.zeros(n) for _ in range(4))
-        self.all_weights = np.zeros((n, d))
-        self.stability, self.selection_z = np.zeros(n), np.zeros(n)
-        self.order_agrees, self.stable = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-        self.num_samples = np.zeros(n, dtype=np.int64)
-
-    def explanations(self, with_all_weights: bool) -> Explanations:
-        return Explanations(
-            ids=self.ids, feature_index=self.feature_index, weights=self.weights, intercept=self.intercept,
-            local_pred=self.local_pred, model_pred=self.model_pred, fidelity=self.fidelity,
-            all_weights=self.all_weights if with_all_weights else None, stability=self.stability,
-            order_agrees=self.order_agrees, selection_z=self.selection_z, stable=self.stable,
-            num_samples=self.num_samples,
-        )
-
-
-def _empty(k: int, d: int) -> Explanations:
-    return Explanations(
-        ids=[],
-        feature_index=np.zeros((0, k), dtype=np.int64),
-        weights=np.zeros((0, k)),
-        intercept=np.zeros(0),
-        local_pred=np.zeros(0),
-        model_pred=np.zeros(0),
-        fidelity=np.zeros(0),
-        all_weights=np.zeros((0, d)),
-    )
-
-
-
-@functools.cache
-def _compiler_available(device_type: str) -> bool:
-    if device_type == "cuda":
-        return importlib.util.find_spec("triton") is not None
-    return device_type == "cpu" and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-def compile_enabled(setting: str, device: torch.device) -> bool:
-    """Whether to fuse the engine's kernels: 'always', 'never', or 'auto' = where a compiler is available."""
-    if setting == "auto":
-        return _compiler_available(device.type)
-    return setting == "always"
-
-
-def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel):  # -> BatchedLime | LimeReference
-    """The configured engine: the batched engine with the kernel-matched method (default) or lime's, or the
-    reference ``lime`` package."""
-    settings: ExplainConfig = config.explain
-    if settings.engine == "lime":
-        from tasks.engine.reference import LimeReference
-
-        return LimeReference.from_config(config, stats, model)
-    common = dict(
-        stats=stats,
-        model=model,
-        explain_index=config.model.explain_index,
-        num_samples=settings.num_samples,
-        top_k=settings.top_k,
-        seed=settings.seed,
-        feature_selection=settings.feature_selection,
-        memory_budget_mb=settings.memory_budget_mb,
-        compile=compile_enabled(settings.compile, model.device),
-        stability_runs=settings.stability_runs,
-        adaptive=settings.adaptive,
-        max_samples_factor=settings.max_samples_factor,
-        confidence=settings.confidence,
-        design=settings.design,
-    )
-    if settings.method == "kernel-matched":
-        from tasks.engine.matched import KernelMatchedLime
-
-        return KernelMatchedLime(**common, width_grid=settings.width_grid, target_fidelity=settings.target_fidelity,
-                                 min_effective_share=settings.min_effective_share,
-                                 min_contrasts=settings.min_contrasts,
-                                 adverse_threshold=config.report.decision_threshold)
-    return BatchedLime(**common)

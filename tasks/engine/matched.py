@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.engine.explainer import _HOST, BatchedLime, Explanations, _Collector
+from tasks.engine.explainer import HOST, BatchedLime
+from tasks.engine.explanations import Collector, Explanations
 from tasks.engine.stability import (
     combine,
     concat_groups,
@@ -145,10 +146,10 @@ class KernelMatchedLime(BatchedLime):
                     again = self._record(rows[passes], chosen, screen, x, width, tilt, out) | (screen < s)
                     if again.any():
                         keep = torch.as_tensor(again, device=groups.czz.device)
-                        carried.append((rows[passes][again], to_device(index_groups(chosen, keep), _HOST)))
+                        carried.append((rows[passes][again], to_device(index_groups(chosen, keep), HOST)))
                 if g == 0 and not passes.all():
                     mask = torch.as_tensor(~passes, device=groups.czz.device)
-                    widest.append((rows[~passes], to_device(index_groups(groups, mask), _HOST)))
+                    widest.append((rows[~passes], to_device(index_groups(groups, mask), HOST)))
                 undecided.append(rows[~passes])
 
             self._in_chunks(len(pending), screen, first)
@@ -175,7 +176,7 @@ class KernelMatchedLime(BatchedLime):
                 sub = to_device(index_groups(kept, slice(a, b)), self.device)
                 self._record(kept_rows[a:b], sub, screen, x, width, tilt, out)
                 if screen < s:  # topped up to S; not adapted: review awaits them anyway
-                    carried.append((kept_rows[a:b], to_device(sub, _HOST)))
+                    carried.append((kept_rows[a:b], to_device(sub, HOST)))
 
             self._in_chunks(len(kept_rows), screen, work)
         self._adapt_at(x, ids, carried, screen, s, 0, width, tilt, out, adaptive=False)
@@ -277,7 +278,7 @@ class KernelMatchedLime(BatchedLime):
         return (samples * (1.0 - stay_all)).cpu().numpy()
 
 
-class _MatchedCollector(_Collector):
+class _MatchedCollector(Collector):
     """Per-decision results of the kernel-matched engine: the factors shown are k principal reasons (or main
     factors) then up to k favourable ones, -1 where fewer."""
 

@@ -15,7 +15,7 @@ import torch
 from lime.lime_tabular import LimeTabularExplainer
 
 from tasks.engine.deletion import DeletionCheck
-from tasks.engine.explainer import Explanations
+from tasks.engine.explanations import Explanations
 from tasks.engine.rng import decision_keys
 from tasks.engine.stats import ReferenceStats
 from tasks.inputs.config import Config

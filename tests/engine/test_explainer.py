@@ -208,7 +208,7 @@ def test_cpu_and_cuda_give_the_same_explanations(demo) -> None:
 @pytest.mark.parametrize("design", ["sobol", "random"])
 def test_compiled_kernels_give_the_same_explanations(demo, design) -> None:
     """torch.compile fuses the sampler and the moments; results match eager to float32 rounding."""
-    from tasks.engine.explainer import compile_enabled
+    from tasks.engine.factory import compile_enabled
 
     if not compile_enabled("auto", torch.device("cpu")):
         pytest.skip("no C++ compiler for torch.compile on this machine")

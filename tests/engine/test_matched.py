@@ -204,7 +204,7 @@ def test_needs_two_streams(demo) -> None:
 def test_compiled_kernels_give_the_same_explanations(matched, demo) -> None:
     """torch.compile fuses the tilted draw and the unweighted moments; the factors are the same and the numbers
     match eager to float32 rounding."""
-    from tasks.engine.explainer import compile_enabled
+    from tasks.engine.factory import compile_enabled
 
     if not compile_enabled("auto", torch.device("cpu")):
         pytest.skip("no C++ compiler for torch.compile on this machine")
