@@ -42,7 +42,7 @@ system-packages:
 
 lint: setup
 	$(BIN)/ruff check flows tasks tests bench
-	$(BIN)/lint-imports --no-cache
+	$(BIN)/lint-imports --no-cache --no-logo
 
 test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
