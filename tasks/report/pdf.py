@@ -42,7 +42,7 @@ from tasks.errors import LimelightError
 from tasks.report.fetcher import TemplateFolderFetcher
 from tasks.report.text import w3c_utc
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 LOGGER = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()

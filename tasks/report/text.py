@@ -24,7 +24,7 @@ from tasks.errors import ConfigError
 from tasks.inputs.config import Config, FeatureConfig
 from tasks.run.info import RunInfo
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TEXTS_DIR = REPO_ROOT / "config" / "texts"
 REASONS_DIR = REPO_ROOT / "config" / "reasons"
 
