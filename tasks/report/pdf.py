@@ -40,9 +40,9 @@ from weasyprint.urls import URLFetcher
 
 from tasks.errors import LimelightError
 from tasks.report.fetcher import TemplateFolderFetcher
+from tasks.report.paths import TEMPLATES_DIR
 from tasks.report.text import w3c_utc
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 LOGGER = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()

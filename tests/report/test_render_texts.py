@@ -11,9 +11,8 @@ from test_render_support import demo_config
 
 from tasks.errors import ConfigError
 from tasks.inputs.config import FeatureConfig
+from tasks.report.paths import REASONS_DIR, TEXTS_DIR
 from tasks.report.text import (
-    REASONS_DIR,
-    TEXTS_DIR,
     clean_text,
     describe_band,
     display_value,
