@@ -13,7 +13,8 @@ share the machine). Peak RSS is ru_maxrss of each rendering process.
   whole statement   the customer's page and the rights notice + audit annex laid out and written by WeasyPrint
                     as ONE document per customer (the design before the shared pages);
   own + shared      what the renderer does: only the customer's own page per customer, the run's shared pages
-                    (rights notice, annex) laid out once and appended with pikepdf (render_pdf.append_shared);
+                    (rights notice, annex) laid out once and appended with pikepdf
+                    (tasks/report/shared_pages.py: append_shared);
   own + shared, stock parser   the same with WeasyPrint's tinyhtml5 parser and full UA stylesheet instead of
                     expat and templates/customer_report/ua.css (byte-identical PDFs).
 Tried before and dropped (see git history of this file): laying out N customers as one document and splitting

@@ -33,15 +33,13 @@ from tasks.report.pdf import (
     DocumentKind,
     PdfPart,
     PdfSettings,
-    SharedPages,
-    append_shared,
     document_kind,
     jinja_environment,
     layout,
     require_fonts,
-    shared_pages,
     write,
 )
+from tasks.report.shared_pages import SharedPages, append_shared, shared_pages
 from tasks.report.summary import quality_settings_rows, summary_document
 from tasks.report.text import (
     Band,
