@@ -99,12 +99,12 @@ def bench(count: int, workers: int, language: str, tags: bool) -> None:
 def _experiments(count: int, language: str, tags: bool) -> None:
     import dataclasses
 
+    from tasks.report.letter import _shared
     from tasks.report.pdf import document_kind, layout, write
     from tasks.report.render import (
         PAGES_MARK,
         _customer_pdf,
         _pdf_settings,
-        _shared,
         _shared_after,
         customer_documents,
         shared_html,
