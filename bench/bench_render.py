@@ -13,7 +13,8 @@ share the machine). Peak RSS is ru_maxrss of each rendering process.
   whole statement   the customer's page and the rights notice + audit annex laid out and written by WeasyPrint
                     as ONE document per customer (the design before the shared pages);
   own + shared      what the renderer does: only the customer's own page per customer, the run's shared pages
-                    (rights notice, annex) laid out once and appended with pikepdf (render_pdf.append_shared);
+                    (rights notice, annex) laid out once and appended with pikepdf
+                    (tasks/report/shared_pages.py: append_shared);
   own + shared, stock parser   the same with WeasyPrint's tinyhtml5 parser and full UA stylesheet instead of
                     expat and templates/customer_report/ua.css (byte-identical PDFs).
 Tried before and dropped (see git history of this file): laying out N customers as one document and splitting
@@ -98,12 +99,12 @@ def bench(count: int, workers: int, language: str, tags: bool) -> None:
 def _experiments(count: int, language: str, tags: bool) -> None:
     import dataclasses
 
+    from tasks.report.letter import _shared
     from tasks.report.pdf import document_kind, layout, write
     from tasks.report.render import (
         PAGES_MARK,
         _customer_pdf,
         _pdf_settings,
-        _shared,
         _shared_after,
         customer_documents,
         shared_html,

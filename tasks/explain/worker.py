@@ -42,7 +42,7 @@ T = TypeVar("T")
 # --- the explanations table ----------------------------------------------------------------------
 
 def explanation_schema(id_column: str) -> pa.Schema:
-    """The public schema of explanations.parquet (docs/CONTRACTS.md); tasks/explain/aggregate.py owns it."""
+    """The public schema of explanations.parquet (README: the output contract); tasks/explain/aggregate.py owns it."""
     from tasks.explain.aggregate import explanation_schema as contract
 
     return contract(id_column)

@@ -1,8 +1,9 @@
 """Synthetic explanation rows for the report renderer: tests, the benchmark and the sample page images.
 
-The rows follow the explanations.parquet contract (docs/CONTRACTS.md) for the demo's features, with LIME-
-style conditions (quartile bands, ``name=value`` for categories). They are not model output: values,
-weights and fidelities are drawn at random (seeded), only their shapes are realistic.
+The rows follow the explanations.parquet contract (README.md, "What a run produces"; the schema is
+``tasks/explain/aggregate.py:explanation_schema``) for the demo's features, with LIME-style conditions
+(quartile bands, ``name=value`` for categories). They are not model output: values, weights and fidelities are
+drawn at random (seeded), only their shapes are realistic.
 
 ``python -m tasks.report.samples`` re-renders the sample page images in templates/*/sample/.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.inputs.config import Config, parse_config
+from tasks.report.paths import TEMPLATES_DIR
 from tasks.run.info import RunInfo
 
 DEMO_FEATURES: list[dict[str, Any]] = [
@@ -231,7 +233,7 @@ if __name__ == "__main__":  # pragma: no cover
     import argparse
 
     parser = argparse.ArgumentParser(description="Render the sample page images of the report templates.")
-    parser.add_argument("--templates", type=Path, default=Path(__file__).resolve().parents[2] / "templates")
+    parser.add_argument("--templates", type=Path, default=TEMPLATES_DIR)
     parser.add_argument("--explanations", type=Path, help="a `limelight explain` output (default: synthetic rows)")
     parser.add_argument("--decisions", type=Path, help="the decisions Parquet file of that run")
     parser.add_argument("--config", type=Path, help="the config of that run")

@@ -22,11 +22,8 @@ from typing import Any
 
 from tasks.errors import ConfigError
 from tasks.inputs.config import Config, FeatureConfig
+from tasks.report.paths import REASONS_DIR, TEMPLATES_DIR, TEXTS_DIR
 from tasks.run.info import RunInfo
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TEXTS_DIR = REPO_ROOT / "config" / "texts"
-REASONS_DIR = REPO_ROOT / "config" / "reasons"
 
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 REASON_PLACEHOLDERS = frozenset({"value", "range", "label"})
@@ -83,7 +80,6 @@ def report_sources(config: Config) -> dict[str, str]:
     import hashlib
 
     from tasks.io import file_sha256
-    from tasks.report.pdf import TEMPLATES_DIR
 
     digest = hashlib.sha256()
     for file in sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file() and "sample" not in p.parts):

@@ -331,8 +331,9 @@ def test_template_html_path_gives_the_same_bytes_as_weasyprints_own(tmp_path: Pa
     must not change. Fails when a template uses an element ua.css does not cover, or WeasyPrint's UA changes."""
     import dataclasses
 
+    from tasks.report.letter import _shared
     from tasks.report.pdf import document_kind, layout, write
-    from tasks.report.render import PAGES_MARK, _pdf_settings, _shared, shared_html
+    from tasks.report.render import PAGES_MARK, _pdf_settings, shared_html
 
     config = demo_config("en")
     run = demo_run(config)

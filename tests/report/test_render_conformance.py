@@ -3,7 +3,7 @@
 Every customer letter must pass PDF/A-3b and PDF/UA-1 (it claims both), the summary PDF/A-3b, with the
 `page-validation` checker (PyPI; Rust, PDF/A-1/2/3 and PDF/UA-1 rules). It is alpha: the one rule where it is
 known to disagree with veraPDF (PDFA3B-STREAM-LENGTH-001 on a stream whose data ends in a CR byte; see
-tasks/report/pdf.py) is accepted only where that is exactly the case, checked here byte by byte.
+tasks/report/pdf_structure.py) is accepted only where that is exactly the case, checked here byte by byte.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def cr_before_endstream(data: bytes, number: int, generation: int = 0) -> bool:
 
 
 def _known_false_positive(data: bytes, where: page.PdfObjectId | None) -> bool:
-    """PDFA3B-STREAM-LENGTH-001 raised only because stream data ends in CR (tasks/report/pdf.py says why it is
+    """PDFA3B-STREAM-LENGTH-001 raised only because stream data ends in CR (tasks/report/pdf_structure.py says why it is
     not a fault). With two such streams in a file the checker names no object: then every stream of the file
     must be sound by the byte-level reading, and one at least end in CR."""
     if where is not None:

@@ -11,9 +11,8 @@ from test_render_support import demo_config
 
 from tasks.errors import ConfigError
 from tasks.inputs.config import FeatureConfig
+from tasks.report.paths import REASONS_DIR, TEXTS_DIR
 from tasks.report.text import (
-    REASONS_DIR,
-    TEXTS_DIR,
     clean_text,
     describe_band,
     display_value,
@@ -177,7 +176,7 @@ def test_notices_fill_lender_details_for_every_jurisdiction() -> None:
 def test_a_missing_value_is_not_provided_with_its_own_sentence(language, own, fallback, not_provided) -> None:
     """The catalog's raises_missing sentence (annual_income), else the general one (loan_purpose has none);
     "not provided" in the value cell; null in the embedded JSON."""
-    from tasks.report.render import _group_rows, _report_context, _shared
+    from tasks.report.letter import _group_rows, _report_context, _shared
     from tasks.report.samples import demo_run, synthetic_inputs
 
     config = demo_config(language)
