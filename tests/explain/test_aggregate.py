@@ -210,7 +210,7 @@ def test_reports_and_summary_show_the_checks(tmp_path: Path) -> None:
     annex and the JSON; the run summary counts stability, the deletion check and the gates."""
     import json
 
-    from test_render_support import demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
+    from render_support import demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
 
     from tasks.explain.aggregate import quality_summary
     from tasks.report.render import render_customer_reports, render_run_summary

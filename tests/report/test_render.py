@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pikepdf
 import pytest
-from test_render_support import (
+from render_support import (
     decoded_pdf,
     demo_config,
     demo_run,

@@ -16,7 +16,7 @@ from pathlib import Path
 import page
 import pikepdf
 import pytest
-from test_render_support import demo_config, demo_run, structure_problems, synthetic_inputs
+from render_support import demo_config, demo_run, structure_problems, synthetic_inputs
 
 from tasks.report.render import render_customer_reports, render_run_summary
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_render_support import (
+from render_support import (
     decoded_pdf,
     demo_config,
     demo_run,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pikepdf
 import pytest
-from test_render_support import decoded_pdf, demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
+from render_support import decoded_pdf, demo_config, demo_run, embedded_files, flat, pdf_text, synthetic_inputs
 
 from tasks.errors import InputError
 from tasks.report.render import render_run_summary

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_render_support import demo_config
+from render_support import demo_config
 
 from tasks.errors import ConfigError
 from tasks.inputs.config import FeatureConfig

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests/report/test_*.py modules (no tests here)."""
+"""Helpers shared by the report tests (tests/report/, tests/explain/test_aggregate.py): no tests here."""
 
 from __future__ import annotations
 
