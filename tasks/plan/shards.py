@@ -20,6 +20,7 @@ from tasks.inputs.data import DecisionRows, DecisionsIndex, concat_rows, read_ro
 from tasks.inputs.sources import SourceFile
 
 
+@dataclass(frozen=True)
 class Piece:
     """Rows ``[start, stop)`` of one Parquet file."""
 
