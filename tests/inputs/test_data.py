@@ -1,4 +1,5 @@
-"""tasks/inputs/data.py: validation (one line naming file/column/row), encoding, streamed row reads, --ids files."""
+"""tasks/inputs/data.py, checks.py and sources.py: validation (one line naming file/column/row), encoding, streamed row
+reads, --ids files."""
 
 from __future__ import annotations
 
