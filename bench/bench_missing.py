@@ -9,7 +9,7 @@ processes on a shared machine do not count; wall time beside it):
 - German credit (UCI Statlog, bench/data): gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier,
   which takes NaN natively), complete vs. 10% of all feature values blanked at random (reference and decisions).
 
-Printed per case: decisions failing for a missing value (the run's own row checks, ``tasks.inputs.data.row_problems``,
+Printed per case: decisions failing for a missing value (the run's own row checks, ``tasks.inputs.checks.row_problems``,
 plus any decision the engine could not explain), decisions with a gap, and the engine's seconds per decision,
 plain (lime's method, ``stability_runs = 1``: a fixed S per decision, so the ratio is the per-sample cost) and as
 configured by default (the kernel-matched method: widths tried, two streams, adaptive; the ratio also includes any
@@ -40,8 +40,8 @@ from bench_quality import SklearnModel, german_data  # noqa: E402
 from tasks.demo import FEATURES, build_demo, model_inputs  # noqa: E402
 from tasks.engine import BatchedLime, ReferenceStats, fit_reference  # noqa: E402
 from tasks.engine.matched import KernelMatchedLime  # noqa: E402
+from tasks.inputs.checks import row_problems  # noqa: E402
 from tasks.inputs.config import ExplainConfig, FeatureConfig, ModelConfig  # noqa: E402
-from tasks.inputs.data import row_problems  # noqa: E402
 from tasks.inputs.model import check_missing_contract, load_model  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache"

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_scale.py [--explain 10000,100000] [--run 2000] [--samples 1000] [--devices cpu:2]
 
-Each size gets its own demo portfolio of N decisions (tasks/demo.py, cached in .cache/scale-N/) and runs the
+Each size gets its own demo portfolio of N decisions (tasks/demo/, cached in .cache/scale-N/) and runs the
 real CLI in a subprocess under ``/usr/bin/time -v``: ``limelight explain`` (explanations only) for the
 ``--explain`` sizes, ``limelight run`` (PDFs) for the ``--run`` sizes. The engine is the plain one
 (``[explain] method = "lime"``, ``stability_runs = 1``, ``adaptive = false``) with ``--samples`` samples per

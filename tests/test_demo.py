@@ -18,6 +18,8 @@ import torch
 
 from tasks import demo
 from tasks.demo import FEATURE_NAMES, FEATURES, DemoArtifacts, build_demo, generate_portfolio
+from tasks.demo import build as demo_build
+from tasks.demo.portfolio import derived_seed
 from tasks.inputs.config import FeatureConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,8 +75,8 @@ def test_cache_hit_does_no_work(built: DemoArtifacts, monkeypatch: pytest.Monkey
     def fail(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a cache hit must not generate or train anything")
 
-    monkeypatch.setattr(demo, "generate_portfolio", fail)
-    monkeypatch.setattr(demo, "train_model", fail)
+    monkeypatch.setattr(demo_build, "generate_portfolio", fail)
+    monkeypatch.setattr(demo_build, "train_model", fail)
     assert build_demo(directory) == built
     assert {name: (directory / name).stat().st_mtime_ns for name in FILES} == before
 
@@ -159,7 +161,7 @@ def test_the_files_have_realistic_gaps_and_the_model_handles_them(built: DemoArt
     """Utilisation empty exactly where there is no revolving credit, some incomes undeclared (the self-employed
     more often), a few housing statuses unrecorded; nothing else missing. The model gives probabilities."""
     reference = pd.read_parquet(built.reference)
-    complete = generate_portfolio(5000, demo._derived_seed(7, 1))[FEATURE_NAMES]
+    complete = generate_portfolio(5000, derived_seed(7, 1))[FEATURE_NAMES]
     assert (reference["credit_utilization"].isna() == (complete["credit_utilization"] == 0)).all()
     undeclared = reference["annual_income"].isna()
     assert 0.02 < undeclared.mean() < 0.05

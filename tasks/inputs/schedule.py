@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from tasks.errors import ConfigError, InputError
 from tasks.inputs.config import Config
-from tasks.inputs.data import DecisionsIndex, SourceFile, select_positions
+from tasks.inputs.data import DecisionsIndex, select_positions
+from tasks.inputs.sources import SourceFile
 from tasks.io import file_sha256
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.inputs.config import Config
-from tasks.inputs.data import DecisionRows, DecisionsIndex, SourceFile, concat_rows, read_rows, read_rows_at
+from tasks.inputs.data import DecisionRows, DecisionsIndex, concat_rows, read_rows, read_rows_at
+from tasks.inputs.sources import SourceFile
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.inputs.checks import ROW_PROBLEM_KINDS
 from tasks.inputs.config import Config
-from tasks.inputs.data import ROW_PROBLEM_KINDS, SourceFile, list_source_files, read_reference, scan_decisions
+from tasks.inputs.data import read_reference, scan_decisions
+from tasks.inputs.sources import SourceFile, list_source_files
 
 
 @dataclass

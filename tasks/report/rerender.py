@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from tasks.errors import InputError, LimelightError
 from tasks.inputs.config import Config, load_config
-from tasks.inputs.data import _as_string, _iter_tables, list_source_files, report_columns
+from tasks.inputs.data import report_columns
 from tasks.inputs.schedule import night_sha256
+from tasks.inputs.sources import as_string, iter_tables, list_source_files
 from tasks.io import file_sha256, tree_sha256
 from tasks.report import index as report_index
 from tasks.run import manifest as mf
@@ -116,7 +117,7 @@ def run_info(manifest: dict[str, Any], explanations: Path) -> RunInfo:
 def applicants(config: Config, ids: set[str]) -> pd.DataFrame:
     """The report columns of the decisions ``ids`` (id as text), read as the pipeline reads them.
 
-    tasks/inputs/data.py's own scan fills hive partition columns in, so a partition key shown in the report
+    tasks/inputs/sources.py's own scan fills hive partition columns in, so a partition key shown in the report
     (e.g. ``decision_date``) gets exactly the value and type the run's reports got.
     """
     id_column = config.data.id_column
@@ -124,11 +125,11 @@ def applicants(config: Config, ids: set[str]) -> pd.DataFrame:
     wanted = pa.array(sorted(ids), pa.string())
     tables = []
     for source in list_source_files(config.data.decisions, "[data] decisions"):
-        for _, table in _iter_tables(source, columns):
+        for _, table in iter_tables(source, columns):
             missing = [c for c in columns if c not in table.column_names]
             if missing:
                 raise InputError(f"{source.path}: column(s) {', '.join(map(repr, missing))} not found")
-            table = table.select(columns).set_column(0, id_column, _as_string(table.column(id_column)))
+            table = table.select(columns).set_column(0, id_column, as_string(table.column(id_column)))
             tables.append(table.filter(pc.is_in(table.column(id_column), value_set=wanted)))
     joined = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({id_column: []})
     return joined.to_pandas()

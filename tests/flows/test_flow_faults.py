@@ -20,7 +20,8 @@ import pytest
 from flows.pipeline import limelight_flow, message_hook
 from tasks.demo import FEATURE_NAMES
 from tasks.inputs.config import load_config
-from tasks.inputs.data import SourceFile, read_rows
+from tasks.inputs.data import read_rows
+from tasks.inputs.sources import SourceFile
 from tasks.run.deadline import DeadlineMissed
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""tasks/inputs/data.py: validation (one line naming file/column/row), encoding, streamed row reads, --ids files."""
+"""tasks/inputs/data.py, checks.py and sources.py: validation (one line naming file/column/row), encoding, streamed row
+reads, --ids files."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from tasks.inputs.config import parse_config
 from tasks.inputs.data import (
     MIN_REFERENCE_ROWS,
     decision_ids,
-    list_source_files,
     read_id_file,
     read_reference,
     read_rows,
@@ -24,6 +24,7 @@ from tasks.inputs.data import (
     scan_decisions,
     select_positions,
 )
+from tasks.inputs.sources import list_source_files
 from tasks.plan.validate import validate_all
 
 HOUSING = ["own", "rent", "mortgage"]

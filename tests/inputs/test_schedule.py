@@ -139,8 +139,8 @@ def test_missing_or_unusable_date_keys_are_named(tmp_path, twelve, demo_artifact
 
 
 def test_a_partitioned_nights_checksum_covers_its_own_partition_only(tmp_path, twelve, demo_artifacts):
-    from tasks.inputs.data import list_source_files
     from tasks.inputs.schedule import night_sha256
+    from tasks.inputs.sources import list_source_files
 
     root = tmp_path / "decisions"
     for day in DAYS[:2]:

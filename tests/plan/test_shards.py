@@ -23,7 +23,8 @@ from tasks.explain.worker import (
     worker_device,
 )
 from tasks.inputs.config import load_config
-from tasks.inputs.data import DecisionsIndex, SourceFile, scan_decisions
+from tasks.inputs.data import DecisionsIndex, scan_decisions
+from tasks.inputs.sources import SourceFile
 from tasks.plan.shards import Piece, plan_shards, read_shard
 from tasks.run.manifest import build_run_info, utc_now
 

@@ -1,57 +1,28 @@
-"""The embedded demo: a synthetic UK consumer-credit portfolio and a small torch credit model.
-
-``build_demo`` writes three files that ``config/demo.toml`` points at:
-
-- ``decisions.parquet``: the loan applications to explain (ids, names, decision dates, the 12 features),
-- ``reference.parquet``: the bank's "training sample" (features only) that LIME draws its statistics from,
-- ``model.pt``: a TorchScript MLP mapping float32 ``[n, 12]`` (``FEATURES`` order, categoricals as codes) to
-  the probabilities of ``["approved", "declined"]``.
-
-Everything is deterministic for a given seed, runs in seconds on one CPU thread, never touches CUDA nor the
-network, and is cached on disk: a ``demo.json`` records the generator version and the parameters, so a changed
-generator (bump ``GENERATOR_VERSION``) or other parameters rebuild the files.
+"""The demo's synthetic UK consumer-credit portfolio: the features, the applications, their gaps, their outcomes.
 
 The portfolio is generated from a few latent drivers (age, income, financial stress) so the features are
 correlated the way a lender would expect: credit history and time in employment grow with age, retired and
 unemployed applicants earn less, outright owners are older and mortgage holders richer, high card utilisation
 comes with missed payments and a high debt-to-income ratio. Most applicants have no missed payments, exactly as
 in real bureau data, which makes LIME's quartile bins of ``delinquencies_2y`` degenerate (all quartiles are 0).
-The outcome is a latent default risk with non-linear effects, interactions and unobserved noise, so the model's
-held-out AUC is realistic (about 0.82), not perfect.
+The outcome (:func:`simulate_outcomes`) is a latent default risk with non-linear effects, interactions and
+unobserved noise, so the model's held-out AUC is realistic (about 0.82), not perfect.
 
 The files have the gaps real applications have (:func:`add_gaps`): credit utilisation is empty where the applicant
 has no revolving credit (there is no limit to use), some applicants did not declare their income (the
 self-employed and lower earners more often; an undeclared income adds to the risk, ``UNDECLARED_INCOME_RISK``), and
-a few housing statuses were not recorded. The model imputes inside: a missing
-number gets the training mean plus a missing indicator, a missing category no one-hot bit (docs/method.md,
-"Missing values"). ``build_demo(gaps=False)`` writes the complete portfolio and the model without indicators.
+a few housing statuses were not recorded.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import tempfile
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.special import expit
-from scipy.stats import rankdata
-from torch import nn
 
-#: Bump whenever the generator, the outcome or the model changes: cached demos then rebuild.
-GENERATOR_VERSION = 2
-
-CLASSES = ["approved", "declined"]
 EMPLOYMENT_TYPES = ["salaried", "self_employed", "contract", "unemployed", "retired"]
 HOUSING = ["own", "mortgage", "rent", "other"]
 LOAN_PURPOSES = ["debt_consolidation", "home_improvement", "car", "education", "medical", "other"]
@@ -94,14 +65,6 @@ GAP_FEATURES = ("annual_income", "credit_utilization")
 #: The decisions are taken over one working week (the explanation run is on Sunday 22 Nov 2026).
 FIRST_DECISION_DAY = date(2026, 11, 16)
 DECISION_DAYS = 5
-
-TRAINING_ROWS = 20_000
-HOLDOUT_SHARE = 0.2
-TRAINING_STEPS = 200
-BATCH_SIZE = 1024
-LEARNING_RATE = 3e-3
-WEIGHT_DECAY = 1e-2
-HIDDEN = 64
 
 _MEDIAN_INCOME = 38_000.0
 
@@ -146,27 +109,7 @@ _NATIVE_SCRIPT_SHARE = 0.015
 SHOWCASE_NAMES = ["Zoë Brontë", "José Núñez", "王芳"]
 
 
-@dataclass(frozen=True)
-class DemoArtifacts:
-    """The demo's input files (what config/demo.toml points at)."""
-
-    decisions: Path
-    reference: Path
-    model: Path
-
-
-def default_demo_dir() -> Path:
-    """``$LIMELIGHT_DEMO_DIR`` if set, else ``<repo root>/.cache/demo`` (what config/demo.toml expects)."""
-    override = os.environ.get("LIMELIGHT_DEMO_DIR")
-    if override:
-        return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / ".cache" / "demo"
-
-
-# --------------------------------------------------------------------------------------------- generator
-
-
-def _derived_seed(seed: int, stream: int) -> int:
+def derived_seed(seed: int, stream: int) -> int:
     """An independent seed for one stream (reference sample, training sample, outcomes, torch init)."""
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -323,22 +266,6 @@ def add_gaps(portfolio: pd.DataFrame, seed: int, showcase: bool = False) -> pd.D
     return out
 
 
-def model_inputs(portfolio: pd.DataFrame) -> np.ndarray:
-    """The model's float32 ``[n, 12]`` input: ``FEATURES`` order, categoricals as their index in ``categories``,
-    NaN for a missing value."""
-    columns = []
-    for feature in FEATURES:
-        values = portfolio[feature["name"]]
-        if feature["kind"] == "categorical":
-            codes = pd.Categorical(values, categories=feature["categories"]).codes
-            if ((codes < 0) & values.notna().to_numpy()).any():
-                raise ValueError(f"column {feature['name']!r}: values outside {feature['categories']}")
-            columns.append(np.where(codes < 0, np.nan, codes.astype(np.float64)))
-        else:
-            columns.append(values.to_numpy(dtype=np.float64))
-    return np.column_stack(columns).astype(np.float32)
-
-
 def default_logit(portfolio: pd.DataFrame) -> np.ndarray:
     """The ground-truth latent risk (log-odds of a decline) of each application, before unobserved noise."""
     p = portfolio
@@ -386,245 +313,3 @@ def simulate_outcomes(portfolio: pd.DataFrame, seed: int, undeclared: np.ndarray
     if undeclared is not None:
         logit = logit + UNDECLARED_INCOME_RISK * undeclared
     return (rng.random(len(portfolio)) < expit(logit)).astype(np.int64)
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
-    labels = np.asarray(labels).astype(bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        raise ValueError("roc_auc needs both classes")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-# ------------------------------------------------------------------------------------------------- model
-
-
-class CreditModel(nn.Module):
-    """float32 ``[n, 12]`` (``FEATURES`` order, categoricals as codes) -> ``[n, 2]`` class probabilities.
-
-    Preprocessing is inside the module, with constants baked in as buffers: log1p of the money columns,
-    standardisation of the numeric columns, one-hot of the category codes (an unknown code gives all zeros).
-    Missing values (NaN), when ``gap_features`` are given: a number is imputed by the training mean (0 after
-    standardising) and each of ``gap_features`` gets a missing indicator input; a missing category gives all
-    zeros. Without them (the complete demo, as before) a NaN number propagates to the output.
-    """
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, gap_features: tuple[str, ...] = ()) -> None:
-        super().__init__()
-        numeric = [i for i, f in enumerate(FEATURES) if f["kind"] == "numeric"]
-        gaps = [numeric.index(i) for i, f in enumerate(FEATURES) if f["name"] in gap_features]
-        cat_columns: list[int] = []
-        cat_levels: list[float] = []
-        for i, feature in enumerate(FEATURES):
-            if feature["kind"] == "categorical":
-                cat_columns += [i] * len(feature["categories"])
-                cat_levels += [float(k) for k in range(len(feature["categories"]))]
-        self.register_buffer("numeric_columns", torch.tensor(numeric, dtype=torch.long))
-        self.register_buffer("log_mask", torch.tensor([FEATURES[i]["name"] in MONEY_FEATURES for i in numeric]))
-        self.register_buffer("mean", mean.to(torch.float32))
-        self.register_buffer("std", std.to(torch.float32))
-        self.register_buffer("cat_columns", torch.tensor(cat_columns, dtype=torch.long))
-        self.register_buffer("cat_levels", torch.tensor(cat_levels, dtype=torch.float32))
-        self.register_buffer("gap_columns", torch.tensor(gaps, dtype=torch.long))
-        self.impute: bool = bool(gaps)
-        self.net = nn.Sequential(
-            nn.Linear(len(numeric) + len(gaps) + len(cat_levels), HIDDEN), nn.ReLU(),
-            nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-            nn.Linear(HIDDEN, len(CLASSES)),
-        )
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float32)
-        numeric = x.index_select(1, self.numeric_columns)
-        numeric = torch.where(self.log_mask, torch.log1p(numeric.clamp_min(0.0)), numeric)
-        numeric = (numeric - self.mean) / self.std
-        missing = torch.isnan(numeric.index_select(1, self.gap_columns)).to(torch.float32)
-        if self.impute:
-            numeric = torch.nan_to_num(numeric, nan=0.0)
-        one_hot = (torch.round(x.index_select(1, self.cat_columns)) == self.cat_levels).to(torch.float32)
-        return self.net(torch.cat([numeric, missing, one_hot], dim=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
-
-
-@contextmanager
-def _deterministic_torch(seed: int) -> Iterator[None]:
-    """Seeded, single-threaded, deterministic CPU torch; the caller's global torch state is restored after."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-            torch.set_num_threads(threads)
-
-
-def train_model(seed: int, gaps: bool = True) -> tuple[CreditModel, dict[str, float]]:
-    """Train the demo's credit model on ``TRAINING_ROWS`` fresh synthetic applications (with the demo's gaps in
-    its inputs, :func:`add_gaps`, unless not ``gaps``; the outcomes follow the complete applications).
-
-    AdamW on the cross-entropy, ``TRAINING_STEPS`` mini-batches drawn from seeded epoch permutations, one CPU
-    thread, deterministic algorithms: the same weights on every run, in about a second. The short schedule and
-    the weight decay are the regularisation (longer training overfits: held-out loss rises after ~15 epochs).
-    Returns the model (eval mode) and held-out metrics (AUC, decline rate, the AUC of the true latent risk).
-    """
-    portfolio = generate_portfolio(TRAINING_ROWS, _derived_seed(seed, 2))
-    observed = add_gaps(portfolio, _derived_seed(seed, 6)) if gaps else portfolio
-    undeclared = observed["annual_income"].isna().to_numpy() if gaps else None
-    labels = simulate_outcomes(portfolio, _derived_seed(seed, 3), undeclared)
-    x = model_inputs(observed)
-    n_train = int(round(TRAINING_ROWS * (1.0 - HOLDOUT_SHARE)))
-
-    numeric = [i for i, f in enumerate(FEATURES) if f["kind"] == "numeric"]
-    scaled = x[:n_train, numeric].astype(np.float64)
-    for j, i in enumerate(numeric):
-        if FEATURES[i]["name"] in MONEY_FEATURES:
-            scaled[:, j] = np.log1p(scaled[:, j])
-    if np.isnan(scaled).any():  # over the present values
-        mean, std = torch.tensor(np.nanmean(scaled, axis=0)), torch.tensor(np.maximum(np.nanstd(scaled, axis=0), 1e-6))
-    else:
-        mean, std = torch.tensor(scaled.mean(axis=0)), torch.tensor(np.maximum(scaled.std(axis=0), 1e-6))
-
-    with _deterministic_torch(_derived_seed(seed, 4)):
-        model = CreditModel(mean, std, GAP_FEATURES if gaps else ())
-        features = torch.from_numpy(x[:n_train])
-        targets = torch.from_numpy(labels[:n_train])
-        shuffle = torch.Generator().manual_seed(_derived_seed(seed, 5))
-        optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        order, position = torch.randperm(n_train, generator=shuffle), 0
-        for _ in range(TRAINING_STEPS):
-            if position + BATCH_SIZE > n_train:
-                order, position = torch.randperm(n_train, generator=shuffle), 0
-            batch = order[position:position + BATCH_SIZE]
-            position += BATCH_SIZE
-            optimiser.zero_grad()
-            loss_fn(model.logits(features[batch]), targets[batch]).backward()
-            optimiser.step()
-        model.eval()
-        with torch.no_grad():
-            train_loss = loss_fn(model.logits(features), targets).item()
-            held_out = model(torch.from_numpy(x[n_train:]))[:, CLASSES.index("declined")].numpy()
-
-    y_held_out = labels[n_train:]
-    metrics = {
-        "holdout_auc": round(roc_auc(y_held_out, held_out), 4),
-        "true_risk_auc": round(roc_auc(y_held_out, default_logit(portfolio.iloc[n_train:])), 4),
-        "decline_rate": round(float(labels.mean()), 4),
-        "train_loss": round(train_loss, 4),
-        "training_rows": TRAINING_ROWS,
-    }
-    return model, metrics
-
-
-# ------------------------------------------------------------------------------------------------- files
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see a partial file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        tmp.chmod(0o644)  # mkstemp makes 0600 files; workers running as another user must read them
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    _atomic_write(path, lambda tmp: frame.to_parquet(tmp, engine="pyarrow", index=False))
-
-
-def _save_torchscript(model: nn.Module, path: Path) -> None:
-    """Script and save ``model``; the bytes depend on the weights only (same weights, same sha256)."""
-    model.requires_grad_(False)  # callers that forget torch.no_grad() build no autograd graph
-    buffer = io.BytesIO()  # the zip's folder is named after the file: saving via the temp name would vary
-    with warnings.catch_warnings():
-        # torch 2.13 marks torch.jit deprecated; TorchScript is still the contract's portable .pt format.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(model), buffer)
-    _atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
-
-
-def _cache_key(seed: int, n_decisions: int, n_reference: int, gaps: bool) -> dict[str, int]:
-    return {"generator_version": GENERATOR_VERSION, "seed": seed, "n_decisions": n_decisions,
-            "n_reference": n_reference, "gaps": int(gaps)}
-
-
-def _cached(directory: Path, artifacts: DemoArtifacts, key: dict[str, int]) -> bool:
-    """True when all three files exist and demo.json says they come from this generator and parameters."""
-    if not all(p.is_file() for p in (artifacts.decisions, artifacts.reference, artifacts.model)):
-        return False
-    try:
-        recorded = json.loads((directory / "demo.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in key.items())
-
-
-def build_demo(
-    directory: Path | None = None,
-    *,
-    n_decisions: int = 400,
-    n_reference: int = 5000,
-    seed: int = 7,
-    force: bool = False,
-    gaps: bool = True,
-) -> DemoArtifacts:
-    """Write (or reuse) the demo's decisions, reference sample and model in ``directory``.
-
-    ``directory`` defaults to :func:`default_demo_dir`. The files are reused without any work when they exist
-    and ``demo.json`` matches the generator version and the parameters, unless ``force``. ``gaps``: the
-    decisions and the reference have missing values (:func:`add_gaps`) and the model handles them. Writes are atomic and
-    the result is a pure function of the parameters, so concurrent builds are harmless.
-    """
-    if n_decisions < 1 or n_reference < 1:
-        raise ValueError(f"build_demo: n_decisions and n_reference must be positive "
-                         f"(got {n_decisions}, {n_reference})")
-    directory = Path(directory) if directory is not None else default_demo_dir()
-    artifacts = DemoArtifacts(
-        decisions=directory / "decisions.parquet",
-        reference=directory / "reference.parquet",
-        model=directory / "model.pt",
-    )
-    key = _cache_key(seed, n_decisions, n_reference, gaps)
-    if not force and _cached(directory, artifacts, key):
-        return artifacts
-
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "demo.json").unlink(missing_ok=True)  # the files are not a consistent set until the end
-
-    decisions = generate_portfolio(n_decisions, seed)
-    reference = generate_portfolio(n_reference, _derived_seed(seed, 1))[FEATURE_NAMES]
-    if gaps:
-        decisions = add_gaps(decisions, _derived_seed(seed, 7), showcase=True)
-        reference = add_gaps(reference, _derived_seed(seed, 8))
-    model, metrics = train_model(seed, gaps)
-    with torch.no_grad():
-        declined = model(torch.from_numpy(model_inputs(decisions)))[:, CLASSES.index("declined")].numpy()
-
-    _write_parquet(decisions, artifacts.decisions)
-    _write_parquet(reference, artifacts.reference)
-    _save_torchscript(model, artifacts.model)
-    record = {
-        **key,
-        "features": FEATURE_NAMES,
-        "classes": CLASSES,
-        "metrics": {**metrics, "decisions_declined_at_0.5": round(float((declined >= 0.5).mean()), 4)},
-        "torch": torch.__version__,
-    }
-    _atomic_write(directory / "demo.json",
-                  lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
-    return artifacts
