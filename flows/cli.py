@@ -103,7 +103,7 @@ def _guard(action: Callable[[], T]) -> T:
 @contextmanager
 def _progress_bar() -> Iterator[None]:
     """A Rich progress bar fed by the flow's progress hook (shards explained, reports rendered)."""
-    from flows.pipeline import progress_hook
+    from flows.runtime import progress_hook
 
     labels = {"explain": "explaining decisions", "render": "rendering reports"}
     with Progress(
@@ -125,7 +125,8 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     from datetime import UTC, datetime
 
     from flows.cluster import resolve_devices
-    from flows.pipeline import _probe_writable, limelight_flow, message_hook
+    from flows.pipeline import _probe_writable, limelight_flow
+    from flows.runtime import message_hook
     from flows.server import prefect_server
     from tasks.inputs.config import load_config
     from tasks.run.deadline import parse_deadline

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -59,7 +59,9 @@ from flows.cluster import (
     task_runner,
     with_render_pool,
 )
-from flows.deployments import scheduled_run_date
+from flows.runtime import progress as _progress
+from flows.runtime import say as _say
+from flows.runtime import scheduled_run_date
 from tasks.errors import InputError, LimelightError
 from tasks.explain.worker import Failure, ShardResult, explain_shard, merge_parts, one_line, prepare_worker
 from tasks.inputs.config import Config, load_config
@@ -75,47 +77,11 @@ from tasks.run.info import RunInfo
 from tasks.run.state import Found, effective_settings, find_run, load_record, run_identity, save_record, write_state
 
 Mode = Literal["run", "explain"]
-#: Progress callbacks of the process that runs the flow (the CLI's progress bar): (stage, done, total).
-ProgressHook = Callable[[str, int, int], None]
-_HOOKS: list[ProgressHook] = []
-#: Messages for the person watching (the deadline estimate), in the process that runs the flow.
-MessageHook = Callable[[str], None]
-_MESSAGES: list[MessageHook] = []
 #: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
 ALLOWED_FAILURES = 1
 #: Render batches carry no poison of their own (the shard was explained); one that shared a worker with a
 #: task that killed it twice gets KilledWorker and is submitted again, up to this many attempts in all.
 RENDER_ATTEMPTS = 3
-
-
-@contextlib.contextmanager
-def _registered(hooks: list[Any], hook: Any) -> Iterator[None]:
-    hooks.append(hook)
-    try:
-        yield
-    finally:
-        hooks.remove(hook)
-
-
-def progress_hook(hook: ProgressHook) -> contextlib.AbstractContextManager[None]:
-    """Receive (stage, done, total) while a flow runs in this process."""
-    return _registered(_HOOKS, hook)
-
-
-def message_hook(hook: MessageHook) -> contextlib.AbstractContextManager[None]:
-    """Receive one-line messages (the deadline estimate) while a flow runs in this process."""
-    return _registered(_MESSAGES, hook)
-
-
-def _progress(stage: str, done: int, total: int) -> None:
-    for hook in list(_HOOKS):
-        hook(stage, done, total)
-
-
-def _say(message: str) -> None:
-    get_run_logger().info(message)
-    for hook in list(_MESSAGES):
-        hook(message)
 
 
 def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
