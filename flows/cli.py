@@ -103,7 +103,7 @@ def _guard(action: Callable[[], T]) -> T:
 @contextmanager
 def _progress_bar() -> Iterator[None]:
     """A Rich progress bar fed by the flow's progress hook (shards explained, reports rendered)."""
-    from flows.pipeline import progress_hook
+    from flows.runtime import progress_hook
 
     labels = {"explain": "explaining decisions", "render": "rendering reports"}
     with Progress(
@@ -125,7 +125,9 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     from datetime import UTC, datetime
 
     from flows.cluster import resolve_devices
-    from flows.pipeline import _probe_writable, limelight_flow, message_hook
+    from flows.output import probe_writable
+    from flows.pipeline import limelight_flow
+    from flows.runtime import message_hook
     from flows.server import prefect_server
     from tasks.inputs.config import load_config
     from tasks.run.deadline import parse_deadline
@@ -136,7 +138,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
         resolve_devices(options.get("devices") or loaded.run.devices, None, loaded.run.torch_threads)
     if options.get("ids") and not Path(options["ids"]).is_file():
         raise InputError(f"{options['ids']}: ids file not found")
-    _probe_writable(str(out), mode)  # type: ignore[arg-type]
+    probe_writable(str(out), mode)  # type: ignore[arg-type]
     if options.get("deadline"):
         parse_deadline(options["deadline"], datetime.now(UTC))
     elif options.get("best_effort"):

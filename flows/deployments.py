@@ -6,8 +6,9 @@ pool. Operators trigger a night by hand with ``prefect deployment run 'limelight
 run_date=2026-11-20``.
 
 A nightly run without ``run_date`` explains the day before its scheduled start in the schedule's time zone
-(:func:`scheduled_run_date`, called by the flow), so a run started late still explains its own night.
-This module must not import flows.pipeline at import time: the flow imports :func:`scheduled_run_date`.
+(``scheduled_run_date`` in flows/runtime.py, called by the flow), so a run started late still explains its
+own night. Imports go one way only, from here to the flow (flows/pipeline.py, imported lazily: building
+a deployment is the only use of it here).
 """
 
 from __future__ import annotations
@@ -121,28 +122,3 @@ def nightly_deployment(
         concurrency_limit=entry.concurrency_limit,
     )
 
-
-def scheduled_run_date() -> str | None:
-    """The night a scheduled deployment's run explains when it was given no ``run_date``.
-
-    The day before the run's expected start (its scheduled time; now for a run triggered by hand), in
-    the time zone of the deployment's cron schedule. None outside a deployment run, or for a deployment
-    without a cron schedule (an ad-hoc run explains what it is given).
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
-
-    from tasks.inputs.schedule import previous_day
-
-    context = FlowRunContext.get()
-    flow_run = context.flow_run if context is not None else None
-    if flow_run is None or flow_run.deployment_id is None:
-        return None
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment(flow_run.deployment_id)
-    crons = [s.schedule for s in deployment.schedules or [] if getattr(s.schedule, "cron", None)]
-    if not crons:
-        return None
-    moment = flow_run.expected_start_time or flow_run.start_time or flow_run.created
-    assert moment is not None
-    return previous_day(moment, crons[0].timezone or "UTC").isoformat()

@@ -10,7 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from flows.pipeline import limelight_flow, renderer_available
+from flows.pipeline import limelight_flow
+from flows.steps import renderer_available
 from tasks.errors import InputError, ModelError
 from tasks.explain.worker import explanation_schema
 from tasks.io import file_sha256

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.pipeline import limelight_flow, message_hook
+from flows.pipeline import limelight_flow
+from flows.runtime import message_hook
 from tasks.demo import FEATURE_NAMES
 from tasks.inputs.config import load_config
 from tasks.inputs.data import read_rows

@@ -1,0 +1,192 @@
+"""What a run leaves behind, outside the Prefect tasks: its output folder and the records of what happened.
+
+- the output folder: :func:`probe_writable` (before any work), :func:`prepare_out` (the folder that receives
+  the staging folder), :func:`keep_only_reports` (only finished reports are published), :func:`cleanup`;
+- ``failures.parquet`` (:func:`failures_table`) and the manifest's audit trail (:func:`audit_trail`);
+- the Prefect artifacts' content (:func:`run_markdown`, :func:`worker_table`);
+- the summary of a run the output folder already holds, complete (:func:`already_complete`).
+
+The steps of the flow that use them: flows/steps.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flows.cluster import DevicePlan
+from flows.work import ShardOutputs
+from tasks.errors import InputError
+from tasks.explain.worker import Failure, ShardResult
+from tasks.report import index as report_index
+from tasks.run import manifest as mf
+from tasks.run.info import RunInfo
+
+#: What a run writes: a folder of explanations, reports, summary, failures and manifest, or (``explain``)
+#: one explanations Parquet file.
+Mode = Literal["run", "explain"]
+
+
+def probe_writable(out: str, mode: Mode) -> None:
+    """Fail before any work when the output cannot be written (nothing is created here)."""
+    plain = "{" not in out
+    path = Path(out.split("{", 1)[0] or ".").expanduser().absolute()
+    if mode == "explain" and plain:
+        if path.is_dir():
+            raise InputError(f"--out {out}: is a folder; explain writes one Parquet file")
+        path = path.parent
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a folder" if existing == path else f"{existing} is not a folder"
+        raise InputError(f"--out {out}: {what}")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".limelight-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise InputError(f"--out {out}: cannot write in {existing} ({error.strerror or error})") from None
+
+
+def prepare_out(out: Path, mode: Mode) -> tuple[Path, list[Path]]:
+    """The folder that receives the staging folder; returns it and the folders created (for cleanup)."""
+    folder = out if mode == "run" else out.parent
+    if mode == "run" and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if mode == "explain" and out.is_dir():
+        raise InputError(f"--out {out}: is a folder; explain writes one Parquet file")
+    created = []
+    for parent in [folder, *folder.parents][::-1]:
+        if not parent.exists():
+            created.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, created[::-1]
+
+
+def cleanup(staging: Path, created: list[Path]) -> None:
+    """Remove the staging folder, then the folders created for it (deepest first) that are still empty."""
+    shutil.rmtree(staging, ignore_errors=True)
+    for folder in created:  # deepest first; only if still empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def run_markdown(run: RunInfo, counts: dict[str, int], plan: DevicePlan, seconds: dict[str, float],
+              outputs: dict[str, str], review: list[str], top: list[tuple[str, int]]) -> str:
+    rate = counts["reported"] / seconds["explain"] if seconds["explain"] > 0 else 0.0
+    lines = [
+        f"# limelight run `{run.run_id}`",
+        "",
+        f"- **Decisions:** {counts['decisions_in']} in, {counts['reported']} reported, {counts['failed']} failed, "
+        f"{counts['not_reached']} not reached ({counts['shards']} shards on {plan.describe()})",
+        f"- **Needing human review** (low fidelity, prediction gap or unstable top-k): {counts['needs_review']}",
+        f"- **Reports:** {counts['reports_made']}",
+        f"- **Engine:** {run.engine}, {run.num_samples} samples, top {run.top_k}, seed {run.seed}",
+        f"- **Explanation time:** {seconds['explain']:.1f} s ({rate:.1f} decisions/s); total {seconds['total']:.1f} s",
+        "",
+        "## Outputs",
+        *[f"- {name}: `{path}`" for name, path in outputs.items()],
+        "",
+        "## Most frequent top factor",
+        *[f"- {feature}: {count}" for feature, count in top],
+    ]
+    if review:
+        shown = ", ".join(f"`{i}`" for i in review[:20])
+        more = f" and {len(review) - 20} more" if len(review) > 20 else ""
+        lines += ["", "## Review list", shown + more]
+    return "\n".join(lines) + "\n"
+
+
+def worker_table(results: list[ShardResult]) -> list[dict[str, Any]]:
+    """Shards, decisions and seconds per worker (the ``limelight-workers`` artifact, the returned summary)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in results:
+        row = rows.setdefault(r.worker, {"worker": r.worker, "device": r.device, "shards": 0, "decisions": 0,
+                                         "seconds": 0.0})
+        row["shards"] += 1
+        row["decisions"] += r.decisions
+        row["seconds"] += r.seconds
+    for row in rows.values():
+        row["decisions_per_s"] = round(row["decisions"] / row["seconds"], 2) if row["seconds"] else None
+        row["seconds"] = round(row["seconds"], 2)
+    return sorted(rows.values(), key=lambda row: row["worker"])
+
+
+def in_order(ids: Sequence[str], selected_ids: pa.Array) -> list[str]:
+    """``ids`` in the order of the selection."""
+    if not ids:
+        return []
+    where = pc.index_in(pa.array(ids, pa.string()), value_set=selected_ids).to_numpy(zero_copy_only=False)
+    return [ids[i] for i in np.argsort(where, kind="stable")]
+
+
+def failures_table(failures: Sequence[Failure], id_column: str, selected_ids: pa.Array) -> pa.Table:
+    """``failures.parquet``: one row per failed decision (id, stage, error), in the selection's order."""
+    ids = pa.array([f[0] for f in failures], pa.string())
+    order = np.argsort(pc.index_in(ids, value_set=selected_ids).to_numpy(zero_copy_only=False), kind="stable")
+    return pa.table({
+        id_column: ids.take(pa.array(order, pa.int64())),
+        "stage": pa.array([failures[i][1] for i in order], pa.string()),
+        "error": pa.array([failures[i][2] for i in order], pa.string()),
+    })
+
+
+def already_complete(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The summary of a run this output folder already holds, complete, for the same inputs."""
+    counts = manifest.get("counts", {})
+    names = [n for n in (*manifest.get("outputs", {}), mf.MANIFEST) if (out / n).exists()]
+    return {
+        "run_id": manifest["run_id"], "counts": counts, "review_ids": report_index.review_ids(manifest, out),
+        "outputs": {name: str(out / name) for name in names}, "devices": "none (already complete)",
+        "seconds": {"workers_start": 0.0, "explain": 0.0, "render": 0.0, "total": 0.0},
+        "decisions_per_second": None, "workers": [], "accounting": manifest.get("accounting", {}),
+        "already_complete": True,
+        "warnings": [f"run {manifest['run_id']} of these inputs is already complete in {out}: nothing to do"],
+    }
+
+
+def keep_only_reports(staging: Path, files: set[str]) -> None:
+    """Remove from the staged reports what is not a finished report of this run (a batch cut at the deadline,
+    a killed writer's temporary file), so the published folder holds exactly the index's reports. ``files``
+    are relative to ``staging`` (``reports/...``, in subfolders with a ``[report] layout``)."""
+    folder = staging / mf.REPORTS
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.rglob("*"), reverse=True):  # deepest first: files, then emptied folders
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.relative_to(staging).as_posix() not in files:
+            path.unlink()
+
+
+def audit_trail(*, identity: str, trigger: str, started_by: str | None, run_date: str | None, started: datetime,
+           accounting: dict[str, Any], failures: Sequence[Failure], not_reached: Sequence[str],
+           deadline: datetime | None, best_effort: bool, outputs: ShardOutputs, resumed: bool) -> dict[str, Any]:
+    """The manifest's audit trail: who or what started the run, its identity, what ended how."""
+    return {
+        "identity": identity,
+        "trigger": {"trigger": trigger, "started_by": started_by, "run_date": run_date,
+                    "attempt_started_at": mf.iso(started)},
+        "accounting": accounting,
+        "failures": {"file": mf.FAILURES, "count": len(failures),
+                     "by_stage": dict(sorted(Counter(f[1] for f in failures).items()))},
+        "not_reached_ids": list(not_reached),
+        "deadline": None if deadline is None else {
+            "deadline": deadline.isoformat(), "best_effort": best_effort, "estimate": outputs.estimate,
+            "stopped_at_deadline": outputs.stopped_at_deadline,
+        },
+        "resumed": {"resumed": resumed, "shards_reused": outputs.reused_shards,
+                    "render_batches_reused": outputs.reused_batches},
+    }

@@ -1,0 +1,208 @@
+"""The Prefect tasks of the limelight flow: thin wrappers around plain functions of ``tasks/``.
+
+Their names (``load-config``, ``validate-inputs``, ``plan-shards``, ``checksums``, ``merge-explanations``,
+``explanation-quality``, ``render-summary`` in the flow process; ``prepare-worker``, ``explain-shard``,
+``render-reports`` on the Dask workers) are what the Prefect UI and logs show. Which step of the flow
+calls which: flows/pipeline.py. Transient I/O failures are retried (:data:`IO`); nothing is cached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.errors import LimelightError
+from tasks.explain.worker import Failure, ShardResult, explain_shard, merge_parts, one_line, prepare_worker
+from tasks.inputs.config import Config, load_config
+from tasks.inputs.data import DecisionsIndex, read_reference, scan_decisions, select_positions
+from tasks.inputs.schedule import select_day
+from tasks.plan.shards import Shard, plan_shards
+from tasks.plan.sizing import RunSizes, run_sizes
+from tasks.report import index as report_index
+from tasks.run import manifest as mf
+from tasks.run.info import RunInfo
+
+
+def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient I/O failures (a share that hiccups), never a problem the user must fix."""
+    try:
+        state.result()
+    except LimelightError:
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _retry_io}
+NOT_CACHED = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+# --- tasks in the flow process ------------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    """The decisions a run explains: ``selected`` (global positions, in order) of which ``planned`` go to
+    the workers (the others failed at input); ``shards`` cut ``planned``."""
+
+    selected: np.ndarray
+    planned: np.ndarray
+    shards: list[Shard]
+    input_failures: dict[int, str]
+    sizes: RunSizes  # shard and render-batch sizes, grown with the decisions (tasks/plan/sizing.py)
+
+
+@task(name="load-config", **IO, **NOT_CACHED)
+def load_config_task(config_path: str) -> Config:
+    return load_config(config_path)
+
+
+@task(name="validate-inputs", **IO, **NOT_CACHED)
+def validate_inputs(config: Config, require_report_columns: bool) -> tuple[DecisionsIndex, dict[int, str]]:
+    """Check decisions and reference (streamed; an input-level problem raises); return the ids for planning
+    and the rows with row-level problems (position -> reason), which fail alone."""
+    row_failures: dict[int, str] = {}
+    index = scan_decisions(config, require_report_columns=require_report_columns, row_failures=row_failures)
+    assert index is not None
+    read_reference(config)
+    get_run_logger().info("%d decisions in %d file(s); %d with row-level problems", index.num_rows,
+                          len(index.files), len(row_failures))
+    return index, row_failures
+
+
+@task(name="plan-shards", **NOT_CACHED)
+def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file: str | None,
+              run_date: str | None = None, row_failures: dict[int, str] | None = None) -> Selection:
+    if run_date:  # a night's run: that day's decisions only (tasks/inputs/schedule.py)
+        positions = select_day(index, config, run_date, limit, ids_file)
+    else:
+        positions = select_positions(index, limit, ids_file, config.data.id_column)
+    selected = np.arange(index.num_rows, dtype=np.int64) if positions is None else positions
+    row_failures = row_failures or {}
+    bad = np.isin(selected, np.fromiter(row_failures, np.int64, count=len(row_failures)))
+    if not bad.any():
+        sizes = run_sizes(len(selected), config.run.shard_size)
+        return Selection(selected, selected, plan_shards(index, sizes.shard_size, positions), {}, sizes)
+    planned = selected[~bad]
+    failures = {int(p): row_failures[int(p)] for p in selected[bad]}
+    sizes = run_sizes(len(planned), config.run.shard_size)
+    return Selection(selected, planned, plan_shards(index, sizes.shard_size, planned), failures, sizes)
+
+
+@task(name="checksums", **IO, **NOT_CACHED)
+def checksums_task(config: Config) -> tuple[str, str, str]:
+    """SHA-256 of model, decisions and reference, for the manifest and the workers' cache key."""
+    from tasks.inputs.model import model_sha256
+
+    decisions, reference = mf.input_checksums(config)
+    return model_sha256(config.model), decisions, reference
+
+
+@task(name="merge-explanations", **IO, **NOT_CACHED)
+def merge_task(results: list[ShardResult], target: str, id_column: str, run: RunInfo, exclude: set[str]) -> int:
+    metadata = {b"limelight.run": json.dumps(run.to_dict(), sort_keys=True).encode("utf-8")}
+    return merge_parts(results, Path(target), id_column, metadata, exclude)
+
+
+@task(name="explanation-quality", **IO, **NOT_CACHED)
+def quality_task(explanations: str) -> dict[str, Any]:
+    """Stability, fidelity, deletion-check and review figures of the run, for the manifest."""
+    from tasks.explain.aggregate import quality_summary, read_for_summary
+
+    return quality_summary(read_for_summary(explanations))
+
+
+@task(name="render-summary", **NOT_CACHED)
+def summary_task(
+    explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str
+) -> str:
+    from tasks.explain.aggregate import read_for_summary
+    from tasks.report.render import render_run_summary
+    from tasks.report.summary import summary_counts
+
+    frame = read_for_summary(explanations)
+    return str(render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target)))
+
+
+# --- tasks on the workers -----------------------------------------------------------------------
+
+
+@task(name="explain-shard", task_run_name="explain-{shard.name}", **IO, **NOT_CACHED)
+def explain_task(config: Config, shard: Shard, run: RunInfo, staging: str) -> ShardResult:
+    result = explain_shard(config, shard, run, staging)
+    get_run_logger().info(
+        "%s: %d decisions (%d failed) in %.1f s on %s (%s)", shard.name, result.decisions, len(result.failures),
+        result.seconds, result.device, result.worker,
+    )
+    return result
+
+
+@task(name="prepare-worker", **NOT_CACHED)
+def prepare_task(config: Config, run: RunInfo) -> str:
+    return prepare_worker(config, run)
+
+
+def _report_entry(report: Any, subfolders: dict[str, str]) -> dict[str, Any]:
+    """The index entry of a rendered report, moved first into its subfolder of ``[report] layout`` (if any)."""
+    path = Path(report.path)
+    sub = subfolders.get(str(report.decision_id), "")
+    if sub:
+        (path.parent / sub).mkdir(exist_ok=True)
+        path = path.replace(path.parent / sub / path.name)
+    file = f"{mf.REPORTS}/{sub}/{path.name}" if sub else f"{mf.REPORTS}/{path.name}"
+    return {"id": report.decision_id, "file": file, "sha256": report.sha256, "needs_review": bool(report.needs_review)}
+
+
+def _subfolders(config: Config, applicants: pd.DataFrame) -> dict[str, str]:
+    """Decision id -> subfolder of its report under ``[report] layout``."""
+    layout, id_column = config.report.layout, config.data.id_column
+    if layout == "flat":
+        return {}
+    dates = applicants[config.report.date_column] if layout == "date" else [None] * len(applicants)
+    return {str(i): report_index.report_subfolder(layout, str(i), None if pd.isna(d) else d)
+            for i, d in zip(applicants[id_column], dates, strict=True)}
+
+
+@task(name="render-reports", task_run_name="render-{result.name}-from-{start}", **IO, **NOT_CACHED)
+def render_task(
+    config: Config, run: RunInfo, result: ShardResult, reports_dir: str, start: int, stop: int
+) -> dict[str, list[Any]]:
+    """Render the customer reports of decisions ``[start, stop)`` of one shard, from its part files.
+
+    A report that fails alone (its data breaks the template, say) becomes a failure of that decision;
+    a problem of the whole step (fonts, notices: a LimelightError for the batch) fails the run.
+    """
+    from tasks.report.render import render_customer_reports
+
+    applicants = pd.read_parquet(result.applicants).iloc[start:stop].reset_index(drop=True)
+    id_column = config.data.id_column
+    rows = pd.read_parquet(result.part)
+    rows = rows[rows[id_column].isin(set(applicants[id_column]))]
+    out = Path(reports_dir)
+    subfolders = _subfolders(config, applicants)
+    try:
+        made = render_customer_reports(rows, applicants, config, run, out)
+        return {"reports": [_report_entry(r, subfolders) for r in made], "failures": []}
+    except LimelightError:
+        raise
+    except Exception:  # find the decisions it fails on
+        made: list[dict[str, Any]] = []
+        failures: list[Failure] = []
+        for decision in applicants[id_column]:
+            own = applicants[applicants[id_column] == decision].reset_index(drop=True)
+            try:
+                made += [_report_entry(r, subfolders) for r in render_customer_reports(
+                    rows[rows[id_column] == decision], own, config, run, out)]
+            except Exception as error:
+                failures.append((str(decision), "render", one_line(error)))
+        return {"reports": made, "failures": failures}

@@ -1,0 +1,308 @@
+"""The explain step on the workers: the subflow ``limelight-explain-shards`` and its bookkeeping.
+
+The subflow runs with the Dask task runner (flows/cluster.py): it explains the shards (one ``DEVICE``
+each, a window of at most two per worker, in the selection's order) and, as each shard is explained,
+submits the render batches of its customer reports (one ``RENDER`` each: the render pool). So explaining
+and rendering overlap on the workers; what the flow process renders afterwards is the run summary
+(flows/steps.py). :class:`_Work` keeps the books: shards and batches in flight, records of finished work
+for a resumed run (tasks/run/state.py), shards split when their task fails, the deadline. The subflow
+returns :class:`ShardOutputs` to the flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dask
+import pyarrow as pa
+from distributed import KilledWorker
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
+
+from flows.cluster import RENDER_RESOURCE, RESOURCE
+from flows.prefect_tasks import explain_task, prepare_task, render_task
+from flows.runtime import progress, say
+from tasks.errors import LimelightError
+from tasks.explain.worker import Failure, ShardResult, one_line
+from tasks.inputs.config import Config
+from tasks.plan.shards import Shard, split_shard
+from tasks.plan.sizing import RENDER_BATCH
+from tasks.report import index as report_index
+from tasks.run import manifest as mf
+from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate
+from tasks.run.info import RunInfo
+from tasks.run.state import load_record, save_record
+
+#: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
+ALLOWED_FAILURES = 1
+#: Render batches carry no poison of their own (the shard was explained); one that shared a worker with a
+#: task that killed it twice gets KilledWorker and is submitted again, up to this many attempts in all.
+RENDER_ATTEMPTS = 3
+
+
+@dataclass
+class ShardOutputs:
+    """What the subflow returns: the shards' results and report index rows (in selection order), what failed
+    or was not reached, what a resumed run reused, the deadline estimate, and the timings."""
+
+    results: list[ShardResult]
+    reports: pa.Table = field(default_factory=report_index.SCHEMA.empty_table)  # in selection order
+    render_failures: list[Failure] = field(default_factory=list)
+    worker_failed: list[tuple[Shard, str]] = field(default_factory=list)  # one-decision shards whose task died
+    unexplained: list[Shard] = field(default_factory=list)  # not reached before the deadline
+    unrendered: list[str] = field(default_factory=list)  # explained, report not reached before the deadline
+    reused_shards: int = 0
+    reused_batches: int = 0
+    estimate: str | None = None
+    stopped_at_deadline: bool = False
+    cluster_seconds: float = 0.0  # starting the workers
+    explain_seconds: float = 0.0  # from the workers being up to the last shard explained
+    render_seconds: float = 0.0  # from then to the last report rendered
+
+
+def _wait_any(futures: Sequence[Any], timeout: float) -> list[Any]:
+    """The futures that are done, waiting up to ``timeout`` seconds for the first one (polling: cheap, and
+    independent of which Dask client made them)."""
+    end = time.monotonic() + timeout
+    while True:
+        done = [f for f in futures if f.wrapped_future.done()]
+        if done or time.monotonic() >= end:
+            return done
+        time.sleep(0.05)
+
+
+class _Work:
+    """The subflow's bookkeeping: a window of shards in flight (in selection order), their render batches,
+    records of finished work (resume), bisection of shards whose task fails, the deadline."""
+
+    def __init__(self, config: Config, shards: list[Shard], run: RunInfo, staging: Path, render: bool,
+                 workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool = True,
+                 render_batch: int = RENDER_BATCH) -> None:
+        self.config, self.run, self.staging, self.render = config, run, staging, render
+        self.render_resource, self.render_batch = render_resource, render_batch
+        self.queue: deque[Shard] = deque(shards)
+        self.window = max(2, 2 * workers)
+        self.workers = workers
+        self.deadline, self.best_effort = deadline, best_effort
+        self.explaining: dict[Any, Shard] = {}
+        self.rendering: dict[Any, tuple[ShardResult, int, int]] = {}
+        self.out = ShardOutputs(results=[])
+        self.batches: dict[tuple[Any, ...], pa.Table] = {}  # compact: a million reports stay a few hundred MB
+        self.total = sum(s.size for s in shards)
+        self.explained = 0  # decisions explained or failed (progress)
+        self.finished = 0  # decisions at their end (reported or failed), all
+        self.finished_here = 0  # ... of them by this process (not taken from records): the calibration
+        self.reused_decisions = 0
+        self.calibration = sum(s.size for s in shards[:workers])
+        self.clock = time.perf_counter()
+        self.explain_done_at: float | None = None
+        self.artifact: Any = None
+        self.updates = 0
+        self.render_attempts: dict[tuple[str, int], int] = {}
+
+    # -- explain --
+    def fill(self) -> None:
+        while self.queue and len(self.explaining) < self.window:
+            shard = self.queue.popleft()
+            record = load_record(self.staging, f"explain-{shard.name}")
+            if record is not None:
+                result = ShardResult.from_dict(record)
+                if Path(result.part).is_file() and Path(result.applicants).is_file():
+                    self.out.reused_shards += 1
+                    self.explained_ok(result, reused=True)
+                    continue
+            with dask.annotate(resources={RESOURCE: 1}):
+                self.explaining[explain_task.submit(self.config, shard, self.run, str(self.staging))] = shard
+
+    def explained_ok(self, result: ShardResult, reused: bool = False) -> None:
+        self.out.results.append(result)
+        if not reused:
+            save_record(self.staging, f"explain-{result.name}", result.to_dict())
+        self.explained += result.decisions + len(result.failures)
+        self.ended(len(result.failures), reused)
+        if not self.render:
+            self.ended(result.decisions, reused)
+            return
+        for start in range(0, result.decisions, self.render_batch):
+            self.submit_render(result, start, min(start + self.render_batch, result.decisions))
+
+    def explained_failed(self, shard: Shard, error: BaseException) -> None:
+        if isinstance(error, LimelightError | OSError):  # the run's problem (the model does not load, an input
+            self.cancel()                                   # file went away): stop; a rerun resumes
+            raise error
+        if shard.size == 1:
+            self.out.worker_failed.append((shard, one_line(error)))
+            self.explained += 1
+            self.ended(1, False)
+            return
+        left, right = split_shard(shard)
+        get_run_logger().warning("%s failed (%s): splitting it into %s and %s", shard.name, one_line(error),
+                                 left.name, right.name)
+        self.queue.extendleft([right, left])
+
+    # -- render --
+    def submit_render(self, result: ShardResult, start: int, stop: int) -> None:
+        key = f"render-{result.name}-{start}"
+        record = load_record(self.staging, key)
+        if record is not None and all((self.staging / r["file"]).is_file() for r in record["reports"]):
+            self.out.reused_batches += 1
+            self.rendered_ok(result, start, record, reused=True)
+            return
+        reports_dir = str(self.staging / mf.REPORTS)
+        # One RENDER each: the render pool (and device workers with a free thread) takes a batch as soon as
+        # its shard is explained. Without RENDER workers (a cluster that offers none): any worker.
+        resources = {RENDER_RESOURCE: 1} if self.render_resource else {}
+        with dask.annotate(resources=resources):
+            future = render_task.submit(self.config, self.run, result, reports_dir, start, stop)
+        self.rendering[future] = (result, start, stop)
+
+    def rendered_ok(self, result: ShardResult, start: int, batch: dict[str, Any], reused: bool = False,
+                    record: bool = True) -> None:
+        if record and not reused:
+            save_record(self.staging, f"render-{result.name}-{start}", batch)
+        self.batches[(result.order, start)] = report_index.entries_table(batch["reports"])
+        self.out.render_failures += [tuple(f) for f in batch["failures"]]  # type: ignore[misc]
+        self.ended(len(batch["reports"]) + len(batch["failures"]), reused)
+
+    def render_failed(self, result: ShardResult, start: int, stop: int, error: BaseException) -> None:
+        if isinstance(error, LimelightError | OSError):
+            self.cancel()
+            raise error
+        attempts = self.render_attempts.get((result.name, start), 1)
+        if isinstance(error, KilledWorker) and attempts < RENDER_ATTEMPTS:  # a bystander of another task's crash
+            self.render_attempts[(result.name, start)] = attempts + 1
+            get_run_logger().warning("render batch %s from %d lost its worker (%s): submitting it again",
+                                     result.name, start, one_line(error))
+            self.submit_render(result, start, stop)
+            return
+        failures = [(i, "render", one_line(error)) for i in result.ids[start:stop]]
+        self.rendered_ok(result, start, {"reports": [], "failures": failures}, record=False)  # a rerun retries
+
+    # -- progress, deadline --
+    def ended(self, count: int, reused: bool) -> None:
+        self.finished += count
+        if reused:
+            self.reused_decisions += count
+        else:
+            self.finished_here += count
+        progress("explain", self.explained, self.total)
+        if self.render:
+            progress("render", self.finished, self.total)
+        if self.artifact is not None and (self.finished * 50 // max(self.total, 1) > self.updates
+                                          or self.finished == self.total):
+            self.updates = self.finished * 50 // max(self.total, 1)
+            update_progress_artifact(self.artifact, progress=100.0 * self.finished / max(self.total, 1))
+
+    def check_estimate(self) -> None:
+        calibrated = min(self.calibration, self.total - self.reused_decisions)
+        if self.deadline is None or self.out.estimate is not None or self.finished_here < max(calibrated, 1):
+            return
+        if self.finished >= self.total:
+            return
+        guess = estimate(total=self.total - self.reused_decisions, done=self.finished_here,
+                         elapsed_s=time.perf_counter() - self.clock, workers=self.workers,
+                         num_samples=self.config.explain.num_samples, now=mf.utc_now(), deadline=self.deadline)
+        self.out.estimate = guess.describe()
+        if not guess.meets and not self.best_effort:
+            self.cancel()
+            raise DeadlineMissed(f"deadline: {self.out.estimate} (--best-effort goes on and publishes what is "
+                                 "finished by then)")
+        say(self.out.estimate)
+
+    def stop_time(self) -> float | None:
+        return None if self.deadline is None else self.deadline.timestamp() - PUBLISH_MARGIN_S
+
+    def cancel(self) -> None:
+        for future in [*self.explaining, *self.rendering]:
+            with contextlib.suppress(Exception):
+                future.wrapped_future.cancel()
+
+    def stop_at_deadline(self) -> None:
+        self.cancel()
+        self.out.stopped_at_deadline = True
+        self.out.unexplained = sorted([*self.queue, *self.explaining.values()], key=lambda s: s.order)
+        self.out.unrendered = [i for result, start, stop in self.rendering.values() for i in result.ids[start:stop]]
+        self.queue.clear()
+        self.explaining.clear()
+        self.rendering.clear()
+
+    def run_all(self) -> None:
+        stop = self.stop_time()
+        self.fill()
+        while self.explaining or self.rendering or self.queue:
+            if stop is not None and time.time() >= stop:
+                get_run_logger().warning("deadline reached: stopping; publishing what is finished")
+                self.stop_at_deadline()
+                break
+            timeout = 1.0 if stop is None else min(1.0, stop - time.time())
+            for future in _wait_any([*self.explaining, *self.rendering], timeout):
+                self.handle(future)
+            if not self.explaining and self.explain_done_at is None and not self.queue:
+                self.explain_done_at = time.perf_counter()
+            self.fill()
+            self.check_estimate()
+
+    def handle(self, future: Any) -> None:
+        if future in self.explaining:
+            shard = self.explaining.pop(future)
+            try:
+                result = future.result()
+            except Exception as error:
+                self.explained_failed(shard, error)
+            else:
+                self.explained_ok(result)
+            return
+        result, start, stop = self.rendering.pop(future)
+        try:
+            batch = future.result()
+        except Exception as error:
+            self.render_failed(result, start, stop, error)
+        else:
+            self.rendered_ok(result, start, batch)
+
+
+@flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
+def explain_shards(
+    config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int = 1,
+    deadline: datetime | None = None, best_effort: bool = False, render_resource: bool = True,
+    render_batch: int = RENDER_BATCH,
+) -> ShardOutputs:
+    """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
+
+    At most two shards per worker are in flight, so the selection's order (an ids file's urgency) is
+    kept and a deadline stops with little work lost. A shard whose task fails (its worker died twice)
+    is split in halves down to the decision that fails.
+    """
+    logger = get_run_logger()
+    clock = time.perf_counter()
+    runner = FlowRunContext.get().task_runner  # type: ignore[union-attr]
+    if hasattr(runner, "client"):
+        runner.client  # noqa: B018 - start the workers now, so the timings below are the work's own
+    cluster_seconds = time.perf_counter() - clock
+    if shards:  # a model that does not load stops the run here, before any shard
+        with dask.annotate(resources={RESOURCE: 1}):
+            logger.info("model ready: %s", prepare_task.submit(config, run).result())
+    work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource,
+                 render_batch)
+    work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
+                                             description="decisions finished")
+    work.run_all()
+    end = time.perf_counter()
+    explain_end = work.explain_done_at or end
+    out = work.out
+    out.results.sort(key=lambda r: r.order)
+    if work.batches:
+        out.reports = pa.concat_tables([work.batches[key] for key in sorted(work.batches)])
+    out.cluster_seconds, out.explain_seconds = cluster_seconds, explain_end - work.clock
+    out.render_seconds = end - explain_end if render else 0.0
+    logger.info("explained %d decisions in %d shards (%d reused)", sum(r.decisions for r in out.results),
+                len(out.results), out.reused_shards)
+    return out
