@@ -99,7 +99,7 @@ def bench(count: int, workers: int, language: str, tags: bool) -> None:
 def _experiments(count: int, language: str, tags: bool) -> None:
     import dataclasses
 
-    from tasks.report.letter import _shared
+    from tasks.report.letter import run_texts
     from tasks.report.pdf import document_kind, layout, write
     from tasks.report.render import (
         PAGES_MARK,
@@ -115,7 +115,7 @@ def _experiments(count: int, language: str, tags: bool) -> None:
     kind = document_kind("customer_report")
     stock = dataclasses.replace(kind, ua=None)
     settings = _pdf_settings(config, run)
-    shared = _shared(config, run)
+    shared = run_texts(config, run)
     shared_after = _shared_after(kind, settings, shared)
     pages = shared_after(1).count
     body = shared_html(shared, 0).split("<body>", 1)[1].split("</body>", 1)[0]

@@ -107,8 +107,8 @@ def _float(value: Any, column: str, decision_id: str) -> float:
 
 
 @dataclass(frozen=True)
-class _Shared:
-    """What every customer report of one call shares."""
+class RunTexts:
+    """What every customer letter of one run shares: its config, facts, texts, reason catalog and notice."""
 
     config: Config
     run: RunInfo
@@ -122,7 +122,7 @@ class _Shared:
     statement_date: str
 
 
-def _factor(row: Mapping[str, Any], shared: _Shared, decision_id: str) -> dict[str, Any]:
+def _factor(row: Mapping[str, Any], shared: RunTexts, decision_id: str) -> dict[str, Any]:
     language = shared.config.report.language
     texts = shared.texts
     name = str(row["feature"])
@@ -162,7 +162,7 @@ def _factor(row: Mapping[str, Any], shared: _Shared, decision_id: str) -> dict[s
                           sentence, direction)
 
 
-def _factor_fields(row: Mapping[str, Any], shared: _Shared, decision_id: str, name: str, label: str, condition: str,
+def _factor_fields(row: Mapping[str, Any], shared: RunTexts, decision_id: str, name: str, label: str, condition: str,
                    value: str, raw_value: str | None, sentence: str, direction: str) -> dict[str, Any]:
     """One factor as the templates and the embedded JSON take it (``raw_value`` None: a missing value)."""
     texts = shared.texts
@@ -205,7 +205,7 @@ def _chart(factors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"width": width, "height": max(len(factors), 1) * row, "axis": f"{axis:.2f}", "bars": bars}
 
 
-def _decision_label(config: Config, shared: _Shared, applicant: Mapping[str, Any] | None,
+def _decision_label(config: Config, shared: RunTexts, applicant: Mapping[str, Any] | None,
                     model_pred: float) -> str | None:
     report = config.report
     classes = config.model.classes
@@ -280,8 +280,8 @@ def _quality_line(tc: Mapping[str, str], quality: Mapping[str, Any]) -> str | No
     return " · ".join(parts) or None
 
 
-def _report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applicant: Mapping[str, Any] | None,
-                    shared: _Shared) -> tuple[dict[str, Any], dict[str, Any]]:
+def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applicant: Mapping[str, Any] | None,
+                    shared: RunTexts) -> tuple[dict[str, Any], dict[str, Any]]:
     """The template context of one report and the JSON document attached to it."""
     config, run, texts = shared.config, shared.run, shared.texts
     tc = texts["customer"]
@@ -378,14 +378,15 @@ def _run_json(run: RunInfo) -> dict[str, Any]:
     return {key: data[key] for key in sorted(data)}
 
 
-def _versions(run: RunInfo) -> str:
+def versions_line(run: RunInfo) -> str:
     return " · ".join(f"{clean_text(k, limit=60)} {clean_text(v, limit=120)}" for k, v in sorted(run.versions.items()))
 
 
-def _shared(config: Config, run: RunInfo) -> _Shared:
+def run_texts(config: Config, run: RunInfo) -> RunTexts:
+    """Load once what every letter of a run shares: the translation catalog, reason catalog and rights notice."""
     texts = load_texts(config.report.language)
     label, noun = _outcome(texts, config.model.explain)
-    return _Shared(
+    return RunTexts(
         config=config,
         run=run,
         texts=texts,
@@ -399,7 +400,7 @@ def _shared(config: Config, run: RunInfo) -> _Shared:
     )
 
 
-def _lender(config: Config) -> dict[str, Any]:
+def lender_fields(config: Config) -> dict[str, Any]:
     lender = config.report.lender
     return {
         "name": clean_text(lender.name, limit=200),
@@ -411,13 +412,13 @@ def _lender(config: Config) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _check_columns(frame: pd.DataFrame, needed: Iterable[str], what: str) -> None:
+def check_columns(frame: pd.DataFrame, needed: Iterable[str], what: str) -> None:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise InputError(f"{what}: missing column(s) {', '.join(repr(c) for c in missing)}")
 
 
-def _group_rows(rows: pd.DataFrame, id_column: str) -> dict[str, list[dict[str, Any]]]:
+def group_rows(rows: pd.DataFrame, id_column: str) -> dict[str, list[dict[str, Any]]]:
     """Rows per decision (in order of first appearance), sorted by rank; ranks must be 1..k without gaps."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in rows.to_dict("records"):
@@ -431,11 +432,11 @@ def _group_rows(rows: pd.DataFrame, id_column: str) -> dict[str, list[dict[str, 
     return groups
 
 
-def _applicant_index(applicants: pd.DataFrame, config: Config) -> dict[str, dict[str, Any]]:
+def applicant_index(applicants: pd.DataFrame, config: Config) -> dict[str, dict[str, Any]]:
     id_column = config.data.id_column
     report = config.report
     wanted = [*report.applicant_fields, *(c for c in (report.date_column, report.decision_column) if c)]
-    _check_columns(applicants, [id_column, *wanted], "applicants")
+    check_columns(applicants, [id_column, *wanted], "applicants")
     keep = list(dict.fromkeys([id_column, *wanted]))
     index: dict[str, dict[str, Any]] = {}
     for record in applicants[keep].to_dict("records"):

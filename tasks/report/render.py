@@ -30,14 +30,14 @@ import pandas as pd
 from tasks.errors import LimelightError
 from tasks.inputs.config import Config
 from tasks.report.letter import (
-    _applicant_index,
-    _check_columns,
-    _group_rows,
-    _lender,
-    _report_context,
-    _Shared,
-    _shared,
-    _versions,
+    RunTexts,
+    applicant_index,
+    check_columns,
+    group_rows,
+    lender_fields,
+    report_context,
+    run_texts,
+    versions_line,
 )
 from tasks.report.pdf import (
     DocumentKind,
@@ -136,22 +136,22 @@ def customer_documents(rows: pd.DataFrame, applicants: pd.DataFrame, config: Con
     catalog or notice problems, so nothing is written when an input is bad.
     """
     id_column = config.data.id_column
-    _check_columns(rows, [id_column, *ROW_COLUMNS], "explanations")
+    check_columns(rows, [id_column, *ROW_COLUMNS], "explanations")
     if rows.empty:
         return []
     require_fonts(config.report.language)
-    shared = _shared(config, run)
-    groups = _group_rows(rows, id_column)
-    people = _applicant_index(applicants, config)
+    shared = run_texts(config, run)
+    groups = group_rows(rows, id_column)
+    people = applicant_index(applicants, config)
     filenames = {decision_id: report_filename(decision_id) for decision_id in groups}
     if len(set(filenames.values())) != len(filenames):
         raise LimelightError("two decision ids map to the same report file name (sha256 prefix collision)")
     template = document_kind("customer_report").template
-    common = {"lang": config.report.language, "t": shared.texts, "lender": _lender(config),
+    common = {"lang": config.report.language, "t": shared.texts, "lender": lender_fields(config),
               "doc_title": shared.title}
     documents = []
     for decision_id, records in groups.items():
-        context, attachment = _report_context(decision_id, records, people.get(decision_id), shared)
+        context, attachment = report_context(decision_id, records, people.get(decision_id), shared)
         part = PdfPart(
             title=f"{shared.title} – {context['footer_id']}",
             author=common["lender"]["name"],
@@ -184,7 +184,7 @@ def _customer_pdf(doc: CustomerDocument, kind: DocumentKind, settings: PdfSettin
     return append_shared(write(document, doc.part, settings, kind), shared_after(own))
 
 
-def _shared_after(kind: DocumentKind, settings: PdfSettings, shared: _Shared) -> Callable[[int], SharedPages]:
+def _shared_after(kind: DocumentKind, settings: PdfSettings, shared: RunTexts) -> Callable[[int], SharedPages]:
     @functools.lru_cache(maxsize=4)
     def after(own: int) -> SharedPages:
         return shared_pages(kind, shared_html(shared, own), settings, own)
@@ -206,7 +206,7 @@ def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config
         return []
     kind = document_kind("customer_report")
     settings = _pdf_settings(config, run)
-    shared_after = _shared_after(kind, settings, _shared(config, run))
+    shared_after = _shared_after(kind, settings, run_texts(config, run))
     results = []
     for doc in documents:
         pdf = _customer_pdf(doc, kind, settings, shared_after)
@@ -216,7 +216,7 @@ def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config
     return results
 
 
-def shared_html(shared: _Shared, lead: int) -> str:
+def shared_html(shared: RunTexts, lead: int) -> str:
     """The HTML of the pages every customer of the run shares (rights notice, audit annex), after ``lead``
     blank pages that stand for the customer's own. Made from config and run data only: no customer data."""
     config, run = shared.config, shared.run
@@ -224,9 +224,9 @@ def shared_html(shared: _Shared, lead: int) -> str:
     html = template.render(
         lang=config.report.language,
         t=shared.texts,
-        lender=_lender(config),
+        lender=lender_fields(config),
         notice=shared.notice,
-        versions=_versions(run),
+        versions=versions_line(run),
         audit=[*audit_rows(run, shared.texts["customer"]), *quality_settings_rows(config, shared.texts["customer"])],
         doc_title=shared.title,
         run_id=clean_text(run.run_id, limit=80),

@@ -331,7 +331,7 @@ def test_template_html_path_gives_the_same_bytes_as_weasyprints_own(tmp_path: Pa
     must not change. Fails when a template uses an element ua.css does not cover, or WeasyPrint's UA changes."""
     import dataclasses
 
-    from tasks.report.letter import _shared
+    from tasks.report.letter import run_texts
     from tasks.report.pdf import document_kind, layout, write
     from tasks.report.render import PAGES_MARK, _pdf_settings, shared_html
 
@@ -344,7 +344,7 @@ def test_template_html_path_gives_the_same_bytes_as_weasyprints_own(tmp_path: Pa
     assert kind.ua is not None
     stock = dataclasses.replace(kind, ua=None)
     settings = _pdf_settings(config, run)
-    htmls = [d.html.replace(PAGES_MARK, "2") for d in docs] + [shared_html(_shared(config, run), 1)]
+    htmls = [d.html.replace(PAGES_MARK, "2") for d in docs] + [shared_html(run_texts(config, run), 1)]
     htmls.append(htmls[-1].replace("<p>", "<p>not XML: <br> \x0b", 1))  # expat refuses: tinyhtml5 parses it
     for html, part in zip(htmls, [d.part for d in docs] + [None, None], strict=True):
         assert write(layout(kind, html, settings), part, settings, kind) == \

@@ -176,7 +176,7 @@ def test_notices_fill_lender_details_for_every_jurisdiction() -> None:
 def test_a_missing_value_is_not_provided_with_its_own_sentence(language, own, fallback, not_provided) -> None:
     """The catalog's raises_missing sentence (annual_income), else the general one (loan_purpose has none);
     "not provided" in the value cell; null in the embedded JSON."""
-    from tasks.report.letter import _group_rows, _report_context, _shared
+    from tasks.report.letter import group_rows, report_context, run_texts
     from tasks.report.samples import demo_run, synthetic_inputs
 
     config = demo_config(language)
@@ -186,8 +186,8 @@ def test_a_missing_value_is_not_provided_with_its_own_sentence(language, own, fa
         rows.loc[rank, ["feature", "label", "condition", "value", "direction"]] = [
             name, feature.label, f"{name} is missing", None, direction]
         rows.loc[rank, "weight"] = abs(rows.loc[rank, "weight"]) * (1 if direction == "raises" else -1)
-    (decision_id, records), = _group_rows(rows, "customer_id").items()
-    context, attachment = _report_context(decision_id, records, None, _shared(config, demo_run(config)))
+    (decision_id, records), = group_rows(rows, "customer_id").items()
+    context, attachment = report_context(decision_id, records, None, run_texts(config, demo_run(config)))
     factors = context["factors"]
     assert [f["value"] for f in factors[:2]] == [not_provided, not_provided]
     assert [f["sentence"] for f in factors[:2]] == [own, fallback]
