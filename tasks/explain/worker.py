@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.errors import LimelightError
+from tasks.explain.aggregate import explanation_schema, explanation_table
 from tasks.inputs.config import Config
 from tasks.io import atomic_path
 from tasks.plan.shards import Shard, read_shard
@@ -40,13 +41,6 @@ T = TypeVar("T")
 
 
 # --- the explanations table ----------------------------------------------------------------------
-
-def explanation_schema(id_column: str) -> pa.Schema:
-    """The public schema of explanations.parquet (README: the output contract); tasks/explain/aggregate.py owns it."""
-    from tasks.explain.aggregate import explanation_schema as contract
-
-    return contract(id_column)
-
 
 def conform(frame: pd.DataFrame, id_column: str) -> pa.Table:
     """The engine's table in the contract's column order and types (fails loudly on a missing column)."""
@@ -262,7 +256,6 @@ def explain_shard(config: Config, shard: Shard, run: RunInfo, staging: str | Pat
     _set_threads(config.run.torch_threads)
     rows = read_shard(config, shard)
     loaded = _resources(config, run, device)
-    from tasks.explain.aggregate import explanation_table
 
     def explain(take: np.ndarray) -> pa.Table:
         x = rows.x[take]

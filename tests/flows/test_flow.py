@@ -13,7 +13,7 @@ import pytest
 from flows.pipeline import limelight_flow
 from flows.steps import renderer_available
 from tasks.errors import InputError, ModelError
-from tasks.explain.worker import explanation_schema
+from tasks.explain.aggregate import explanation_schema
 from tasks.io import file_sha256
 from tasks.run.info import RunInfo
 
