@@ -18,16 +18,15 @@ from tasks.errors import LimelightError
 # What the validator (page-validation, tests/report/test_render_conformance.py) and ISO 19005-3 / ISO 14289-1 asked
 # for, done on WeasyPrint's pydyf objects right before they are written (so the bytes stay deterministic).
 #
-# PDFA3B-STREAM-LENGTH-001 ("a stream /Length does not match its raw content length") is NOT fixed here, because
-# the files are right: it is flagged for a stream whose data happens to end in a CR byte (about 1 in 256
-# compressed streams: a zlib stream ends with its Adler-32, so this is the checksum's last byte). pydyf and
-# qpdf write `data LF endstream`, so such a stream ends `... CR LF endstream`, and the checker counts that CR LF
-# as the EOL marker, one byte short of /Length. ISO 19005-3 6.1.7 (veraPDF rule 6.1.7-1) wants /Length to count
-# the bytes "preceding the EOL marker before the endstream keyword"; with /Length bytes of data the EOL marker is
-# the LF alone, and veraPDF
-# (the PDF Association's reference validator) reads it so: its parser takes CR LF as the EOL only when the bytes
-# before `endstream` exceed /Length by more than one (veraPDF-parser, SeekableCOSParser.checkEndstreamSpacings).
-# qpdf reads the stream by /Length without a warning. The test accepts exactly this case, checked byte by byte
+# PDFA3B-STREAM-LENGTH-001 ("a stream /Length does not match its raw content length") is NOT fixed here, because the
+# files are right: it is flagged for a stream whose data happens to end in a CR byte (about 1 in 256 compressed
+# streams: a zlib stream ends with its Adler-32, so this is the checksum's last byte). pydyf and qpdf write `data LF
+# endstream`, so such a stream ends `... CR LF endstream`, and the checker counts that CR LF as the EOL marker, one
+# byte short of /Length. ISO 19005-3 6.1.7 (veraPDF rule 6.1.7-1) wants /Length to count the bytes "preceding the EOL
+# marker before the endstream keyword"; with /Length bytes of data the EOL marker is the LF alone, and veraPDF (the
+# PDF Association's reference validator) reads it so: its parser takes CR LF as the EOL only when the bytes before
+# `endstream` exceed /Length by more than one (veraPDF-parser, SeekableCOSParser.checkEndstreamSpacings). qpdf reads
+# the stream by /Length without a warning. The test accepts exactly this case, checked byte by byte
 # (tests/report/test_render_conformance.py: cr_before_endstream), and fails on any other /Length mismatch.
 
 
