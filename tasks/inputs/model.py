@@ -37,14 +37,7 @@ from tasks.inputs.model_formats import (
     skops_forward,
     xgboost_forward,
 )
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from tasks.io import file_sha256
 
 
 @dataclass(frozen=True)
