@@ -214,7 +214,8 @@ class BatchedLime:
                     previous = index_groups(old, (slice(None), slice(lo, hi)))
                     streams.append(pairwise_merge(previous, self._block_moments(same_bin, target)))
                 groups = concat_groups(streams, dim=1)
-                again = evaluate(rows, groups, per_stream) | (per_stream < minimum)
+                # below ``minimum`` the decision goes on whatever it looks like: evaluating it would be thrown away
+                again = np.ones(len(rows), bool) if per_stream < minimum else evaluate(rows, groups, per_stream)
                 if per_stream < cap and again.any():
                     mask = torch.as_tensor(again, device=groups.czz.device)
                     next_round.append((rows[again], to_device(index_groups(groups, mask), HOST)))

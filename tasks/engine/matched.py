@@ -143,7 +143,10 @@ class KernelMatchedLime(BatchedLime):
                 if passes.any():
                     mask = torch.as_tensor(passes, device=groups.czz.device)
                     chosen = index_groups(groups, mask)
-                    again = self._record(rows[passes], chosen, screen, x, width, tilt, out) | (screen < s)
+                    if screen < s:  # topped up to S before anything is recorded (_adapt_at)
+                        again = np.ones(int(passes.sum()), bool)
+                    else:
+                        again = self._record(rows[passes], chosen, screen, x, width, tilt, out)
                     if again.any():
                         keep = torch.as_tensor(again, device=groups.czz.device)
                         carried.append((rows[passes][again], to_device(index_groups(chosen, keep), HOST)))
@@ -174,9 +177,10 @@ class KernelMatchedLime(BatchedLime):
 
             def work(a: int, b: int, kept_rows=kept_rows, kept=kept) -> None:
                 sub = to_device(index_groups(kept, slice(a, b)), self.device)
-                self._record(kept_rows[a:b], sub, screen, x, width, tilt, out)
-                if screen < s:  # topped up to S; not adapted: review awaits them anyway
+                if screen < s:  # topped up to S (recorded there); not adapted: review awaits them anyway
                     carried.append((kept_rows[a:b], to_device(sub, HOST)))
+                else:
+                    self._record(kept_rows[a:b], sub, screen, x, width, tilt, out)
 
             self._in_chunks(len(kept_rows), screen, work)
         self._adapt_at(x, ids, carried, screen, s, 0, width, tilt, out, adaptive=False)

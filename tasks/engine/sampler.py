@@ -64,8 +64,10 @@ class QuartileSampler:
         scale = float(1 << UNIFORM_BITS)
         edges = np.full((max(max(counts) - 1, 1), d), 1 << (UNIFORM_BITS + 1), dtype=np.int64)  # never reached
         lower, width, curves = [], [], []
+        cum_padded = np.ones((max(counts), d))  # F(slot), 1 past the end
         for j, count in enumerate(counts):
             cum = np.minimum(cumulative[j, :count], 1.0)
+            cum_padded[:count, j] = cum
             low = np.concatenate([[0.0], cum[:-1]])
             edges[: count - 1, j] = np.ceil(cum[:-1] * scale)  # bits >= ceil(F * 2**24)  <=>  u >= F
             lower.extend(low * scale)
@@ -83,10 +85,7 @@ class QuartileSampler:
             curve_value=torch.as_tensor(table[:, :-1].reshape(-1), dtype=torch.float32, device=on),
             curve_slope=torch.as_tensor(np.diff(table, axis=1).reshape(-1), dtype=torch.float32, device=on),
         )
-        cum_padded = np.ones((max(counts), d))
-        for j, count in enumerate(counts):
-            cum_padded[:count, j] = np.minimum(cumulative[j, :count], 1.0)
-        self._cumulative = torch.as_tensor(cum_padded, dtype=torch.float64, device=on)  # F(slot), 1 past the end
+        self._cumulative = torch.as_tensor(cum_padded, dtype=torch.float64, device=on)
         self._row_feature = torch.as_tensor(np.repeat(np.arange(d), counts), device=on)
         self._row_slot = torch.as_tensor(np.concatenate([np.arange(c) for c in counts]), device=on)
         self._offsets: dict[tuple[int, int], torch.Tensor] = {}
@@ -141,10 +140,10 @@ class QuartileSampler:
         inputs, same_bin = self._draw(keys, offsets, x, own_rows, self.tables, num_samples, tilted)
         return Perturbations(inputs=inputs, same_bin=same_bin)
 
-    def own_frequency(self, own_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where each decision's own bin starts on the frequency scale and how wide it is, in bits (float64
-        [B, d] each), read from the draw's own integer edges so that the two agree exactly; an own value the
-        reference lacks has width 0 (every sample leaves it)."""
+    def own_width(self, own_rows: torch.Tensor) -> torch.Tensor:
+        """How wide each decision's own bin is on the frequency scale, in bits (float64 [B, d]), read from the
+        draw's own integer edges so that the two agree exactly; an own value the reference lacks has width 0
+        (every sample leaves it)."""
         known = own_rows >= 0
         slot = (own_rows - self.tables.row_start).clamp_min(0)
         top = 1 << UNIFORM_BITS
@@ -152,15 +151,13 @@ class QuartileSampler:
         bounds = torch.cat([torch.zeros(1, d, dtype=torch.int64, device=self.device),
                             self.tables.edges.clamp_max(top),
                             torch.full((1, d), top, dtype=torch.int64, device=self.device)])
-        lower = bounds.gather(0, slot).to(torch.float64)
-        upper = bounds.gather(0, slot + 1).to(torch.float64)
-        return torch.where(known, lower, 0.0), torch.where(known, upper - lower, 0.0)
+        width = (bounds.gather(0, slot + 1) - bounds.gather(0, slot)).to(torch.float64)
+        return torch.where(known, width, 0.0)
 
     def leave_probability(self, own_rows: torch.Tensor, tilt: torch.Tensor) -> torch.Tensor:
         """Per decision and feature, the probability that a kernel-matched sample leaves the decision's bin:
         ``p c / (p c + 1 - p)`` with lime's ``p = 1 - frequency of the own bin`` (float64 [B, d])."""
-        _, width = self.own_frequency(own_rows)
-        stay = width / float(1 << UNIFORM_BITS)
+        stay = self.own_width(own_rows) / float(1 << UNIFORM_BITS)
         leave = (1.0 - stay) * tilt.view(-1, 1)
         return leave / (leave + stay)
 
