@@ -124,18 +124,22 @@ def worker_table(results: list[ShardResult]) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda row: row["worker"])
 
 
+def _selection_order(ids: pa.Array, selected_ids: pa.Array) -> np.ndarray:
+    """The permutation that puts ``ids`` in the order of the selection (stable among equal ids)."""
+    return np.argsort(pc.index_in(ids, value_set=selected_ids).to_numpy(zero_copy_only=False), kind="stable")
+
+
 def in_order(ids: Sequence[str], selected_ids: pa.Array) -> list[str]:
     """``ids`` in the order of the selection."""
     if not ids:
         return []
-    where = pc.index_in(pa.array(ids, pa.string()), value_set=selected_ids).to_numpy(zero_copy_only=False)
-    return [ids[i] for i in np.argsort(where, kind="stable")]
+    return [ids[i] for i in _selection_order(pa.array(ids, pa.string()), selected_ids)]
 
 
 def failures_table(failures: Sequence[Failure], id_column: str, selected_ids: pa.Array) -> pa.Table:
     """``failures.parquet``: one row per failed decision (id, stage, error), in the selection's order."""
     ids = pa.array([f[0] for f in failures], pa.string())
-    order = np.argsort(pc.index_in(ids, value_set=selected_ids).to_numpy(zero_copy_only=False), kind="stable")
+    order = _selection_order(ids, selected_ids)
     return pa.table({
         id_column: ids.take(pa.array(order, pa.int64())),
         "stage": pa.array([failures[i][1] for i in order], pa.string()),

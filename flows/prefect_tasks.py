@@ -90,13 +90,12 @@ def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file
     selected = np.arange(index.num_rows, dtype=np.int64) if positions is None else positions
     row_failures = row_failures or {}
     bad = np.isin(selected, np.fromiter(row_failures, np.int64, count=len(row_failures)))
-    if not bad.any():
-        sizes = run_sizes(len(selected), config.run.shard_size)
-        return Selection(selected, selected, plan_shards(index, sizes.shard_size, positions), {}, sizes)
-    planned = selected[~bad]
+    planned = selected[~bad] if bad.any() else selected
     failures = {int(p): row_failures[int(p)] for p in selected[bad]}
     sizes = run_sizes(len(planned), config.run.shard_size)
-    return Selection(selected, planned, plan_shards(index, sizes.shard_size, planned), failures, sizes)
+    # without failures, "every row in order" (positions None) plans without a list
+    shards = plan_shards(index, sizes.shard_size, planned if bad.any() else positions)
+    return Selection(selected, planned, shards, failures, sizes)
 
 
 @task(name="checksums", **IO, **NOT_CACHED)

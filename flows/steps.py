@@ -331,7 +331,7 @@ def render(checked: Validated, planned: Planned, explained: Explained) -> Render
         names=[mf.REPORTS, mf.REPORT_INDEX, mf.SUMMARY],
         outputs={
             mf.SUMMARY: mf.describe_file(staging / mf.SUMMARY),
-            mf.REPORT_INDEX: report_index.describe_index(staging / mf.REPORT_INDEX, index_rows),
+            mf.REPORT_INDEX: {**mf.describe_file(staging / mf.REPORT_INDEX), "rows": index_rows},
             mf.REPORTS: {"index": mf.REPORT_INDEX, "count": index_rows, "layout": checked.config.report.layout},
         },
     )

@@ -34,7 +34,6 @@ from tasks.errors import LimelightError
 from tasks.explain.worker import Failure, ShardResult, one_line
 from tasks.inputs.config import Config
 from tasks.plan.shards import Shard, split_shard
-from tasks.plan.sizing import RENDER_BATCH
 from tasks.report import index as report_index
 from tasks.run import manifest as mf
 from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate
@@ -84,8 +83,8 @@ class _Work:
     records of finished work (resume), bisection of shards whose task fails, the deadline."""
 
     def __init__(self, config: Config, shards: list[Shard], run: RunInfo, staging: Path, render: bool,
-                 workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool = True,
-                 render_batch: int = RENDER_BATCH) -> None:
+                 workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool,
+                 render_batch: int) -> None:
         self.config, self.run, self.staging, self.render = config, run, staging, render
         self.render_resource, self.render_batch = render_resource, render_batch
         self.queue: deque[Shard] = deque(shards)
@@ -271,9 +270,8 @@ class _Work:
 
 @flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
 def explain_shards(
-    config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int = 1,
-    deadline: datetime | None = None, best_effort: bool = False, render_resource: bool = True,
-    render_batch: int = RENDER_BATCH,
+    config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int,
+    deadline: datetime | None, best_effort: bool, render_resource: bool, render_batch: int,
 ) -> ShardOutputs:
     """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
 

@@ -80,11 +80,6 @@ def write_index(tables: Iterable[pa.Table], target: Path) -> int:
     return total
 
 
-def describe_index(path: Path, rows: int) -> dict[str, Any]:
-    """The manifest's entry for the index."""
-    return {"sha256": file_sha256(path), "bytes": path.stat().st_size, "rows": rows}
-
-
 def read_index(path: Path, expected_sha256: str | None = None) -> pa.Table:
     """The index at ``path``, checked against the manifest's SHA-256 when given (one line if it differs)."""
     if not path.is_file():

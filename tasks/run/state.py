@@ -136,7 +136,7 @@ def find_run(folder: Path, *, identity: str, mode: str, target: Path) -> Found:
 
 
 def _published(out: Path) -> dict[str, Any] | None:
-    path = out / "manifest.json"
+    path = out / MANIFEST
     if not path.is_file():
         return None
     try:

@@ -15,6 +15,7 @@ from tasks.errors import ConfigError, InputError
 from tasks.inputs.report_config import ReportConfig
 from tasks.io import file_sha256
 from tasks.report import index as ri
+from tasks.run.manifest import describe_file
 
 ENTRIES = [{"id": "A1", "file": "reports/A1.pdf", "sha256": "a" * 64, "needs_review": True},
            {"id": "B2", "file": "reports/B2.pdf", "sha256": "b" * 64, "needs_review": False}]
@@ -24,7 +25,7 @@ def test_index_round_trip_and_manifest_forms(tmp_path: Path):
     target = tmp_path / ri.INDEX
     assert ri.write_index([ri.entries_table(ENTRIES[:1]), ri.entries_table([]), ri.entries_table(ENTRIES[1:])],
                           target) == 2
-    described = ri.describe_index(target, 2)
+    described = {**describe_file(target), "rows": 2}
     assert described == {"sha256": file_sha256(target), "bytes": target.stat().st_size, "rows": 2}
     manifest = {"outputs": {"reports": {"index": ri.INDEX, "count": 2}, ri.INDEX: described}}
     assert ri.manifest_reports(manifest, tmp_path).to_pylist() == ENTRIES
@@ -48,8 +49,8 @@ def test_manifest_size_does_not_grow_with_the_reports(tmp_path: Path):
         entries = [{"id": f"C{i:07d}", "file": f"reports/C{i:07d}.pdf", "sha256": hashlib.sha256(b"%d" % i).hexdigest(),
                     "needs_review": i % 3 == 0} for i in range(count)]
         target = tmp_path / f"{count}.parquet"
-        rows = ri.write_index([ri.entries_table(entries)], target)
-        part = {"reports": {"index": ri.INDEX, "count": 100_000}, ri.INDEX: {**ri.describe_index(target, rows),
+        ri.write_index([ri.entries_table(entries)], target)
+        part = {"reports": {"index": ri.INDEX, "count": 100_000}, ri.INDEX: {**describe_file(target),
                                                                             "bytes": 10**9, "rows": 100_000}}
         sizes.append(len(json.dumps(part)))
     assert sizes[0] == sizes[1]
