@@ -316,6 +316,7 @@ class Rendered:
 
     names: list[str]
     outputs: dict[str, Any]
+    quality: dict[str, Any] | None = None  # the run's quality figures, read with the summary (else: publish reads)
 
 
 def render(checked: Validated, planned: Planned, explained: Explained) -> Rendered:
@@ -325,8 +326,8 @@ def render(checked: Validated, planned: Planned, explained: Explained) -> Render
     staging, reports = planned.staging, explained.outputs.reports
     keep_only_reports(staging, set(reports.column("file").to_pylist()))
     index_rows = report_index.write_index([reports], staging / mf.REPORT_INDEX)
-    summary_task(str(explained.explanations), explained.counts, explained.review_ids, checked.config, planned.run,
-                 str(staging / mf.SUMMARY))
+    quality = summary_task(str(explained.explanations), explained.counts, explained.review_ids, checked.config,
+                           planned.run, str(staging / mf.SUMMARY))
     return Rendered(
         names=[mf.REPORTS, mf.REPORT_INDEX, mf.SUMMARY],
         outputs={
@@ -334,6 +335,7 @@ def render(checked: Validated, planned: Planned, explained: Explained) -> Render
             mf.REPORT_INDEX: {**mf.describe_file(staging / mf.REPORT_INDEX), "rows": index_rows},
             mf.REPORTS: {"index": mf.REPORT_INDEX, "count": index_rows, "layout": checked.config.report.layout},
         },
+        quality=quality,
     )
 
 
@@ -375,6 +377,7 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
         ids_file_sha256=file_sha256(ids_file) if ids_file else None,
         shards_per_worker=dict(sorted(Counter(f"{r.worker} ({r.device})" for r in results).items())),
     )
+    quality = rendered.quality if rendered.quality is not None else quality_task(str(merged))
     manifest = mf.build_manifest(
         config, run, finished=mf.utc_now(), execution=execution,
         counts={**explained.counts, "explanation_rows": explained.rows}, review_ids=explained.review_ids,
@@ -383,7 +386,7 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
             run_date=checked.run_date, started=checked.started, accounting=explained.accounting, failures=failures,
             not_reached=explained.not_reached, deadline=checked.deadline, best_effort=request.best_effort,
             outputs=explained.outputs, resumed=planned.resumed,
-        ), "quality": quality_task(str(merged)), "report_sources": _report_sources(config) if checked.render else None},
+        ), "quality": quality, "report_sources": _report_sources(config) if checked.render else None},
     )
     mf.publish(staging, out, names, manifest, keep_staging=bool(explained.not_reached))
     return {name: str(out / name) for name in [*names, mf.MANIFEST]}

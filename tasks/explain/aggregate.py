@@ -206,7 +206,7 @@ def _reasons_per_adverse_decision(table: pd.DataFrame) -> dict[str, int]:
         return {}
     id_column = table.columns[0]
     adverse = table[table["role"].isin(["reason", "favourable"])]
-    counts = adverse.groupby(id_column)["role"].agg(lambda roles: int((roles == "reason").sum()))
+    counts = (adverse["role"] == "reason").groupby(adverse[id_column]).sum()
     return {str(n): int(c) for n, c in counts.value_counts().sort_index().items()}
 
 

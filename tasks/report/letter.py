@@ -216,7 +216,7 @@ def _decision_label(config: Config, shared: RunTexts, applicant: Mapping[str, An
         return _outcome(shared.texts, clean_text(raw, limit=80))[0]
     if len(classes) == 2:
         other = classes[1 - config.model.explain_index]
-        cls = config.model.explain if model_pred >= report.decision_threshold else other
+        cls = config.model.explain if is_adverse(model_pred, config) else other
         return _outcome(shared.texts, cls)[0]
     return None
 
@@ -296,7 +296,7 @@ def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applican
     reasons = [f for f in every if f["role"] != "favourable"]
     favourable = [f for f in every if f["role"] == "favourable"] if config.report.show_favourable else []
     factors = reasons + favourable
-    adverse = any(f["role"] != "factor" for f in every) or (not every and is_adverse(model_pred, config))
+    adverse = any(f["role"] != "factor" for f in every)  # rows come grouped by decision: never none
     min_fid = threshold_text(run.min_fidelity)
     fid = fidelity_text(fidelity, run.min_fidelity)
     fields = []
@@ -338,7 +338,7 @@ def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applican
         "chart_key": fill(tc["chart_key"], outcome=shared.outcome_noun),
         "fidelity": fid,
         "fidelity_line": fill(tc["fidelity_value"], fidelity=fid),
-        "fidelity_meaning": fill(tc["fidelity_meaning_matched" if config.explain.effective_method == "kernel-matched"
+        "fidelity_meaning": fill(tc["fidelity_meaning_matched" if run.method == "kernel-matched"
                                     else "fidelity_meaning"], percent=_fidelity_percent(fid)),
         "surrogate": [
             {"label": tc["intercept"], "value": f"{intercept:+.6f}", "css": "num-left"},

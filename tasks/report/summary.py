@@ -96,12 +96,12 @@ def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: s
     return rows
 
 
-def _quality_lines(explanations: pd.DataFrame, ts: Mapping[str, str], target: float = 0.5) -> list[str]:
-    """Stability and deletion check in words (nothing for tables without those columns); the review gates are
-    the gating table's."""
-    if "review_reasons" not in explanations.columns:
+def _quality_lines(explanations: pd.DataFrame, q: Mapping[str, Any] | None, ts: Mapping[str, str],
+                   target: float) -> list[str]:
+    """Stability and deletion check in words, from the run's :func:`quality_summary` ``q`` (nothing for tables
+    without those columns: ``q`` None); the review gates are the gating table's."""
+    if q is None:
         return []
-    q = quality_summary(explanations)
     total = f"{q['decisions']:,}"
     firsts = explanations[explanations["rank"] == 1]
     lines = []
@@ -243,12 +243,18 @@ def quality_settings(config: Config) -> dict[str, Any]:
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
-                     config: Config, run: RunInfo, out_path: Path) -> Path:
+                     config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None) -> Path:
+    """The run summary PDF at ``out_path``. ``quality``: the table's :func:`quality_summary` when the caller has it
+    already (computed here otherwise)."""
     id_column = config.data.id_column
     needed = [id_column, "rank", "feature", "direction", "fidelity"]
     missing = [c for c in needed if c not in explanations.columns]
     if missing:
         raise InputError(f"explanations: missing column(s) {', '.join(repr(c) for c in missing)}")
+    if "review_reasons" not in explanations.columns:  # a table without the quality columns
+        quality = None
+    elif quality is None:
+        quality = quality_summary(explanations)
     absent = [k for k in COUNT_KEYS if k not in counts]
     if absent:
         raise InputError(f"run summary counts: missing {', '.join(absent)} (expected {', '.join(COUNT_KEYS)})")
@@ -304,7 +310,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "review": shown,
         "review_more": fill(ts["review_more"], count=f"{len(review_ids) - len(shown):,}")
         if len(review_ids) > len(shown) else None,
-        "quality": _quality_lines(explanations, ts, config.explain.target_fidelity),
+        "quality": _quality_lines(explanations, quality, ts, config.explain.target_fidelity),
         "samples": samples,
         "gates": gates,
         "gates_note": fill(ts["gates_note"], count=f"{int(firsts['needs_review'].astype(bool).sum()):,}")
@@ -322,7 +328,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "fidelity_histogram": dict(zip(histogram["bands"], histogram["counts"], strict=True)),
         "reason_frequency": [{k: r[k] for k in ("feature", "raises", "lowers", "total", "first")} for r in reasons],
         "review_ids": [str(i) for i in review_ids],
-        "quality": quality_summary(explanations) if "review_reasons" in explanations.columns else None,
+        "quality": quality,
         "quality_settings": quality_settings(config),
         "samples_per_decision": samples["distribution"] if samples else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
