@@ -148,14 +148,13 @@ def check_feature_values(
     ids: pa.Array | None,
     id_column: str,
     problems: ProblemSink,
-    missing_is_data: bool = False,
 ) -> None:
-    """Nulls and NaNs (of ``missing = "fail"`` features, unless ``missing_is_data``: the reference), infinities
-    and unknown categories (:func:`_column_checks`), first bad row per column."""
+    """Nulls and NaNs (of ``missing = "fail"`` features), infinities and unknown categories
+    (:func:`_column_checks`), first bad row per column."""
     for feature in features:
         if feature.name in skip:
             continue
-        for _, bad, detail in _column_checks(table.column(feature.name), feature, missing_is_data):
+        for _, bad, detail in _column_checks(table.column(feature.name), feature):
             rows = np.flatnonzero(bad)
             if rows.size:
                 row = int(rows[0])
@@ -194,11 +193,11 @@ ROW_PROBLEM_KINDS = {
 
 
 def _column_checks(
-    column: pa.ChunkedArray | pa.Array, feature: FeatureConfig, missing_is_data: bool = False
+    column: pa.ChunkedArray | pa.Array, feature: FeatureConfig
 ) -> list[tuple[str, np.ndarray, Callable[[int], str]]]:
     """The value checks of one feature column, in order: (kind, bool mask of the bad rows, detail of a bad row).
 
-    A missing value or NaN where the feature has ``missing = "fail"`` (and not ``missing_is_data``); an
+    A missing value or NaN where the feature has ``missing = "fail"``; an
     infinity; a category the config does not list (nulls are "missing", not that). Both the input-level checks
     (:func:`check_feature_values`) and the row-level ones (:func:`row_problems`).
     """
@@ -206,7 +205,7 @@ def _column_checks(
         return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
 
     checks: list[tuple[str, np.ndarray, Callable[[int], str]]] = []
-    if feature.missing == "fail" and not missing_is_data:
+    if feature.missing == "fail":
         checks.append(("missing", mask(pc.is_null(column, nan_is_null=True)), lambda row: "missing value"))
     if _is_float(column):
         values = _plain(column)
@@ -229,6 +228,12 @@ def decision_features(config: Config) -> list[FeatureConfig]:
     return [f.model_copy(update={"missing": "fail"}) for f in config.features]
 
 
+def reference_features(config: Config) -> list[FeatureConfig]:
+    """The features as the reference is checked: its gaps are data whatever ``missing`` says (they are what LIME
+    samples, docs/method.md "Missing values"); infinities and unknown categories are still problems."""
+    return [f.model_copy(update={"missing": "explain"}) if f.missing == "fail" else f for f in config.features]
+
+
 def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int, RowProblem]:
     """Row-level problems of a batch of decisions: row (0-based, in ``table``) -> the problem, naming the column.
 
@@ -246,16 +251,20 @@ def row_problems(table: pa.Table, features: Sequence[FeatureConfig]) -> dict[int
 
 
 def encode(table: pa.Table, features: Sequence[FeatureConfig], file: str = "", offset: int = 0,
-           id_column: str | None = None, missing_is_data: bool = False) -> np.ndarray:
-    """Features -> float64 [n, d] in config order; a categorical becomes its index in ``categories``; a
-    missing value (null or NaN) becomes NaN.
+           id_column: str | None = None) -> np.ndarray:
+    """Features -> float64 [n, d] in config order (:func:`encode_checked`), after the value checks.
 
     Raises :class:`InputError` on an infinity, an unknown category or a missing value of a
-    ``missing = "fail"`` feature (unless ``missing_is_data``) (the caller's ``file``/``offset`` name the row).
+    ``missing = "fail"`` feature (the caller's ``file``/``offset`` name the row).
     """
     ids = as_string(table.column(id_column)) if id_column and id_column in table.column_names else None
-    check_feature_values(table, features, set(), file, offset, ids, id_column or "id", ProblemSink(None),
-                         missing_is_data)
+    check_feature_values(table, features, set(), file, offset, ids, id_column or "id", ProblemSink(None))
+    return encode_checked(table, features)
+
+
+def encode_checked(table: pa.Table, features: Sequence[FeatureConfig]) -> np.ndarray:
+    """Checked features -> float64 [n, d] in config order; a categorical becomes its index in ``categories``; a
+    missing value (null or NaN) becomes NaN."""
     out = np.empty((table.num_rows, len(features)), dtype=np.float64)
     for j, feature in enumerate(features):
         column = table.column(feature.name)

@@ -28,7 +28,9 @@ from tasks.inputs.checks import (
     check_feature_values,
     decision_features,
     encode,
+    encode_checked,
     first_true,
+    reference_features,
     row_label,
     row_problems,
     schema_checked,
@@ -268,16 +270,16 @@ def read_reference(config: Config, problems: list[str] | None = None) -> np.ndar
         sink.add(str(error))
         return empty
     blocks: list[np.ndarray] = []
+    features = reference_features(config)
     for source, broken in schema_checked(files, config, sink, need_id=False, extra=[]):
         if broken:
             continue
         for offset, table in iter_tables(source, config.feature_names):
             skip: set[str] = set()
-            check_feature_values(table, config.features, skip, source.path, offset, None, "id", sink,
-                                 missing_is_data=True)
+            check_feature_values(table, features, skip, source.path, offset, None, "id", sink)
             if skip:
                 break
-            blocks.append(encode(table, config.features, missing_is_data=True))
+            blocks.append(encode_checked(table, features))
     if problems is not None and len(problems) > start:
         return empty
     reference = np.vstack(blocks) if blocks else empty
