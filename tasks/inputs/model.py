@@ -80,12 +80,18 @@ def model_format(model: ModelConfig) -> str:
     return model.format or infer_format(model.path)
 
 
+def _loadable_format(model: ModelConfig) -> str:
+    """:func:`model_format`, refusing a pickle file (arbitrary code on load) in one line."""
+    model_format_ = model_format(model)
+    if model.path is not None and is_pickle(model.path):
+        raise ModelError(f"{model.path}: {PICKLE_REFUSED}")
+    return model_format_
+
+
 def model_audit(model: ModelConfig) -> ModelAudit:
     """Hash the model (file, or entrypoint source and artifacts) and name its format and runtime."""
     if model.path is not None:
-        model_format_ = model_format(model)
-        if is_pickle(model.path):
-            raise ModelError(f"{model.path}: {PICKLE_REFUSED}")
+        model_format_ = _loadable_format(model)
         try:
             sha = file_sha256(model.path)
         except OSError as error:
@@ -232,17 +238,24 @@ def _file_forward(model: ModelConfig, model_format_: str, num_features: int, dev
         raise ModelError(f"{path}: not a loadable TorchScript or torch.export model ({kind})") from None
 
 
-def load_model(model: ModelConfig, num_features: int, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load the configured model onto ``device`` and check it on two rows of zeros."""
+def load_model(model: ModelConfig, num_features: int, device: torch.device | str = "cpu",
+               sha256: str | None = None) -> LoadedModel:
+    """Load the configured model onto ``device`` and check it on two rows of zeros. ``sha256``: the model's, when
+    the caller has it (a worker: the run's, taken once in the flow); the model is hashed otherwise."""
     device = torch.device(device)
     if model.path is not None and not model.path.is_file():
         raise ModelError(f"{model.path}: model file not found")
-    audit = model_audit(model)
+    if sha256 is None:
+        audit = model_audit(model)
+        model_format_, runtime, sha256 = audit.format, audit.runtime, audit.sha256
+    else:
+        model_format_ = _loadable_format(model)
+        runtime = runtime_of(model_format_)
     rows_per_call = None
     if model.path is not None:
-        forward = _file_forward(model, audit.format, num_features, device)
+        forward = _file_forward(model, model_format_, num_features, device)
         description = str(model.path)
-        if audit.format not in ("torchscript", "torch-export"):
+        if model_format_ not in ("torchscript", "torch-export"):
             rows_per_call = model.cpu_chunk_rows  # native libraries: large calls, threaded inside
     else:
         forward = _entrypoint_forward(model.entrypoint or "", model.cpu_chunk_rows)
@@ -253,10 +266,10 @@ def load_model(model: ModelConfig, num_features: int, device: torch.device | str
         device=device,
         num_features=num_features,
         output=model.output,
-        sha256=audit.sha256,
+        sha256=sha256,
         description=description,
-        format=audit.format,
-        runtime=audit.runtime,
+        format=model_format_,
+        runtime=runtime,
         rows_per_call=rows_per_call,
     )
     check_model_contract(loaded, len(model.classes))
