@@ -18,8 +18,8 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import LimelightError
-from tasks.explain.worker import Failure, ShardResult, explain_shard, merge_parts, one_line, prepare_worker
+from tasks.errors import LimelightError, one_line
+from tasks.explain.worker import Failure, ShardResult, explain_shard, merge_parts, prepare_worker
 from tasks.inputs.config import Config, load_config
 from tasks.inputs.data import DecisionsIndex, read_reference, scan_decisions, select_positions
 from tasks.inputs.schedule import select_day

@@ -30,8 +30,8 @@ from prefect.context import FlowRunContext
 from flows.cluster import RENDER_RESOURCE, RESOURCE
 from flows.prefect_tasks import explain_task, prepare_task, render_task
 from flows.runtime import progress, say
-from tasks.errors import LimelightError
-from tasks.explain.worker import Failure, ShardResult, one_line
+from tasks.errors import LimelightError, one_line
+from tasks.explain.worker import Failure, ShardResult
 from tasks.inputs.config import Config
 from tasks.plan.shards import Shard, split_shard
 from tasks.report import index as report_index

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.errors import LimelightError
+from tasks.errors import LimelightError, one_line
 from tasks.explain.aggregate import explanation_schema, explanation_table
 from tasks.inputs.config import Config
 from tasks.io import atomic_path
@@ -173,12 +173,6 @@ def _set_threads(torch_threads: int) -> None:
 
     if torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (what the failures table records)."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def bisect_failures(explain: Callable[[np.ndarray], T], rows: np.ndarray) -> tuple[list[tuple[np.ndarray, T]],

@@ -29,6 +29,7 @@ from tasks.inputs.config import ModelConfig
 from tasks.inputs.model_formats import (
     PICKLE_REFUSED,
     Runtime,
+    chunked_forward,
     infer_format,
     is_pickle,
     lightgbm_forward,
@@ -210,14 +211,7 @@ def _entrypoint_forward(entrypoint: str, chunk_rows: int) -> Callable[[torch.Ten
         raise ModelError(f"entrypoint {entrypoint!r}: calling it failed ({type(error).__name__}: {error})") from None
     if not callable(predict):
         raise ModelError(f"entrypoint {entrypoint!r}: returned {type(predict).__name__}, not a callable")
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        rows = x.detach().to("cpu", torch.float32).numpy()
-        parts = [np.asarray(predict(rows[i : i + chunk_rows])) for i in range(0, len(rows), chunk_rows)]
-        out = np.concatenate(parts, axis=0) if parts else np.zeros((0, 0))
-        return torch.as_tensor(out, dtype=torch.float32, device=x.device)
-
-    return forward
+    return chunked_forward(lambda rows: np.asarray(predict(rows)), chunk_rows)
 
 
 _NATIVE = {"xgboost": xgboost_forward, "lightgbm": lightgbm_forward, "onnx": onnx_forward}

@@ -20,14 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
-from tasks.errors import ModelError
+from tasks.errors import ModelError, one_line
+from tasks.inputs.config import ModelFormat
 
-FORMATS = ("torchscript", "torch-export", "onnx", "xgboost", "lightgbm", "skops")
+#: The formats ``[model] format`` accepts (the config's own list).
+FORMATS: tuple[str, ...] = get_args(ModelFormat)
 
 #: The Python library that runs each format, the distributions that may provide it (first installed wins),
 #: and the pip extra that installs it.
@@ -152,7 +154,8 @@ def _host_rows(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
 
-def _in_chunks(predict: Callable[[np.ndarray], np.ndarray], chunk_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def chunked_forward(predict: Callable[[np.ndarray], np.ndarray],
+                    chunk_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward that runs ``predict`` on the host in calls of at most ``chunk_rows`` rows."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +193,7 @@ def xgboost_forward(path: Path, num_features: int, device: torch.device, chunk_r
         booster = xgb.Booster(model_file=str(path))
         objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
     except Exception as error:  # the library's own message, in one line
-        raise ModelError(f"{path}: not a loadable XGBoost model ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not a loadable XGBoost model ({one_line(error)})") from None
     if objective not in _XGB_PROBABILITY | _XGB_MARGIN:
         raise ModelError(f"{path}: XGBoost objective {objective!r} is not a classifier's (binary:logistic, "
                          "multi:softprob, binary:logitraw or multi:softmax)")
@@ -235,7 +238,7 @@ def xgboost_forward(path: Path, num_features: int, device: torch.device, chunk_r
             threads[0] = wanted
         return _two_columns(probabilities(booster.inplace_predict(rows, predict_type=predict_type), np))
 
-    return _in_chunks(predict, chunk_rows)
+    return chunked_forward(predict, chunk_rows)
 
 
 # LightGBM --------------------------------------------------------------------------------------------------------
@@ -271,14 +274,14 @@ def lightgbm_forward(path: Path, num_features: int, device: torch.device, chunk_
     try:
         booster = lgb.Booster(model_file=str(path))
     except Exception as error:
-        raise ModelError(f"{path}: not a loadable LightGBM model ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not a loadable LightGBM model ({one_line(error)})") from None
     _check_width(path, booster.num_feature(), num_features)
 
     def predict(rows: np.ndarray) -> np.ndarray:
         out = booster.predict(rows.astype(np.float64), num_threads=worker_threads())
         return _two_columns(np.asarray(out, dtype=np.float64))
 
-    return _in_chunks(predict, chunk_rows)
+    return chunked_forward(predict, chunk_rows)
 
 
 # ONNX ------------------------------------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ def onnx_forward(path: Path, num_features: int, device: torch.device, chunk_rows
         options.inter_op_num_threads = 1
         probe = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not a loadable ONNX model ({one_line(error)})") from None
     session = probe
     if device.type == "cuda" and not _has_tree_ops(path) and "CUDAExecutionProvider" in ort.get_available_providers():
         provider = ("CUDAExecutionProvider", {"device_id": device.index or 0})
@@ -313,7 +316,7 @@ def onnx_forward(path: Path, num_features: int, device: torch.device, chunk_rows
     def predict(rows: np.ndarray) -> np.ndarray:
         return np.asarray(session.run([output], {name: rows.astype(dtype, copy=False)})[0])
 
-    return _in_chunks(predict, chunk_rows)
+    return chunked_forward(predict, chunk_rows)
 
 
 def _has_tree_ops(path: Path) -> bool:
@@ -357,7 +360,7 @@ def skops_forward(path: Path, num_features: int, device: torch.device, chunk_row
     try:
         untrusted = get_untrusted_types(file=path)
     except Exception as error:
-        raise ModelError(f"{path}: not a loadable skops file ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not a loadable skops file ({one_line(error)})") from None
     unlisted = [name for name in untrusted if name not in trusted]
     if unlisted:
         raise ModelError(f"{path}: the skops file holds types skops does not trust by default: {', '.join(unlisted)};"
@@ -365,7 +368,7 @@ def skops_forward(path: Path, num_features: int, device: torch.device, chunk_row
     try:
         estimator = load(path, trusted=list(trusted))
     except Exception as error:
-        raise ModelError(f"{path}: not a loadable skops file ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not a loadable skops file ({one_line(error)})") from None
     if not callable(getattr(estimator, "predict_proba", None)):
         raise ModelError(f"{path}: {type(estimator).__name__} has no predict_proba")
     width = getattr(estimator, "n_features_in_", None)
@@ -377,9 +380,4 @@ def skops_forward(path: Path, num_features: int, device: torch.device, chunk_row
         with controller.limit(limits=worker_threads()):
             return np.asarray(estimator.predict_proba(rows.astype(np.float64)))
 
-    return _in_chunks(predict, chunk_rows)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return chunked_forward(predict, chunk_rows)
