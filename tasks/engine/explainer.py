@@ -222,14 +222,16 @@ class BatchedLime:
 
             self._in_chunks(len(index), added, more)
 
-    def first_round_groups(self, x: np.ndarray, ids: list[str]) -> tuple[WeightedMoments, np.ndarray]:
+    def first_round_groups(self, x: np.ndarray, ids: list[str], samples: int | None = None, stream_base: int = 0,
+                           tilt: float | None = None) -> tuple[WeightedMoments, np.ndarray]:
         """The first round of the stable path for decisions ``x`` (one chunk): the block moments of every
-        stream's S/R samples ([B, 8R, ...], stream-major) and the model's output at each decision."""
+        stream's ``samples`` (default S/R) samples ([B, 8R, ...], stream-major) and the model's output at each
+        decision. Streams ``stream_base + r``; ``tilt``: kernel-matched sampling."""
         keys, own_rows, decisions = self._inputs(x, ids)
-        s = stream_samples(self.num_samples, self.stability_runs)
+        s = samples or stream_samples(self.num_samples, self.stability_runs)
         streams, model_pred = [], np.zeros(len(ids))
         for replicate in range(self.stability_runs):
-            same_bin, target = self._draw(decisions, own_rows, ids, keys, s, replicate)
+            same_bin, target = self._draw(decisions, own_rows, ids, keys, s, stream_base + replicate, tilt=tilt)
             if replicate == 0:
                 model_pred = target[:, 0].cpu().numpy()
             streams.append(self._block_moments(same_bin, target))

@@ -24,7 +24,6 @@ with two streams), never on its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +33,6 @@ from tasks.engine.explainer import HOST, BatchedLime
 from tasks.engine.explanations import Collector, Explanations
 from tasks.engine.stability import (
     combine,
-    concat_groups,
     critical_value,
     flatten,
     index_groups,
@@ -99,18 +97,11 @@ class KernelMatchedLime(BatchedLime):
         root = math.sqrt(self.stats.num_features)
         return [scale * root for scale in self.width_grid]
 
-    def explain(self, x: np.ndarray, ids: Sequence[str]) -> Explanations:
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.stats.num_features or len(ids) != len(x):
-            raise ValueError(f"x must be [B, {self.stats.num_features}] with one id per row, got {x.shape}")
-        ids = list(ids)
+    def _explain_stable(self, x: np.ndarray, ids: list[str]) -> Explanations:
+        """:meth:`BatchedLime.explain` checks the batch and runs the deletion check; this walks the width grid."""
         out = _MatchedCollector(ids, self.top_k, self.stats.num_features)
-        if len(x):
-            self._explain_matched(x, ids, out)
-        explanations = out.explanations(self.with_all_weights)
-        if self.deletion_check and len(x):
-            self._check_deletion(explanations, x)
-        return explanations
+        self._explain_matched(x, ids, out)
+        return out.explanations(self.with_all_weights)
 
     def _explain_matched(self, x: np.ndarray, ids: list[str], out: _MatchedCollector) -> None:
         """Walk the width grid, widest first; each width is tried with R streams of S/(4R) kernel-matched samples
@@ -134,7 +125,9 @@ class KernelMatchedLime(BatchedLime):
             def first(a: int, b: int, g=g, width=width, tilt=tilt, carried=carried, undecided=undecided,
                       pending=pending) -> None:
                 rows = pending[a:b]
-                groups, out.model_pred[rows] = self._matched_round(x[rows], [ids[i] for i in rows], screen, g, tilt)
+                # width g draws its own streams g R .. g R + R - 1
+                groups, out.model_pred[rows] = self.first_round_groups(x[rows], [ids[i] for i in rows], screen,
+                                                                       g * runs, tilt)
                 fidelity = self._held_out(groups)[3].cpu().numpy()
                 effective = self._effective_samples(x[rows], tilt, screen * runs)
                 if g == 0:
@@ -207,20 +200,6 @@ class KernelMatchedLime(BatchedLime):
         while screen % 2 == 0 and screen // 2 >= MIN_STREAM_SAMPLES and s // screen < SCREEN_FRACTION:
             screen //= 2
         return screen
-
-    def _matched_round(self, x: np.ndarray, ids: list[str], s: int, g: int, tilt: float,
-                       ) -> tuple[WeightedMoments, np.ndarray]:
-        """First-round block moments of every stream at width index ``g`` ([b, 8R, ...]) and the model's output
-        at each decision. Width ``g`` draws streams ``g R .. g R + R - 1``, its own."""
-        keys, own_rows, decisions = self._inputs(x, ids)
-        streams, model_pred = [], np.zeros(len(ids))
-        for replicate in range(self.stability_runs):
-            same_bin, target = self._draw(decisions, own_rows, ids, keys, s, g * self.stability_runs + replicate,
-                                          tilt=tilt)
-            if replicate == 0:
-                model_pred = target[:, 0].cpu().numpy()
-            streams.append(self._block_moments(same_bin, target))
-        return concat_groups(streams, dim=1), model_pred
 
     def _held_out(self, groups: WeightedMoments) -> tuple[WeightedMoments, RidgeFit, RidgeFit, torch.Tensor]:
         """The pooled moments, the surrogate on every feature fitted to them, each stream's own surrogate, and the
