@@ -155,25 +155,10 @@ def prepare_task(config: Config, run: RunInfo) -> str:
     return prepare_worker(config, run)
 
 
-def _report_entry(report: Any, subfolders: dict[str, str]) -> dict[str, Any]:
-    """The index entry of a rendered report, moved first into its subfolder of ``[report] layout`` (if any)."""
-    path = Path(report.path)
-    sub = subfolders.get(str(report.decision_id), "")
-    if sub:
-        (path.parent / sub).mkdir(exist_ok=True)
-        path = path.replace(path.parent / sub / path.name)
-    file = f"{mf.REPORTS}/{sub}/{path.name}" if sub else f"{mf.REPORTS}/{path.name}"
+def _report_entry(report: Any, reports_dir: Path) -> dict[str, Any]:
+    """The index entry of a report rendered under ``reports_dir`` (``file`` relative to the output folder)."""
+    file = f"{mf.REPORTS}/{Path(report.path).relative_to(reports_dir).as_posix()}"
     return {"id": report.decision_id, "file": file, "sha256": report.sha256, "needs_review": bool(report.needs_review)}
-
-
-def _subfolders(config: Config, applicants: pd.DataFrame) -> dict[str, str]:
-    """Decision id -> subfolder of its report under ``[report] layout``."""
-    layout, id_column = config.report.layout, config.data.id_column
-    if layout == "flat":
-        return {}
-    dates = applicants[config.report.date_column] if layout == "date" else [None] * len(applicants)
-    return {str(i): report_index.report_subfolder(layout, str(i), None if pd.isna(d) else d)
-            for i, d in zip(applicants[id_column], dates, strict=True)}
 
 
 @task(name="render-reports", task_run_name="render-{result.name}-from-{start}", **IO, **NOT_CACHED)
@@ -192,10 +177,10 @@ def render_task(
     rows = pd.read_parquet(result.part)
     rows = rows[rows[id_column].isin(set(applicants[id_column]))]
     out = Path(reports_dir)
-    subfolders = _subfolders(config, applicants)
+    subfolders = report_index.report_subfolders(config, applicants)
     try:
-        made = render_customer_reports(rows, applicants, config, run, out)
-        return {"reports": [_report_entry(r, subfolders) for r in made], "failures": []}
+        made = render_customer_reports(rows, applicants, config, run, out, subfolders)
+        return {"reports": [_report_entry(r, out) for r in made], "failures": []}
     except LimelightError:
         raise
     except Exception:  # find the decisions it fails on
@@ -204,8 +189,8 @@ def render_task(
         for decision in applicants[id_column]:
             own = applicants[applicants[id_column] == decision].reset_index(drop=True)
             try:
-                made += [_report_entry(r, subfolders) for r in render_customer_reports(
-                    rows[rows[id_column] == decision], own, config, run, out)]
+                made += [_report_entry(r, out) for r in render_customer_reports(
+                    rows[rows[id_column] == decision], own, config, run, out, subfolders)]
             except Exception as error:
                 failures.append((str(decision), "render", one_line(error)))
         return {"reports": made, "failures": failures}

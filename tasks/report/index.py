@@ -20,11 +20,13 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.errors import InputError
+from tasks.inputs.config import Config
 from tasks.io import atomic_path, file_sha256
 from tasks.run.manifest import EXPLANATIONS
 from tasks.run.manifest import REPORT_INDEX as INDEX
@@ -62,6 +64,17 @@ def report_subfolder(layout: str, decision_id: str, decision_date: object = None
         except ValueError:
             return UNDATED
     raise ValueError(f"unknown report layout {layout!r}")
+
+
+def report_subfolders(config: Config, applicants: pd.DataFrame) -> dict[str, str]:
+    """Decision id -> subfolder of its report under ``[report] layout`` ({} for flat), from the applicants' rows
+    (their id and, for ``date``, their ``[report] date_column``)."""
+    layout, id_column = config.report.layout, config.data.id_column
+    if layout == "flat":
+        return {}
+    dates = applicants[config.report.date_column] if layout == "date" else [None] * len(applicants)
+    return {str(i): report_subfolder(layout, str(i), None if pd.isna(d) else d)
+            for i, d in zip(applicants[id_column], dates, strict=True)}
 
 
 def entries_table(entries: Sequence[Mapping[str, Any]]) -> pa.Table:

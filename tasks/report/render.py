@@ -193,8 +193,10 @@ def _shared_after(kind: DocumentKind, settings: PdfSettings, shared: RunTexts) -
 
 
 def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config: Config, run: RunInfo,
-                            out_dir: Path) -> list[RenderedReport]:
-    """One PDF per decision in ``rows`` (explanations.parquet rows), written to ``out_dir/report_filename(id)``.
+                            out_dir: Path, subfolders: Mapping[str, str] | None = None) -> list[RenderedReport]:
+    """One PDF per decision in ``rows`` (explanations.parquet rows), written to ``out_dir/report_filename(id)``,
+    or to ``out_dir/<subfolder>/report_filename(id)`` with ``subfolders`` (decision id -> its subfolder under the
+    run's ``[report] layout``: tasks/report/index.py, :func:`report_subfolders`).
 
     Returns the reports in the order the decisions first appear in ``rows``. Bad inputs raise before any
     file is written (see :func:`customer_documents`); each file is written atomically.
@@ -210,7 +212,9 @@ def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config
     results = []
     for doc in documents:
         pdf = _customer_pdf(doc, kind, settings, shared_after)
-        path = out_dir / doc.filename
+        folder = out_dir / (subfolders or {}).get(doc.decision_id, "")
+        folder.mkdir(exist_ok=True)
+        path = folder / doc.filename
         _write_atomic(path, pdf)
         results.append(RenderedReport(doc.decision_id, path, hashlib.sha256(pdf).hexdigest(), doc.needs_review))
     return results

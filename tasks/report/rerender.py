@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -205,14 +205,12 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     reports = report_index.manifest_reports(manifest, manifest_path.parent)
     if reports is not None:
         expected.update(zip(reports.column("file").to_pylist(), reports.column("sha256").to_pylist(), strict=True))
-        where = {Path(file).name: file for file in expected}  # the run's layout (subfolders) by file name
-        made = render_customer_reports(rows, people, config, run, out / mf.REPORTS)
+        folders = (PurePosixPath(file).parent.relative_to(mf.REPORTS) for file in reports.column("file").to_pylist())
+        subfolders = {str(i): "/".join(folder.parts)  # the run's layout: '' for a report directly in reports/
+                      for i, folder in zip(reports.column("id").to_pylist(), folders, strict=True)}
+        made = render_customer_reports(rows, people, config, run, out / mf.REPORTS, subfolders)
         for report in made:
-            file = where.get(report.path.name, f"{mf.REPORTS}/{report.path.name}")
-            if file != f"{mf.REPORTS}/{report.path.name}":
-                (out / file).parent.mkdir(parents=True, exist_ok=True)
-                report.path.replace(out / file)
-            rendered[file] = report.sha256
+            rendered[f"{mf.REPORTS}/{report.path.relative_to(out / mf.REPORTS).as_posix()}"] = report.sha256
     summary = manifest["outputs"].get(mf.SUMMARY)
     if summary is not None:
         expected[mf.SUMMARY] = summary["sha256"]
