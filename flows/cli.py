@@ -4,7 +4,8 @@
                          [--ids FILE] [--deadline ISO [--best-effort]]
     limelight explain CONFIG --out FILE      explanations Parquet only, no PDFs
     limelight validate CONFIG                check config, inputs and model; list every problem
-    limelight demo [--out DIR]               build the demo inputs if needed, then run config/demo.toml
+    limelight demo [--out DIR] [--devices SPEC] [--render-workers N]
+                                             build the demo inputs if needed, then run config/demo.toml
     limelight serve [CONFIG] [--out DIR] [--cron CRON] [--timezone TZ]   serve prefect.yaml's nightly deployment
     limelight rerender MANIFEST [--out DIR]  re-render a published run; check every PDF's SHA-256
 
