@@ -378,10 +378,6 @@ def _run_json(run: RunInfo) -> dict[str, Any]:
     return {key: data[key] for key in sorted(data)}
 
 
-def versions_line(run: RunInfo) -> str:
-    return " · ".join(f"{clean_text(k, limit=60)} {clean_text(v, limit=120)}" for k, v in sorted(run.versions.items()))
-
-
 def run_texts(config: Config, run: RunInfo) -> RunTexts:
     """Load once what every letter of a run shares: the translation catalog, reason catalog and rights notice."""
     texts = load_texts(config.report.language)

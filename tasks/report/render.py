@@ -37,7 +37,6 @@ from tasks.report.letter import (
     lender_fields,
     report_context,
     run_texts,
-    versions_line,
 )
 from tasks.report.pdf import (
     DocumentKind,
@@ -56,6 +55,7 @@ from tasks.report.text import (
     clean_text,
     missing_catalog_entries,
     strip_accents_ascii,
+    versions_line,
 )
 from tasks.run.info import RunInfo
 

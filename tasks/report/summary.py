@@ -26,6 +26,7 @@ from tasks.report.text import (
     load_reason_catalog,
     load_texts,
     threshold_text,
+    versions_line,
     w3c_utc,
 )
 from tasks.run.info import RunInfo
@@ -316,7 +317,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "gates_note": fill(ts["gates_note"], count=f"{int(firsts['needs_review'].astype(bool).sum()):,}")
         if gates and "needs_review" in firsts.columns else None,
         "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc)],
-        "versions": " · ".join(f"{clean_text(k, 60)} {clean_text(v, 120)}" for k, v in sorted(run.versions.items())),
+        "versions": versions_line(run),
     }
     kind = document_kind("run_summary", "summary.html")
     html = kind.template.render(**context)

@@ -391,6 +391,11 @@ def w3c_utc(timestamp: str) -> tuple[str, datetime]:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ"), moment.replace(tzinfo=None)
 
 
+def versions_line(run: RunInfo) -> str:
+    """The package versions of a run in one line (``limelight 0.1.0 · torch 2.5.1 · ...``), for letters and summary."""
+    return " · ".join(f"{clean_text(k, limit=60)} {clean_text(v, limit=120)}" for k, v in sorted(run.versions.items()))
+
+
 def audit_rows(run: RunInfo, tc: Mapping[str, str]) -> list[dict[str, str]]:
     """The run's audit record as (label, value) rows, for the customer annex and the run summary. The
     kernel-matched method chooses the width per decision (its grid is in the quality settings' rows) and fits
