@@ -24,17 +24,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from tasks.engine.stats import FeatureStats, ReferenceStats
+from tasks.engine.stats import ReferenceStats
 
 MAX_COMBINATIONS = 256
-
-
-def _model_input(feature: FeatureStats, value: int) -> float:
-    """What the model receives for a sampled value: the bin's reference mean, the category's code, or NaN for
-    the missing slot (a missing value is one of the reference's values like any other)."""
-    if value == feature.missing_value:
-        return float("nan")
-    return feature.means[value] if feature.kind == "numeric" else float(value)
 
 
 class DeletionCheck:
@@ -43,7 +35,7 @@ class DeletionCheck:
         # per feature: the reference's values (bins/codes), their frequencies and their model-input values
         self._values = [np.asarray(f.values, dtype=np.int64) for f in stats.features]
         self._freqs = [np.asarray(f.frequencies, dtype=np.float64) for f in stats.features]
-        self._inputs = [np.asarray([_model_input(f, v) for v in f.values], dtype=np.float64) for f in stats.features]
+        self._inputs = [np.asarray([f.model_input(v) for v in f.values], dtype=np.float64) for f in stats.features]
 
     def _alternatives(self, j: int, own: int, keep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         other = self._values[j] != own

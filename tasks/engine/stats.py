@@ -65,6 +65,13 @@ class FeatureStats:
         slot = self.values.index(self.missing_value) if self.missing_value in self.values else None
         return self.frequencies[slot] if slot is not None else 0.0
 
+    def model_input(self, value: int) -> float:
+        """What the model receives for a sampled value: the bin's reference mean, the category's code, or NaN for
+        the missing slot (a missing value is one of the reference's values like any other)."""
+        if value == self.missing_value:
+            return float("nan")
+        return self.means[value] if self.kind == "numeric" else float(value)
+
     def bin_of(self, value: float) -> int:
         """The discretised value of ``value``: its quartile bin (numeric) or its code (categorical); NaN is
         :attr:`missing_value`."""
@@ -129,7 +136,7 @@ class ReferenceStats:
             present = [(freq, value) for value, freq in zip(feature.values, feature.frequencies, strict=True)
                        if value != feature.missing_value]
             typical = max(present)[1] if present else 0
-            base[j] = feature.means[typical] if feature.kind == "numeric" else float(typical)
+            base[j] = feature.model_input(typical)
         rows = np.repeat(base[None, :], len(gaps) + 1, axis=0)
         for i, j in enumerate(gaps):
             rows[i, j] = np.nan
