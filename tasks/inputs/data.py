@@ -117,6 +117,7 @@ def scan_decisions(
         return None
     extra = report_columns(config) if require_report_columns else []
     id_chunks: list[pa.Array] = []
+    features = decision_features(config)
     base = dict(zip((f.path for f in files), np.cumsum([0] + [f.num_rows for f in files]).tolist(), strict=False))
     for source, broken in schema_checked(files, config, sink, need_id=True, extra=extra):
         columns = [id_column] + [f.name for f in config.features if f.name not in broken]
@@ -130,15 +131,14 @@ def scan_decisions(
                 broken.add(id_column)
                 break
             if row_failures is not None:
-                checkable = [f for f in decision_features(config) if f.name not in broken]
+                checkable = [f for f in features if f.name not in broken]
                 for row, problem in row_problems(table, checkable).items():
                     where = row_label(source.path, offset + row, None, id_column)
                     row_failures[base[source.path] + offset + row] = f"{where}: {problem}"
                     if row_kinds is not None:
                         row_kinds[base[source.path] + offset + row] = problem.kind
             else:
-                check_feature_values(table, decision_features(config), broken, source.path, offset, ids, id_column,
-                                     sink)
+                check_feature_values(table, features, broken, source.path, offset, ids, id_column, sink)
             id_chunks.append(ids)
     if problems is not None and len(problems) > start:
         return None

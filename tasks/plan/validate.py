@@ -46,9 +46,10 @@ class Validation:
         e.g. ``d.parquet: 2 rows will go to failures.parquet (2 missing values): row 5: column 'income':
         missing value; row 9: ...``."""
         starts = np.cumsum([0] + [f.num_rows for f in self.sources])
+        failing = sorted(self.row_failures)
         lines = []
         for number, source in enumerate(self.sources):
-            positions = [p for p in sorted(self.row_failures) if starts[number] <= p < starts[number + 1]]
+            positions = [p for p in failing if starts[number] <= p < starts[number + 1]]
             if not positions:
                 continue
             kinds = [self.row_kinds.get(p, "") for p in positions]
