@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 
 from tasks.errors import InputError
 from tasks.inputs.config import Config
-from tasks.io import atomic_path, file_sha256
-from tasks.run.manifest import EXPLANATIONS
+from tasks.io import atomic_path
+from tasks.run.manifest import EXPLANATIONS, check_sha256
 from tasks.run.manifest import REPORT_INDEX as INDEX
 
 SCHEMA = pa.schema([
@@ -95,13 +95,10 @@ def write_index(tables: Iterable[pa.Table], target: Path) -> int:
 
 def read_index(path: Path, expected_sha256: str | None = None) -> pa.Table:
     """The index at ``path``, checked against the manifest's SHA-256 when given (one line if it differs)."""
-    if not path.is_file():
-        raise InputError(f"{path}: report index not found (the manifest names it)")
     if expected_sha256 is not None:
-        actual = file_sha256(path)
-        if actual != expected_sha256:
-            raise InputError(f"{path}: report index SHA-256 changed since the run ({actual[:16]}…, the manifest "
-                             f"has {expected_sha256[:16]}…)")
+        check_sha256(path, expected_sha256, "report index")
+    elif not path.is_file():
+        raise InputError(f"{path}: report index not found (the manifest names it)")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as error:

@@ -30,10 +30,11 @@ from tasks.inputs.config import Config, load_config
 from tasks.inputs.data import report_columns
 from tasks.inputs.schedule import night_sha256
 from tasks.inputs.sources import as_string, iter_tables, list_source_files
-from tasks.io import file_sha256, tree_sha256
+from tasks.io import file_sha256
 from tasks.report import index as report_index
 from tasks.run import manifest as mf
 from tasks.run.info import RunInfo
+from tasks.run.manifest import check_sha256
 
 
 class RerenderMismatch(LimelightError):
@@ -64,16 +65,6 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         if key not in manifest:
             raise InputError(f"{path}: not a limelight manifest (key '{key}' missing)")
     return manifest
-
-
-def check_sha256(path: Path, expected: str, what: str, actual: str | None = None) -> None:
-    """An input must still be the bytes the run read: else one line naming it and both digests."""
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found (the manifest names it)")
-    actual = actual or tree_sha256(path)
-    if actual != expected:
-        raise InputError(f"{path}: {what} SHA-256 changed since the run ({actual[:16]}…, the manifest has "
-                         f"{expected[:16]}…)")
 
 
 def check_model_record(manifest: dict[str, Any], manifest_path: Path) -> str:

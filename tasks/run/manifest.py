@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import InputError
 from tasks.inputs.config import Config, default_kernel_width
 from tasks.io import file_sha256, replace_dir, tree_sha256, write_json_atomic
 from tasks.run.info import RunInfo
@@ -208,6 +209,16 @@ def accounting(selected: Sequence[str], reported: Sequence[str], failed: Sequenc
 
 def staging_dir(out: Path, run_id: str) -> Path:
     return Path(out) / f"{STAGING_PREFIX}{run_id}"
+
+
+def check_sha256(path: Path, expected: str, what: str, actual: str | None = None) -> None:
+    """An input must still be the bytes the run read: else one line naming it and both digests."""
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found (the manifest names it)")
+    actual = actual or tree_sha256(path)
+    if actual != expected:
+        raise InputError(f"{path}: {what} SHA-256 changed since the run ({actual[:16]}…, the manifest has "
+                         f"{expected[:16]}…)")
 
 
 def describe_file(path: Path) -> dict[str, Any]:
