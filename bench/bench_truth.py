@@ -13,7 +13,11 @@ shorter than k where the truth has k positive; the share of decisions with fidel
 kernel-matched method, lime's in-sample score for lime's), the share sent to review at the [review] defaults, the
 share whose reason set is the same under both seeds, and seconds.
 
-    cd /work/wt-truth && PYTHONPATH=$PWD /work/main/.venv/bin/python bench/bench_truth.py --decisions 200
+    .venv/bin/python bench/bench_truth.py                  # 200 decisions, both methods, seeds 1 and 2
+    .venv/bin/python bench/bench_truth.py --misses         # and every decline whose reasons miss the truth
+
+(from a git worktree using the main checkout's venv: ``PYTHONPATH=$PWD /work/main/.venv/bin/python
+bench/bench_truth.py``; the script puts the repository root on ``sys.path`` itself). CPU, one torch thread.
 
 A new method is one line of :data:`METHODS`: its label, its engine class and its keyword arguments.
 """

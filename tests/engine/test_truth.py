@@ -40,7 +40,6 @@ K = 3
 def additive():
     """The additive case (smaller: 4,000 applications, 4 bags, a 1,500-row reference) and the first 40 declined
     test rows with their truth."""
-    pytest.importorskip("interpret", reason="interpret-core (the dev extra) trains the additive model")
     torch.set_num_threads(1)
     case = additive_case(torch.device("cpu"), seed=0, rows=4000, outer_bags=4, reference_rows=1500)
     pred = case.model(torch.as_tensor(case.x, dtype=torch.float32))[:, 1].numpy()
@@ -101,8 +100,12 @@ def test_the_default_configuration_lists_the_true_reasons(additive, tmp_path) ->
     out = engine.explain(x, ids)
     m = truth_metrics(out.feature_index, out.weights, out.model_pred, truth, THRESHOLD, K)
     print(m)
+    # Measured with the kernel-matched default on lime's binary representation (before the per-bin method): all
+    # three pass. 0 false reasons; 1 first miss (A-00016: utilisation listed first, truth 0.071, against
+    # debt_to_income's 0.072, a near-tie); set 36/36 of the decisions without a near-tie (4 near-ties). With seeds 1
+    # and 2 instead of the default seed: 1 and 0 first misses, sets 35/36 and 35/36.
     assert m["declined"] == DECLINED
     assert m["all_raise"] == 1.0, m  # every listed reason truly raises the decline
-    assert m["first_misses"] <= 1, m  # the first reason is the true first: >= 98%, at most 1 miss in 40
-    # the set is the true top 3 for >= 95% of the decisions without a near-tie (at most 1 miss in 40 - ties)
+    assert m["first_misses"] <= 1, m  # the first reason is the true first: >= 98%, at most 1 miss in 40 (strict)
+    # the set is the true top 3 for >= 95% of the decisions without a near-tie (at most 1 miss in 36)
     assert m["set_excluding_ties"] >= 0.95, m
