@@ -104,6 +104,13 @@ def main() -> None:
     print(f"truth for {len(ids)} decisions in {time.perf_counter() - start:.1f} s")
     pred = case.model(torch.as_tensor(x, dtype=torch.float32))[:, case.explain_index].numpy()
     declined = pred >= args.threshold
+    log_odds = true_contrasts(case.model, case.stats, x, case.stats.data, scale="log-odds")
+    top = [[frozenset(np.argsort(-t, kind="stable")[:k].tolist()) for t in truths[declined]]
+           for truths in (truth, log_odds)]
+    first = [np.argmax(truths[declined], axis=1) for truths in (truth, log_odds)]
+    print(f"the truth in probability and in log-odds (g_j(x_j) - mean g_j over the other bins) name the same top-{k} "
+          f"set for {np.mean([a == b for a, b in zip(*top, strict=True)]):.1%} of the declines, the same first for "
+          f"{np.mean(first[0] == first[1]):.1%}; the metrics below use the probability truth")
     positive = (truth[declined] > 0).sum(axis=1)
     print(f"{case.name}: {len(ids)} decisions, {int(declined.sum())} declined (p >= {args.threshold}), S = "
           f"{args.samples}, top-{k}, seeds {args.seeds}; declines whose truth has fewer than {k} features raising "

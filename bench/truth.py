@@ -229,7 +229,7 @@ def additive_case(device: torch.device, seed: int = 0, rows: int = 6000, gaps: b
 
 
 def true_contrasts(model_fn, stats: ReferenceStats, x: np.ndarray, reference: np.ndarray, explain_index: int = 1,
-                   chunk_rows: int = 1 << 18) -> np.ndarray:
+                   chunk_rows: int = 1 << 18, scale: str = "probability") -> np.ndarray:
     """The truth, float64 [B, d], in probability of class ``explain_index``:
 
         truth[b, j] = f(x_b) - mean over reference rows r with bin_j(r) != bin_j(x_b) of f(x_b with x_bj := r_j)
@@ -237,14 +237,22 @@ def true_contrasts(model_fn, stats: ReferenceStats, x: np.ndarray, reference: np
     bins being ``stats.discretize``'s (quartile bin, category, missing slot). 0 where x_b's bin holds the whole
     reference for j. ``model_fn`` has the engine's model interface (float32 torch rows [n, d] -> [n, C]). The
     reference's distinct values of feature j are evaluated once each and weighted by their counts: one model call
-    per feature per chunk of decisions."""
+    per feature per chunk of decisions.
+
+    ``scale = "log-odds"`` takes f as the log-odds log(p / (1 - p)) instead; on an additive model that is exactly
+    g_j(x_j) - mean g_j(r_j) over the other bins' rows, whatever the other features. The two truths rank features
+    alike except where a feature's other bins spread widely (the mean of probabilities is not the probability of
+    the mean log-odds): ``bench_truth.py`` counts how often their top-k sets differ."""
+    if scale not in ("probability", "log-odds"):
+        raise ValueError(f"scale must be 'probability' or 'log-odds', got {scale!r}")
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     reference = np.asarray(reference, dtype=np.float64)
     n, d = x.shape
 
     def f(rows: np.ndarray) -> np.ndarray:
         out = model_fn(torch.as_tensor(rows, dtype=torch.float32))
-        return np.asarray(out[:, explain_index].detach().cpu().numpy(), dtype=np.float64)
+        p = np.asarray(out[:, explain_index].detach().cpu().numpy(), dtype=np.float64)
+        return p if scale == "probability" else np.log(p) - np.log1p(-p)
 
     own = f(x)
     x_bins, ref_bins = stats.discretize(x), stats.discretize(reference)

@@ -68,6 +68,13 @@ def test_the_exported_model_is_additive_and_the_truth_is_its_definition(additive
             rows[:, j] = other
             moved = model(torch.as_tensor(rows, dtype=torch.float32))[:, 1].numpy()
             assert truth[b, j] == pytest.approx(own - moved.mean(), abs=1e-12)
+    # in log-odds the truth is the shape function's own contrast, whatever the other features: exactly additive
+    log_odds = true_contrasts(model, stats, x, reference, scale="log-odds")
+    for j, shape in enumerate(model.shapes):
+        g_ref, g_x = shape(reference[:, j].astype(np.float32)), shape(x[:, j].astype(np.float32))
+        other = ref_bins[:, j][None, :] != bins[:, j][:, None]  # [B, reference rows]
+        expected = g_x - (other * g_ref).sum(axis=1) / np.maximum(other.sum(axis=1), 1)
+        np.testing.assert_allclose(log_odds[:, j], np.where(other.any(axis=1), expected, 0.0), atol=1e-9)
 
 
 def test_truth_metrics_counts_and_near_ties() -> None:
