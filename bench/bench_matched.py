@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,6 +40,7 @@ from bench_quality import (  # noqa: E402
 
 from tasks.engine import BatchedLime, Explanations, fit_reference  # noqa: E402
 from tasks.engine.matched import KernelMatchedLime  # noqa: E402
+from tasks.engine.perbin import PerBinLime  # noqa: E402
 from tasks.explain.aggregate import factor_roles, review_reasons  # noqa: E402
 from tasks.inputs.config import FeatureConfig, ReviewConfig  # noqa: E402
 
@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=100)
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--method", action="append", help="only these methods (repeatable), e.g. 'per-bin log-odds'")
     parser.add_argument("--ceiling", action="store_true",
                         help="only the binary representation's ceiling on the chosen case(s) (20 decisions)")
     args = parser.parse_args()
@@ -210,15 +211,26 @@ def main() -> None:
         plain_seconds = time.perf_counter() - start
         plain.append(BatchedLime(**common, seed=2, stability_runs=1, deletion_check=False).explain(x, ids))
         report("lime (plain)", plain, [plain_seconds], plain_seconds, threshold, k, held_out=False)
-        matched, seconds = [], []
-        for seed in (1, 2):
-            start = time.perf_counter()
-            matched.append(KernelMatchedLime(**common, seed=seed, stability_runs=2, adaptive=True,
-                                             adverse_threshold=threshold, deletion_check=False).explain(x, ids))
-            seconds.append(time.perf_counter() - start)
-        report("kernel-matched", matched, seconds, plain_seconds, threshold, k, held_out=True)
-        frame = pd.DataFrame({"model_pred": matched[0].model_pred})
-        print(f"  adverse decisions: {int((frame.model_pred >= threshold).sum())} of {len(frame)}")
+        for label, engine, extra in METHODS:
+            if args.method and label not in args.method:
+                continue
+            results, seconds = [], []
+            for seed in (1, 2):
+                start = time.perf_counter()
+                results.append(engine(**common, seed=seed, stability_runs=2, adaptive=True, adverse_threshold=threshold,
+                                      deletion_check=False, **extra).explain(x, ids))
+                seconds.append(time.perf_counter() - start)
+            report(label, results, seconds, plain_seconds, threshold, k, held_out=True)
+        print(f"  adverse decisions: {int((plain[0].model_pred >= threshold).sum())} of {len(x)}")
+
+
+METHODS = (
+    ("kernel-matched", KernelMatchedLime, {}),
+    ("per-bin prob", PerBinLime, {"target": "probability"}),
+    ("per-bin log-odds", PerBinLime, {"target": "log-odds"}),
+)
+"""The methods compared with lime's plain engine: the binary kernel-matched method (the default before per-bin) and
+the per-bin method on each target."""
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from truth import additive_case, format_metrics, listed_reasons, true_contrasts, truth_metrics  # noqa: E402
 
 from tasks.engine import BatchedLime  # noqa: E402
-from tasks.engine.matched import KernelMatchedLime  # noqa: E402
+from tasks.engine.matched import KernelMatchedLime
+from tasks.engine.perbin import PerBinLime  # noqa: E402
 from tasks.explain.aggregate import review_reasons  # noqa: E402
 from tasks.inputs.config import ReviewConfig  # noqa: E402
 
@@ -53,7 +54,11 @@ def matched_defaults(threshold: float) -> dict:
 
 METHODS = [
     # (label, engine class, keyword arguments given the decision threshold, fidelity is held out)
-    ("kernel-matched (default)", KernelMatchedLime, matched_defaults, True),
+    ("per-bin log-odds (default)", PerBinLime, lambda threshold: dict(matched_defaults(threshold), target="log-odds"),
+     True),
+    ("per-bin probability", PerBinLime, lambda threshold: dict(matched_defaults(threshold), target="probability"),
+     True),
+    ("kernel-matched (binary)", KernelMatchedLime, matched_defaults, True),
     ("lime (plain)", BatchedLime, lambda threshold: dict(stability_runs=1, deletion_check=False), False),
 ]
 

@@ -22,7 +22,7 @@ import torch
 from tasks.engine.deletion import MAX_COMBINATIONS, DeletionCheck
 from tasks.engine.explanations import Collector, Explanations
 from tasks.engine.rng import decision_keys
-from tasks.engine.sampler import QuartileSampler
+from tasks.engine.sampler import Perturbations, QuartileSampler
 from tasks.engine.stability import (
     BLOCKS,
     combine,
@@ -258,9 +258,15 @@ class BatchedLime:
                                          tilt=tilts)
         target = self._predict(perturbed.inputs.view(batch * drawn, -1)).view(batch, drawn)
         _check_finite(target, ids, self.model.description)
+        design = self._representation(perturbed, own_rows)
         if keep_first:
-            return perturbed.same_bin, target
-        return perturbed.same_bin[:, 1:], target[:, 1:]
+            return design, target
+        return design[:, 1:], target[:, 1:]
+
+    def _representation(self, perturbed: Perturbations, own_rows: torch.Tensor) -> torch.Tensor:
+        """The interpretable representation the surrogate is fitted on, [B, n, columns]: lime's binary "same bin
+        as the decision" indicators (the per-bin method overrides it: :mod:`tasks.engine.perbin`)."""
+        return perturbed.same_bin
 
     def _block_moments(self, same_bin: torch.Tensor, target: torch.Tensor) -> WeightedMoments:
         """Weighted moments of ``BLOCKS`` contiguous blocks of one stream's samples: [B, BLOCKS, ...]."""

@@ -38,6 +38,7 @@ class Explanations:
     effective_samples: np.ndarray | None = None  # [B]: samples expected to leave the applicant's point
     fidelity_widest: np.ndarray | None = None  # [B]: held-out fidelity at the widest width (lime's 0.75·√d)
     width_found: np.ndarray | None = None  # bool [B]: a width of the grid passed; False: the widest was kept
+    tied: np.ndarray | None = None  # bool [B]: k + 1 reasons named, the last two weighing about the same
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -70,7 +71,7 @@ class Explanations:
 _ARRAYS = (
     "feature_index", "weights", "intercept", "local_pred", "model_pred", "fidelity", "all_weights", "stability",
     "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds", "kernel_width",
-    "effective_samples", "fidelity_widest", "width_found",
+    "effective_samples", "fidelity_widest", "width_found", "tied",
 )
 
 

@@ -1,5 +1,5 @@
-"""The configured engine: ``[explain]`` settings -> the batched engine with the kernel-matched method (default)
-or lime's, or the reference ``lime`` package.
+"""The configured engine: ``[explain]`` settings -> the batched engine with the per-bin method (default), the
+kernel-matched method or lime's, or the reference ``lime`` package.
 
 It sits above the three engines (:mod:`tasks.engine.explainer`, :mod:`tasks.engine.matched`,
 :mod:`tasks.engine.reference`), which know nothing of it. The reference engine is imported when chosen, so
@@ -17,6 +17,7 @@ import torch
 
 from tasks.engine.explainer import BatchedLime
 from tasks.engine.matched import KernelMatchedLime
+from tasks.engine.perbin import PerBinLime
 from tasks.engine.stats import ReferenceStats
 from tasks.inputs.config import Config, ExplainConfig
 from tasks.inputs.model import LoadedModel
@@ -40,8 +41,8 @@ def compile_enabled(setting: str, device: torch.device) -> bool:
 
 
 def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel) -> BatchedLime | LimeReference:
-    """The configured engine: the batched engine with the kernel-matched method (default) or lime's, or the
-    reference ``lime`` package."""
+    """The configured engine: the batched engine with the per-bin method (default), the kernel-matched method or
+    lime's, or the reference ``lime`` package."""
     settings: ExplainConfig = config.explain
     if settings.engine == "lime":
         from tasks.engine.reference import LimeReference
@@ -63,9 +64,11 @@ def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel) ->
         confidence=settings.confidence,
         design=settings.design,
     )
-    if settings.method == "kernel-matched":
-        return KernelMatchedLime(**common, width_grid=settings.width_grid, target_fidelity=settings.target_fidelity,
-                                 min_effective_share=settings.min_effective_share,
-                                 min_contrasts=settings.min_contrasts,
-                                 adverse_threshold=config.report.decision_threshold)
-    return BatchedLime(**common)
+    if settings.method == "lime":
+        return BatchedLime(**common)
+    matched = dict(common, width_grid=settings.width_grid, target_fidelity=settings.target_fidelity,
+                   min_effective_share=settings.min_effective_share, min_contrasts=settings.min_contrasts,
+                   adverse_threshold=config.report.decision_threshold)
+    if settings.method == "per-bin":
+        return PerBinLime(**matched, target=settings.target)
+    return KernelMatchedLime(**matched)

@@ -39,9 +39,9 @@ from tasks.engine.stability import (
     jackknife_ratio,
     leave_one_group_out,
     ranked_factors,
-    reason_margin,
     replicate_agreement,
     to_device,
+    weights_margin,
 )
 from tasks.engine.surrogate import (
     FINAL_ALPHA,
@@ -53,6 +53,9 @@ from tasks.engine.surrogate import (
     uniform_moments,
 )
 from tasks.inputs.config import MIN_STREAM_SAMPLES, WIDTH_GRID, stream_samples
+
+MAX_REASONS = 4
+"""Regulation B's commentary: disclosing more than four principal reasons is not likely to be helpful."""
 
 SCREEN_FRACTION = 4
 """Each width is tried with S/4 samples; the chosen one is topped up to S (and adapted beyond)."""
@@ -99,7 +102,7 @@ class KernelMatchedLime(BatchedLime):
 
     def _explain_stable(self, x: np.ndarray, ids: list[str]) -> Explanations:
         """:meth:`BatchedLime.explain` checks the batch and runs the deletion check; this walks the width grid."""
-        out = _MatchedCollector(ids, self.top_k, self.stats.num_features)
+        out = _MatchedCollector(ids, self.top_k, self.stats.num_features, self.tie_slots)
         self._explain_matched(x, ids, out)
         return out.explanations(self.with_all_weights)
 
@@ -216,39 +219,84 @@ class KernelMatchedLime(BatchedLime):
                 tilt: float, out: _MatchedCollector) -> np.ndarray:
         """Fit and score decisions ``rows`` at this width, rank their factors, test the reasons' stability (stream
         agreement and the jackknife on their margin) and write them; return the ones whose reasons are not
-        stable."""
-        runs, k, d = self.stability_runs, self.top_k, self.stats.num_features
+        stable. At the sample cap (``final``), a decision whose only doubt is a tie between reasons k and k + 1 is
+        settled by listing both (:meth:`_settle_ties`)."""
+        runs, k = self.stability_runs, self.top_k
         count = groups.total_weight.shape[1]
         pooled, fit, stream_fit, fidelity = self._held_out(groups)
         adverse = torch.as_tensor(out.model_pred[rows] >= self.adverse_threshold, device=fit.coef.device)
+        basis = self._weight_basis(x[rows])
+        weights, local_pred, intercept = self._feature_weights(fit, basis)
         # a feature is a factor only where enough samples left the applicant's bin to measure its effect
-        eligible = pooled.total_weight.unsqueeze(1) * (1.0 - pooled.mean_z) >= self.min_contrasts
-        reasons, favourable = ranked_factors(fit.coef, adverse, k, eligible)
-        stream_reasons, _ = ranked_factors(stream_fit.coef, adverse.repeat_interleave(runs), k,
-                                           eligible.repeat_interleave(runs, dim=0))
-        share, same_order = replicate_agreement(torch.where(stream_reasons >= 0, stream_reasons, d).view(len(rows),
-                                                                                                       runs, -1))
-        margin = reason_margin(pooled, reasons, adverse, k, eligible)
-        margins = reason_margin(leave_one_group_out(groups), reasons.repeat_interleave(count, dim=0),
-                                adverse.repeat_interleave(count), k, eligible.repeat_interleave(count, dim=0))
-        z = jackknife_ratio(margins.view(len(rows), count), margin)
-        stable = ((share >= 1.0) & (z >= critical_value(self.confidence, count))).cpu().numpy()
-        shown = torch.cat([reasons, favourable], dim=1)
+        eligible = self._left_counts(pooled) >= self.min_contrasts
+        stream_weights = self._feature_weights(stream_fit, _repeat(basis, runs))[0]
+        loo = leave_one_group_out(groups)
+        loo_weights = self._feature_weights(ridge_on(loo, all_features(loo), FINAL_ALPHA), _repeat(basis, count))[0]
+        test = _ReasonTest(weights, stream_weights, loo_weights, adverse, eligible, runs, count,
+                           critical_value(self.confidence, count))
+        reasons, favourable, share, same_order, z, stable = test.run(k)
+        tied = torch.zeros_like(stable)
+        cap = stream_samples(self.num_samples, runs) * self.max_samples_factor
+        final = per_stream >= cap or not self.adaptive  # adaptation is over
+        if final and self.tie_slots > k and not bool(stable.all()):
+            reasons, share, same_order, z, stable, tied = self._settle_ties(test, reasons, share, same_order, z,
+                                                                            stable)
+        padding = torch.full((len(rows), self.tie_slots - reasons.shape[1]), -1, dtype=reasons.dtype,
+                             device=reasons.device)
+        shown = torch.cat([reasons, padding, favourable], dim=1)  # reason slots (k, or k + 1 tied), favourable
         out.feature_index[rows] = shown.cpu().numpy()
-        out.weights[rows] = torch.where(shown >= 0, fit.coef.gather(1, shown.clamp_min(0)), 0.0).cpu().numpy()
-        out.intercept[rows] = fit.intercept.cpu().numpy()
-        # the applicant is the all-ones point: the surrogate's prediction there is b + Σβ over every feature
-        out.local_pred[rows] = (fit.intercept + fit.coef.sum(1)).cpu().numpy()
+        out.weights[rows] = torch.where(shown >= 0, weights.gather(1, shown.clamp_min(0)), 0.0).cpu().numpy()
+        out.intercept[rows] = intercept.cpu().numpy()
+        out.local_pred[rows] = local_pred.cpu().numpy()
         out.fidelity[rows] = fidelity.cpu().numpy()
-        out.all_weights[rows] = fit.coef.cpu().numpy()
+        out.all_weights[rows] = weights.cpu().numpy()
         out.stability[rows] = share.cpu().numpy()
         out.order_agrees[rows] = same_order.cpu().numpy()
         out.selection_z[rows] = z.cpu().numpy()
-        out.stable[rows] = stable
+        out.stable[rows] = stable.cpu().numpy()
+        out.tied[rows] = tied.cpu().numpy()
         out.num_samples[rows] = per_stream * runs
         out.kernel_width[rows] = width
         out.effective_samples[rows] = self._effective_samples(x[rows], tilt, per_stream * runs)
-        return ~stable
+        return ~stable.cpu().numpy()
+
+    @property
+    def tie_slots(self) -> int:
+        """Reasons a letter may name: k, or k + 1 where reasons k and k + 1 tie (Regulation B's commentary allows
+        up to four principal reasons)."""
+        return min(self.top_k + 1, MAX_REASONS, self.stats.num_features)
+
+    def _settle_ties(self, test: _ReasonTest, reasons: torch.Tensor, share: torch.Tensor, same_order: torch.Tensor,
+                     z: torch.Tensor, stable: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """After full adaptation: a decision whose k reasons are not stable, but whose k + 1 are (the streams agree
+        on the k + 1 and their margin passes the jackknife test), names k + 1, the last two weighing about the same:
+        more samples could not separate them. The others keep their k and stay unstable (they go to review)."""
+        k = self.top_k
+        wider, _, wide_share, wide_order, wide_z, wide_stable = test.run(k + 1)
+        full = (wider >= 0).all(1)  # k + 1 factors exist (for a decline: k + 1 raised it)
+        settle = ~stable & wide_stable & full
+        padded = torch.cat([reasons, torch.full_like(reasons[:, :1], -1)], dim=1)
+        reasons = torch.where(settle.unsqueeze(1), wider, padded)
+        share = torch.where(settle, wide_share, share)
+        same_order = torch.where(settle, wide_order, same_order)
+        z = torch.where(settle, wide_z, z)
+        return reasons, share, same_order, z, stable | settle, settle
+
+    # ------------------------------------------------------------------ the representation's hooks
+
+    def _weight_basis(self, x: np.ndarray) -> torch.Tensor | None:
+        """What turns a fit into feature weights, per decision (the per-bin method's bin shares); none here."""
+        return None
+
+    def _feature_weights(self, fit: RidgeFit, basis: torch.Tensor | None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each feature's weight [N, d], the surrogate's prediction at the applicant and its intercept [N]: lime's
+        binary coefficients; the applicant is the all-ones point, so its prediction is b + Σβ."""
+        return fit.coef, fit.intercept + fit.coef.sum(1), fit.intercept
+
+    def _left_counts(self, pooled: WeightedMoments) -> torch.Tensor:
+        """Per decision and feature, how many samples left the applicant's bin [N, d]."""
+        return pooled.total_weight.unsqueeze(1) * (1.0 - pooled.mean_z)
 
     def _effective_samples(self, x: np.ndarray, tilt: float, samples: int) -> np.ndarray:
         """Expected number of the ``samples`` that leave the applicant's point (differ in at least one feature):
@@ -265,13 +313,14 @@ class _MatchedCollector(Collector):
     """Per-decision results of the kernel-matched engine: the factors shown are k principal reasons (or main
     factors) then up to k favourable ones, -1 where fewer."""
 
-    def __init__(self, ids: list[str], k: int, d: int) -> None:
+    def __init__(self, ids: list[str], k: int, d: int, reason_slots: int) -> None:
         super().__init__(ids, k, d)
         n, k = len(ids), min(k, d)
-        self.feature_index = np.full((n, 2 * k), -1, dtype=np.int64)
-        self.weights = np.zeros((n, 2 * k))
+        self.feature_index = np.full((n, reason_slots + k), -1, dtype=np.int64)
+        self.weights = np.zeros((n, reason_slots + k))
         self.kernel_width, self.effective_samples, self.fidelity_widest = (np.zeros(n) for _ in range(3))
         self.width_found = np.ones(n, dtype=bool)
+        self.tied = np.zeros(n, dtype=bool)
 
     def explanations(self, with_all_weights: bool) -> Explanations:
         explanations = super().explanations(with_all_weights)
@@ -279,7 +328,40 @@ class _MatchedCollector(Collector):
         explanations.effective_samples = self.effective_samples
         explanations.fidelity_widest = self.fidelity_widest
         explanations.width_found = self.width_found
+        explanations.tied = self.tied
         return explanations
 
 
-__all__ = ["WIDTH_GRID", "KernelMatchedLime", "kernel_tilt"]
+def _repeat(basis: torch.Tensor | None, times: int) -> torch.Tensor | None:
+    """A per-decision basis for ``times`` fits per decision (streams, jackknife groups)."""
+    return None if basis is None else basis.repeat_interleave(times, dim=0)
+
+
+class _ReasonTest:
+    """The stability test of a decision's reasons, for a number of reasons m (k, or k + 1 for a tie): the pooled
+    fit's ranked factors, the streams' agreement on them, and the jackknife on their margin."""
+
+    def __init__(self, weights: torch.Tensor, stream_weights: torch.Tensor, loo_weights: torch.Tensor,
+                 adverse: torch.Tensor, eligible: torch.Tensor, runs: int, count: int, critical: float) -> None:
+        self.weights, self.stream_weights, self.loo_weights = weights, stream_weights, loo_weights
+        self.adverse, self.eligible = adverse, eligible
+        self.runs, self.count, self.critical = runs, count, critical
+
+    def run(self, m: int) -> tuple[torch.Tensor, ...]:
+        """(reasons [N, m], favourable [N, m], stream agreement, same order, margin z, stable) for m reasons."""
+        n, d = self.weights.shape
+        runs, count = self.runs, self.count
+        reasons, favourable = ranked_factors(self.weights, self.adverse, m, self.eligible)
+        stream_reasons, _ = ranked_factors(self.stream_weights, self.adverse.repeat_interleave(runs), m,
+                                           self.eligible.repeat_interleave(runs, dim=0))
+        share, same_order = replicate_agreement(torch.where(stream_reasons >= 0, stream_reasons, d).view(n, runs, -1))
+        margin = weights_margin(self.weights, reasons, self.adverse, m, self.eligible)
+        margins = weights_margin(self.loo_weights, reasons.repeat_interleave(count, dim=0),
+                                 self.adverse.repeat_interleave(count), m,
+                                 self.eligible.repeat_interleave(count, dim=0))
+        z = jackknife_ratio(margins.view(n, count), margin)
+        stable = (share >= 1.0) & (z >= self.critical)
+        return reasons, favourable, share, same_order, z, stable
+
+
+__all__ = ["MAX_REASONS", "WIDTH_GRID", "KernelMatchedLime", "kernel_tilt"]

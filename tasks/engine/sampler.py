@@ -38,6 +38,7 @@ class Perturbations:
 
     inputs: torch.Tensor  # float32 [B, S, d]: what the model sees; [:, 0] is the decision itself
     same_bin: torch.Tensor  # bool [B, S, d]: binary representation (1 = the decision's own bin/category)
+    rows: torch.Tensor  # int64 [B, S, d]: the table row (feature, sampled value) each sample drew; [:, 0] own
 
 
 class QuartileSampler:
@@ -93,6 +94,17 @@ class QuartileSampler:
         draw = draw_random if design == "random" else draw_sobol
         self._draw = torch.compile(draw, dynamic=True) if compile else draw
 
+    @property
+    def row_features(self) -> torch.Tensor:
+        """The feature of every table row (int64 [rows]): a row is one (feature, sampled value) pair."""
+        return self._row_feature
+
+    @property
+    def row_frequencies(self) -> torch.Tensor:
+        """lime's reference frequency of every table row's value (float64 [rows])."""
+        previous = torch.cat([torch.zeros_like(self._cumulative[:1]), self._cumulative[:-1]])
+        return (self._cumulative - previous)[self._row_slot, self._row_feature]
+
     def own_rows(self, own_bins: np.ndarray) -> np.ndarray:
         """Table row of each decision's own bin/code, -1 where the reference lacks it (never sampled)."""
         rows = np.full(own_bins.shape, -1, dtype=np.int64)
@@ -130,15 +142,15 @@ class QuartileSampler:
         if self._sobol is not None:
             rows = self._sobol.rows(first_row, num_samples)
             shifts = digital_shifts(keys, self.num_features, stream)
-            inputs, same_bin = self._draw(rows, shifts, x, own_rows, self.tables, tilted)
-            return Perturbations(inputs=inputs, same_bin=same_bin)
+            inputs, same_bin, drawn = self._draw(rows, shifts, x, own_rows, self.tables, tilted)
+            return Perturbations(inputs=inputs, same_bin=same_bin, rows=drawn)
         stream += ROUND_STRIDE * adaptation_round
         offsets = self._offsets.get((num_samples, stream))
         if offsets is None:
             offsets = stream_offsets(num_samples, self.num_features, stream, self.device)
             self._offsets[(num_samples, stream)] = offsets
-        inputs, same_bin = self._draw(keys, offsets, x, own_rows, self.tables, num_samples, tilted)
-        return Perturbations(inputs=inputs, same_bin=same_bin)
+        inputs, same_bin, drawn = self._draw(keys, offsets, x, own_rows, self.tables, num_samples, tilted)
+        return Perturbations(inputs=inputs, same_bin=same_bin, rows=drawn)
 
     def own_width(self, own_rows: torch.Tensor) -> torch.Tensor:
         """How wide each decision's own bin is on the frequency scale, in bits (float64 [B, d]), read from the
@@ -231,7 +243,7 @@ def draw_random(
     tables: SamplingTables,
     num_samples: int,
     tilted: TiltedTables | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Perturbations from independent uniforms (the counter-based generator)."""
     return draw_perturbations(uniform_bits(keys, offsets, num_samples), x, own_rows, tables, tilted)
 
@@ -239,7 +251,7 @@ def draw_random(
 def draw_sobol(
     rows: torch.Tensor, shifts: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables,
     tilted: TiltedTables | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Perturbations from Sobol rows (int64 [S, d]) shifted per decision (int64 [B, 1, d])."""
     return draw_perturbations(torch.bitwise_xor(rows.unsqueeze(0), shifts), x, own_rows, tables, tilted)
 
@@ -247,11 +259,12 @@ def draw_sobol(
 def draw_perturbations(
     bits: torch.Tensor, x: torch.Tensor, own_rows: torch.Tensor, tables: SamplingTables,
     tilted: TiltedTables | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """From 24-bit uniforms (int64 [B, S, d]): the model's inputs (float32 [B, S, d]) and the binary
-    representation (bool [B, S, d]). With ``tilted`` (each decision's kernel-tilted tables) the draw is
-    kernel-matched and a feature that stays in the decision's bin keeps the decision's own value (lime redraws a
-    value inside the bin)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From 24-bit uniforms (int64 [B, S, d]): the model's inputs (float32 [B, S, d]), the binary
+    representation (bool [B, S, d]) and the table row each sample drew (int64 [B, S, d]; row 0: the decision's
+    own rows, -1 where the reference lacks its value). With ``tilted`` (each decision's kernel-tilted tables) the
+    draw is kernel-matched and a feature that stays in the decision's bin keeps the decision's own value (lime
+    redraws a value inside the bin)."""
     if tilted is None:
         slot = (bits >= tables.edges[0]).to(torch.int64)
         for k in range(1, tables.edges.shape[0]):
@@ -275,4 +288,5 @@ def draw_perturbations(
     same_bin[:, 0] = True
     if tilted is not None:
         inputs = torch.where(same_bin, x.unsqueeze(1), inputs)
-    return inputs, same_bin
+    row[:, 0] = own_rows
+    return inputs, same_bin, row

@@ -196,8 +196,14 @@ def reason_margin(m: WeightedMoments, reasons: torch.Tensor, adverse: torch.Tens
     over the ``eligible`` features (default all; :func:`ranked_factors`). +inf where nothing constrains it.
     ``M >= 0`` on the moments the set was chosen from.
     """
-    n, d = m.czy.shape
-    coef = _solve_ridge(m.czz, m.czy, FINAL_ALPHA)
+    return weights_margin(_solve_ridge(m.czz, m.czy, FINAL_ALPHA), reasons, adverse, k, eligible)
+
+
+def weights_margin(coef: torch.Tensor, reasons: torch.Tensor, adverse: torch.Tensor, k: int,
+                   eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`reason_margin` from the features' weights ([N, d]) themselves: the binary surrogate's coefficients,
+    or the per-bin surrogate's contrasts (:mod:`tasks.engine.perbin`)."""
+    n, d = coef.shape
     in_set = torch.zeros(n, d + 1, dtype=torch.bool, device=coef.device)
     in_set.scatter_(1, torch.where(reasons >= 0, reasons, d), True)
     in_set = in_set[:, :d]

@@ -48,6 +48,7 @@ def explanation_schema(id_column: str) -> pa.Schema:
             ("kernel_width_sqrt_d", pa.float64()),  # the same in units of sqrt(number of features)
             ("effective_samples", pa.float64()),
             ("fidelity_widest", pa.float64()),  # held-out fidelity at the grid's widest width (lime's 0.75)
+            ("tied", pa.bool_()),  # k + 1 principal reasons named: the last two weigh about the same (null: lime's)
         ]
     )
 
@@ -142,7 +143,7 @@ def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, 
 
 
 _QUALITY = ("stability", "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds")
-_WIDTH = ("kernel_width", "effective_samples", "fidelity_widest")
+_WIDTH = ("kernel_width", "effective_samples", "fidelity_widest", "tied")
 
 
 def _optional(expl: Explanations, name: str, n: int) -> list:

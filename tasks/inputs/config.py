@@ -99,13 +99,24 @@ WIDTH_GRID = (0.75, 0.35, 0.2, 0.12, 0.08)
 """The kernel-matched method's pre-registered kernel widths, in units of √d, widest (lime's default) first."""
 
 
+MATCHED_METHODS = ("per-bin", "kernel-matched")
+"""The methods that sample kernel-matched with a per-decision width (``width_grid``, held-out fidelity)."""
+
+
 class ExplainConfig(_Strict):
     engine: Literal["batched", "lime"] = "batched"
-    method: Literal["kernel-matched", "lime"] = Field(
-        default="kernel-matched",
-        description="'kernel-matched' (default): samples drawn from the kernel-weighted distribution, the "
-        "applicant's own values kept, a per-decision kernel width from width_grid, held-out fidelity, reasons "
-        "from a surrogate on every feature (docs/method.md); 'lime': lime 0.2.0.1's algorithm, bit for bit",
+    method: Literal["per-bin", "kernel-matched", "lime"] = Field(
+        default="per-bin",
+        description="'per-bin' (default; a LIME-family representation, not lime's): kernel-matched sampling with "
+        "one indicator per bin a feature can move to, each feature's weight its contrast (docs/method.md); "
+        "'kernel-matched': samples drawn from the kernel-weighted distribution, the applicant's own values kept, a "
+        "per-decision kernel width from width_grid, held-out fidelity, reasons from lime's binary surrogate on "
+        "every feature; 'lime': lime 0.2.0.1's algorithm, bit for bit",
+    )
+    target: Literal["log-odds", "probability"] = Field(
+        default="log-odds",
+        description="per-bin: what the surrogate fits, the explained class's log-odds or its probability; weights "
+        "and local_pred are reported in probability either way",
     )
     width_grid: tuple[float, ...] = Field(
         default=WIDTH_GRID, min_length=1,
@@ -180,12 +191,13 @@ class ExplainConfig(_Strict):
 
     @model_validator(mode="after")
     def _method_fits(self) -> ExplainConfig:
-        if self.effective_method == "kernel-matched":
+        method = self.effective_method
+        if method in MATCHED_METHODS:
             if self.stability_runs < 2:
-                raise ValueError("method = 'kernel-matched' needs stability_runs >= 2: the streams give the "
+                raise ValueError(f"method = '{method}' needs stability_runs >= 2: the streams give the "
                                  "held-out fidelity (or set method = 'lime' for the plain engine)")
             if self.kernel_width is not None:
-                raise ValueError("kernel_width is lime's single width; method = 'kernel-matched' takes width_grid "
+                raise ValueError(f"kernel_width is lime's single width; method = '{method}' takes width_grid "
                                  "(e.g. width_grid = [0.5]), or set method = 'lime'")
         return self
 

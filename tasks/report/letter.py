@@ -224,13 +224,15 @@ def _decision_label(config: Config, shared: RunTexts, applicant: Mapping[str, An
 _QUALITY_COLUMNS = ("stability", "order_agrees", "selection_z", "stable", "num_samples", "prediction_gap",
                     "deletion_delta", "deletion_holds", "kernel_width", "kernel_width_sqrt_d", "effective_samples",
                     "fidelity_widest")
+_NEWER_QUALITY_COLUMNS = ("tied",)  # in the JSON only where the run wrote them: older runs re-render byte for byte
 _MAX_K = 4  # [explain] top_k's upper bound
 
 
 def _quality(row: Mapping[str, Any]) -> dict[str, Any]:
     """The explanation-quality columns of a decision (tasks/explain/aggregate.py), JSON-ready; None where absent."""
     out: dict[str, Any] = {}
-    for name in _QUALITY_COLUMNS:
+    names = (*_QUALITY_COLUMNS, *(n for n in _NEWER_QUALITY_COLUMNS if n in row))
+    for name in names:
         value = row.get(name)
         if _is_missing(value):
             out[name] = None
@@ -251,6 +253,15 @@ def _fewer_note(tc: Mapping[str, str], count: int, k: int, outcome: str) -> str 
     if count >= k:
         return None
     return fill(tc["reasons_none"] if count == 0 else tc["reasons_fewer"], count=count, outcome=outcome)
+
+
+def _fidelity_meaning(tc: Mapping[str, str], method: str, target: str, fid: str) -> str:
+    """What local fidelity means under the run's method (the per-bin method says on which scale it fits)."""
+    percent = _fidelity_percent(fid)
+    if method == "per-bin":
+        scale = tc["fidelity_scale_" + target.replace("-", "_")]
+        return fill(tc["fidelity_meaning_perbin"], percent=percent, scale=scale)
+    return fill(tc["fidelity_meaning_matched" if method == "kernel-matched" else "fidelity_meaning"], percent=percent)
 
 
 def _review_note(tc: Mapping[str, str], reasons: list[str], fid: str, min_fid: str) -> str:
@@ -332,14 +343,14 @@ def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applican
         "favourable": favourable,
         "reasons_intro": fill(tc["reasons_intro_adverse" if adverse else "reasons_intro"], outcome=shared.outcome_noun),
         "fewer_note": _fewer_note(tc, len(reasons), config.explain.top_k, shared.outcome_noun) if adverse else None,
+        "tie_note": tc["reasons_tied"] if quality.get("tied") else None,
         "favourable_intro": fill(tc["favourable_intro"], outcome=shared.outcome_noun),
         "chart": _chart(factors),
         "chart_alt": fill(tc["chart_alt"], outcome=shared.outcome_noun, items=items),
         "chart_key": fill(tc["chart_key"], outcome=shared.outcome_noun),
         "fidelity": fid,
         "fidelity_line": fill(tc["fidelity_value"], fidelity=fid),
-        "fidelity_meaning": fill(tc["fidelity_meaning_matched" if run.method == "kernel-matched"
-                                    else "fidelity_meaning"], percent=_fidelity_percent(fid)),
+        "fidelity_meaning": _fidelity_meaning(tc, run.method, config.explain.target, fid),
         "surrogate": [
             {"label": tc["intercept"], "value": f"{intercept:+.6f}", "css": "num-left"},
             {"label": tc["local_pred"], "value": f"{local_pred:.6f}", "css": "num-left"},

@@ -16,7 +16,7 @@ import pandas as pd
 
 from tasks.errors import InputError
 from tasks.explain.aggregate import REVIEW_REASONS, quality_summary
-from tasks.inputs.config import Config, stream_samples
+from tasks.inputs.config import MATCHED_METHODS, Config, stream_samples
 from tasks.report.pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
 from tasks.report.text import (
     audit_rows,
@@ -216,7 +216,9 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
         {"label": tc["target_fidelity"], "value": threshold_text(e.target_fidelity), "css": ""},
         {"label": tc["min_effective_share"], "value": threshold_text(e.min_effective_share), "css": ""},
         {"label": tc["min_contrasts"], "value": f"{e.min_contrasts:,}", "css": ""},
-    ] if e.effective_method == "kernel-matched" else []
+        *([{"label": tc["target"], "value": tc["target_" + e.target.replace("-", "_")], "css": ""}]
+          if e.effective_method == "per-bin" else []),
+    ] if e.effective_method in MATCHED_METHODS else []
     return [
         *matched,
         {"label": tc["design"], "value": tc[f"design_{e.design}"], "css": ""},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import ConfigError
-from tasks.inputs.config import Config, FeatureConfig
+from tasks.inputs.config import MATCHED_METHODS, Config, FeatureConfig
 from tasks.report.paths import REASONS_DIR, TEMPLATES_DIR, TEXTS_DIR
 from tasks.run.info import RunInfo
 
@@ -398,10 +398,11 @@ def versions_line(run: RunInfo) -> str:
 
 def audit_rows(run: RunInfo, tc: Mapping[str, str]) -> list[dict[str, str]]:
     """The run's audit record as (label, value) rows, for the customer annex and the run summary. The
-    kernel-matched method chooses the width per decision (its grid is in the quality settings' rows) and fits
-    every feature, so lime's single width and feature selection are shown for lime's method only."""
-    matched = run.method == "kernel-matched"
-    method_key = "method_value_matched" if matched else "method_value"
+    kernel-matched and per-bin methods choose the width per decision (the grid is in the quality settings' rows)
+    and fit every feature, so lime's single width and feature selection are shown for lime's method only."""
+    matched = run.method in MATCHED_METHODS
+    method_key = {"kernel-matched": "method_value_matched", "per-bin": "method_value_perbin"}.get(run.method,
+                                                                                                 "method_value")
     lime_rows = [] if matched else [
         {"label": tc["kernel_width"], "value": f"{run.kernel_width:.6g}", "css": ""},
         {"label": tc["feature_selection"], "value": clean_text(run.feature_selection, limit=60), "css": ""},

@@ -28,7 +28,7 @@ class RunInfo:
     explained_class: str
     min_fidelity: float
     versions: dict[str, str] = field(default_factory=dict)
-    method: str = "lime"  # "kernel-matched" or "lime" (runs recorded before the method existed: lime's)
+    method: str = "lime"  # "per-bin", "kernel-matched" or "lime" (runs recorded before the method existed: lime's)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -149,15 +149,17 @@ def matched(demo):
 def test_reasons_of_a_declined_decision_raised_its_probability(matched, demo) -> None:
     x, ids = demo.decisions[:40], demo.ids[:40]
     result = matched().explain(x, ids)
-    k = 3
+    k, slots = 3, 4  # k reason slots and one for a tie, then the favourable factors
     adverse = result.model_pred >= 0.4
     assert adverse.any() and (~adverse).any()
-    reasons, favourable = result.feature_index[:, :k], result.feature_index[:, k:]
-    reason_w, favourable_w = result.weights[:, :k], result.weights[:, k:]
+    reasons, favourable = result.feature_index[:, :slots], result.feature_index[:, slots:]
+    reason_w, favourable_w = result.weights[:, :slots], result.weights[:, slots:]
+    assert result.feature_index.shape[1] == slots + k
     assert np.all(reason_w[adverse][reasons[adverse] >= 0] > 0)
     assert np.all(favourable_w[adverse][favourable[adverse] >= 0] < 0)
     assert np.all(favourable[~adverse] == -1)
-    assert np.all(reasons[~adverse] >= 0)  # the other outcome: the main factors, either direction
+    assert np.all(reasons[~adverse, :k] >= 0)  # the other outcome: the main factors, either direction
+    assert np.all((reasons[:, k] >= 0) == result.tied)  # the tie slot is used exactly where reasons tie
     # every fit is on all features, and the factors shown are its coefficients
     shown = reasons[0][reasons[0] >= 0]
     assert np.allclose(result.all_weights[0, shown], reason_w[0][: len(shown)])
