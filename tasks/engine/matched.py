@@ -32,7 +32,7 @@ import torch
 from tasks.engine.explainer import HOST, BatchedLime
 from tasks.engine.explanations import Collector, Explanations
 from tasks.engine.stability import (
-    combine,
+    combine_each,
     critical_value,
     flatten,
     index_groups,
@@ -208,11 +208,11 @@ class KernelMatchedLime(BatchedLime):
         """The pooled moments, the surrogate on every feature fitted to them, each stream's own surrogate, and the
         held-out fidelity: each stream's surrogate scored on the other streams' samples, averaged."""
         runs, count = self.stability_runs, groups.total_weight.shape[1]
-        pooled = flatten(combine(groups, torch.ones(1, count, dtype=torch.float64)))
         own = torch.block_diag(*[torch.ones(1, count // runs, dtype=torch.float64)] * runs)
-        streams = flatten(combine(groups, own))
+        pooled, streams, others = (flatten(m) for m in combine_each(
+            groups, [torch.ones(1, count, dtype=torch.float64), own, 1.0 - own]))
         stream_fit = ridge_on(streams, all_features(streams), FINAL_ALPHA)
-        fidelity = held_out_r2(stream_fit, flatten(combine(groups, 1.0 - own))).view(-1, runs).mean(1)
+        fidelity = held_out_r2(stream_fit, others).view(-1, runs).mean(1)
         return pooled, ridge_on(pooled, all_features(pooled), FINAL_ALPHA), stream_fit, fidelity
 
     def _record(self, rows: np.ndarray, groups: WeightedMoments, per_stream: int, x: np.ndarray, width: float,

@@ -58,7 +58,22 @@ def combine(m: WeightedMoments, mask: torch.Tensor) -> WeightedMoments:
     """Moments of unions of groups: ``m`` is ``[B, G, ...]``, ``mask`` (0/1, float64 ``[H, G]``) selects the
     groups of each of H unions; returns ``[B, H, ...]``. Exact: the between-group scatter is added about a
     common centre (the all-groups mean), so nothing cancels catastrophically."""
-    mask = mask.to(dtype=torch.float64, device=m.czz.device)
+    return combine_each(m, [mask])[0]
+
+
+def combine_each(m: WeightedMoments, masks: list[torch.Tensor]) -> list[WeightedMoments]:
+    """:func:`combine` for several masks at once: the groups' parts about the centre are computed once."""
+    parts, centre_z, centre_y = _about_centre(m)
+    out = []
+    for mask in masks:
+        mask = mask.to(dtype=torch.float64, device=m.czz.device)
+        out.append(_united(tuple(_unite(mask, part) for part in parts), centre_z, centre_y))
+    return out
+
+
+def _about_centre(m: WeightedMoments) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """Each group's additive parts about the common centre (the all-groups mean): weight, weighted offsets of the
+    means, and the scatter and cross-products including the between-group terms; and the centre."""
     w = m.total_weight  # [B, G]
     total = w.sum(1, keepdim=True)
     centre_z = (w.unsqueeze(-1) * m.mean_z).sum(1, keepdim=True) / total.unsqueeze(-1)  # [B, 1, d]
@@ -66,13 +81,18 @@ def combine(m: WeightedMoments, mask: torch.Tensor) -> WeightedMoments:
     dz = m.mean_z - centre_z  # [B, G, d]
     dy = m.mean_y - centre_y  # [B, G]
     wdz = w.unsqueeze(-1) * dz
-    wh = _unite(mask, w)
-    mz = _unite(mask, wdz) / wh.unsqueeze(-1)
-    my = _unite(mask, w * dy) / wh
     scatter = m.czz + wdz.unsqueeze(-1) * dz.unsqueeze(-2)
-    czz = _unite(mask, scatter) - wh[..., None, None] * mz.unsqueeze(-1) * mz.unsqueeze(-2)
-    czy = _unite(mask, m.czy + wdz * dy.unsqueeze(-1)) - wh.unsqueeze(-1) * mz * my.unsqueeze(-1)
-    syy = _unite(mask, m.syy + w * dy * dy) - wh * my * my
+    return (w, wdz, w * dy, scatter, m.czy + wdz * dy.unsqueeze(-1), m.syy + w * dy * dy), centre_z, centre_y
+
+
+def _united(sums: tuple[torch.Tensor, ...], centre_z: torch.Tensor, centre_y: torch.Tensor) -> WeightedMoments:
+    """The moments of unions from the sums of their groups' parts (:func:`_about_centre`)."""
+    wh, offset_z, offset_y, scatter, cross, squares = sums
+    mz = offset_z / wh.unsqueeze(-1)
+    my = offset_y / wh
+    czz = scatter - wh[..., None, None] * mz.unsqueeze(-1) * mz.unsqueeze(-2)
+    czy = cross - wh.unsqueeze(-1) * mz * my.unsqueeze(-1)
+    syy = squares - wh * my * my
     return WeightedMoments(wh, centre_z + mz, centre_y + my, czz, czy, syy)
 
 
@@ -140,7 +160,11 @@ def jackknife_z(groups: WeightedMoments, chosen: torch.Tensor, pooled_margin: to
 def leave_one_group_out(groups: WeightedMoments) -> WeightedMoments:
     """The moments without each group in turn: ``[B, G, ...]`` -> ``[B * G, ...]``."""
     g = groups.total_weight.shape[1]
-    return flatten(combine(groups, 1.0 - torch.eye(g, dtype=torch.float64)))
+    parts, centre_z, centre_y = _about_centre(groups)
+    everything = torch.ones(1, g, dtype=torch.float64, device=groups.czz.device)
+    # all groups' sum less each group's own part: elementwise, so still the same bits whatever the batch, and
+    # G times less work than summing the other G - 1 groups for each of the G unions
+    return flatten(_united(tuple(_unite(everything, part) - part for part in parts), centre_z, centre_y))
 
 
 def jackknife_ratio(margins: torch.Tensor, pooled_margin: torch.Tensor) -> torch.Tensor:

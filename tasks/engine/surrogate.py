@@ -75,8 +75,24 @@ def kernel_moments(same_bin: torch.Tensor, y: torch.Tensor, kernel_width: float)
 
 def uniform_moments(same_bin: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The moments of kernel-matched samples: drawn from the kernel-weighted distribution, every sample weighs
-    1 (docs/method.md, "Kernel-matched LIME"). A tuple, so ``torch.compile`` can fuse it."""
-    return _moments(same_bin, y, torch.ones(y.shape, dtype=torch.float64, device=y.device))
+    1 (docs/method.md, "Kernel-matched LIME"). A tuple, so ``torch.compile`` can fuse it.
+
+    The data are 0/1 indicators, so ``Σ z zᵀ`` counts co-occurrences: a float32 product is exact for fewer than
+    2**24 samples whatever its summation order (so the same bits in any batch), at half the float64 cost."""
+    if same_bin.shape[1] >= 1 << 24:
+        return _moments(same_bin, y, torch.ones(y.shape, dtype=torch.float64, device=y.device))
+    y = y.to(torch.float64)
+    z32 = same_bin.to(torch.float32)
+    z = z32.to(torch.float64)
+    total = torch.full(y.shape[:1], float(y.shape[1]), dtype=torch.float64, device=y.device)
+    sum_z = z.sum(1)
+    mean_z = sum_z / total.unsqueeze(1)
+    mean_y = y.mean(1)
+    yc = y - mean_y.unsqueeze(-1)
+    czz = torch.bmm(z32.transpose(1, 2), z32).to(torch.float64) - sum_z.unsqueeze(2) * mean_z.unsqueeze(1)
+    czy = torch.bmm(z.transpose(1, 2), yc.unsqueeze(-1)).squeeze(-1)
+    syy = (yc * yc).sum(1)
+    return total, mean_z, mean_y, czz, czy, syy
 
 
 def forward_selection(m: WeightedMoments, k: int) -> torch.Tensor:

@@ -213,7 +213,7 @@ def _reasons_per_adverse_decision(table: pd.DataFrame) -> dict[str, int]:
 
 SUMMARY_COLUMNS = ("rank", "role", "feature", "direction", "fidelity", "needs_review", "review_reasons", "stable",
                    "order_agrees", "stability", "selection_z", "num_samples", "prediction_gap", "deletion_holds",
-                   "kernel_width_sqrt_d", "fidelity_widest")
+                   "kernel_width_sqrt_d", "fidelity_widest", "tied")
 """The columns of ``explanations.parquet`` the run summary and :func:`quality_summary` read (after the id)."""
 
 
@@ -248,6 +248,7 @@ def quality_summary(table: pd.DataFrame) -> dict:
         "fidelity_widest": _quantiles(firsts["fidelity_widest"]) if "fidelity_widest" in firsts else None,
         "fidelity_at_least_0_5_share": _share(pd.to_numeric(firsts["fidelity"], errors="coerce").dropna() >= 0.5),
         "reasons_per_adverse_decision": _reasons_per_adverse_decision(table),
+        **({"tied_share": _share(firsts["tied"])} if "tied" in firsts else {}),  # runs before ties: their bytes
         "needs_review": int(firsts["needs_review"].astype(bool).sum()),
         "review_reasons": counts,
     }

@@ -289,6 +289,15 @@ def _describe(device: str) -> str:
     return device
 
 
+def _newer_columns_as_null(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part written by an older limelight (a run resumed across versions) lacks the columns added since, e.g.
+    ``tied``: they are null there ("not computed"), as the contract says of quality columns an engine lacks."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names)
+
+
 def merge_parts(results: Sequence[ShardResult], target: Path, id_column: str,
                 metadata: dict[bytes, bytes] | None = None, exclude: set[str] | None = None) -> int:
     """Write the shards' part files, in shard order, as one Parquet file (atomically); returns rows.
@@ -302,7 +311,7 @@ def merge_parts(results: Sequence[ShardResult], target: Path, id_column: str,
     total = 0
     with atomic_path(target) as temp, pq.ParquetWriter(temp, schema) as writer:
         for result in sorted(results, key=lambda r: r.order):
-            table = pq.read_table(result.part).cast(schema)
+            table = _newer_columns_as_null(pq.read_table(result.part), schema).cast(schema)
             if exclude and exclude.intersection(result.ids):
                 keep = pc.invert(pc.is_in(table.column(id_column), value_set=pa.array(sorted(exclude), pa.string())))
                 table = table.filter(keep)

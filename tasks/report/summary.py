@@ -242,7 +242,8 @@ def quality_settings(config: Config) -> dict[str, Any]:
             "max_samples_factor": e.max_samples_factor, "confidence": e.confidence, "min_fidelity": r.min_fidelity,
             "max_prediction_gap": r.max_prediction_gap, "require_width": r.require_width,
             "require_stable": r.require_stable,
-            "require_deletion": r.require_deletion}
+            "require_deletion": r.require_deletion,
+            **({"target": e.target} if e.effective_method == "per-bin" else {})}  # older runs keep their bytes
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],

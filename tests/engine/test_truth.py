@@ -107,10 +107,11 @@ def test_the_default_configuration_lists_the_true_reasons(additive, tmp_path) ->
     out = engine.explain(x, ids)
     m = truth_metrics(out.feature_index, out.weights, out.model_pred, truth, THRESHOLD, K)
     print(m)
-    # Measured with the kernel-matched default on lime's binary representation (before the per-bin method): all
-    # three pass. 0 false reasons; 1 first miss (A-00016: utilisation listed first, truth 0.071, against
-    # debt_to_income's 0.072, a near-tie); set 36/36 of the decisions without a near-tie (4 near-ties). With seeds 1
-    # and 2 instead of the default seed: 1 and 0 first misses, sets 35/36 and 35/36.
+    # Measured with the binary kernel-matched method (the default before per-bin): all three pass. 0 false
+    # reasons; 1 first miss (A-00016: utilisation listed first, truth 0.071, against debt_to_income's 0.072, a
+    # near-tie); set 36/36 of the decisions without a near-tie (4 near-ties). With seeds 1 and 2 instead of the
+    # default seed: 1 and 0 first misses, sets 35/36 and 35/36. With the per-bin default (log-odds): 0 false
+    # reasons, 1 first miss (a near-tie), set 36/36.
     assert m["declined"] == DECLINED
     assert m["all_raise"] == 1.0, m  # every listed reason truly raises the decline
     assert m["first_misses"] <= 1, m  # the first reason is the true first: >= 98%, at most 1 miss in 40 (strict)

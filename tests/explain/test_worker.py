@@ -3,6 +3,7 @@ bisecting failures, the model's output check, the shard result, merging."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def test_explain_shard_writes_parts_and_caches_the_model(small_demo, tmp_path, m
     table = pq.read_table(first.part)
     shown = table.group_by("customer_id").aggregate([("rank", "count")]).column("rank_count").to_pylist()
     assert first.decisions == 16 and first.rows == table.num_rows == sum(shown)
-    assert all(1 <= n <= 2 * config.explain.top_k for n in shown)  # reasons, then factors in the favour
+    assert all(1 <= n <= 2 * config.explain.top_k + 1 for n in shown)  # reasons (+1 tied), then favourable
     assert first.device == "cpu" and first.worker.endswith(str(os.getpid()))
     assert table.schema.equals(explanation_schema(config.data.id_column))
     assert list(dict.fromkeys(table.column("customer_id").to_pylist())) == index.ids.to_pylist()[:16]
@@ -81,6 +82,14 @@ def test_explain_shard_writes_parts_and_caches_the_model(small_demo, tmp_path, m
     assert result.schema.metadata == {b"k": b"v"}
     assert list(dict.fromkeys(result.column("customer_id").to_pylist())) == index.ids.to_pylist()[:32]
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+
+    # a part written before the `tied` column existed (a run resumed across versions) merges with it null
+    older = tmp_path / "older-part.parquet"
+    pq.write_table(pq.read_table(first.part).drop_columns(["tied"]), older)
+    merge_parts([dataclasses.replace(first, part=str(older)), second], merged, "customer_id")
+    both = pq.read_table(merged)
+    assert both.column("tied").null_count == first.rows
+    assert both.column("tied").slice(first.rows).null_count == 0
 
 
 def test_same_decision_same_explanation_in_any_shard(small_demo, tmp_path, monkeypatch):
@@ -107,7 +116,7 @@ def test_conform_orders_and_types_columns():
         "review_reasons": [""], "stability": [1.0], "order_agrees": [True], "selection_z": [3.0], "stable": [True],
         "num_samples": [10000], "prediction_gap": [0.1], "deletion_delta": [-0.2], "deletion_holds": [True],
         "role": ["reason"], "kernel_width": [0.7], "kernel_width_sqrt_d": [0.2], "effective_samples": [4000.0],
-        "fidelity_widest": [0.3],
+        "fidelity_widest": [0.3], "tied": [False],
     })
     table = conform(frame, "id")
     assert table.schema.equals(explanation_schema("id"))

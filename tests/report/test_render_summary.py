@@ -135,11 +135,12 @@ def test_summary_shows_samples_gates_review_reasons_and_quality_settings(tmp_pat
         assert row in text
     attached = json.loads(embedded_files(path)["run-summary.json"])
     assert attached["quality_settings"] == {
-        "method": "kernel-matched", "width_grid": [0.75, 0.35, 0.2, 0.12, 0.08], "target_fidelity": 0.5,
+        "method": "per-bin", "width_grid": [0.75, 0.35, 0.2, 0.12, 0.08], "target_fidelity": 0.5,
         "min_effective_share": 0.2, "min_contrasts": 50,
         "design": "sobol", "stability_runs": 2, "adaptive": True, "max_samples_factor": 16, "confidence": 0.95,
         "min_fidelity": 0.3,
-        "max_prediction_gap": 0.3, "require_width": True, "require_stable": True, "require_deletion": False}
+        "max_prediction_gap": 0.3, "require_width": True, "require_stable": True, "require_deletion": False,
+        "target": "log-odds"}
     assert sum(sum(v.values()) for v in attached["samples_per_decision"].values()) == 80
 
 

@@ -52,7 +52,7 @@ def test_run_info_carries_the_engine_parameters(tmp_path):
     assert run.explained_class == "declined" and run.min_fidelity == 0.3
     assert run.versions["torch"] and run.versions["prefect"] and run.versions["python"]
     assert RunInfo.from_dict(json.loads(json.dumps(run.to_dict()))) == run
-    assert run.method == "kernel-matched"
+    assert run.method == "per-bin"
     lime = run_info(tmp_path, kernel_width=2.5, method="lime")
     assert lime.kernel_width == 2.5 and lime.method == "lime"
 
