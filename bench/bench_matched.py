@@ -140,7 +140,10 @@ def report(name: str, results: list[Explanations], seconds: list[float], plain_s
         print("  " + " " * 16 + " widths chosen (x sqrt d): "
               + ", ".join(f"{v:g}: {c}" for v, c in zip(values[::-1], counts[::-1], strict=True))
               + f" | held-out fidelity at lime's width: median {np.median(first.fidelity_widest):.3f}, >= 0.5 "
-              f"{np.mean(first.fidelity_widest >= 0.5):.1%}")
+              f"{np.mean(first.fidelity_widest >= 0.5):.1%} | same width under 2 seeds "
+              f"{np.mean(results[0].kernel_width == results[-1].kernel_width):.1%}")
+    if first.tied is not None:
+        print("  " + " " * 16 + f" decisions naming k + 1 tied reasons: {int(first.tied.sum())}")
 
 
 def representation_ceiling(case: Case, decisions: int = 20, samples: int = 5000) -> None:

@@ -123,6 +123,11 @@ class BatchedLime:
             self._check_deletion(explanations, x)
         return explanations
 
+    @property
+    def reason_slots(self) -> int:
+        """Slots for the principal factors at the front of ``feature_index``: k."""
+        return min(self.top_k, self.stats.num_features)
+
     def _in_chunks(self, count: int, samples: int, work: Callable[[int, int], None]) -> None:
         """Run ``work(start, stop)`` over ``count`` decisions in chunks of the memory budget for ``samples`` rows
         per decision. On out-of-memory the chunk is halved and retried; a failing compiler falls back to eager."""
@@ -150,8 +155,8 @@ class BatchedLime:
     def _check_deletion(self, explanations: Explanations, x: np.ndarray) -> None:
         check = DeletionCheck(self.stats)
         delta, holds = np.zeros(len(x)), np.zeros(len(x), dtype=bool)
-        k = min(self.top_k, self.stats.num_features)  # the principal factors (the kernel-matched engine adds
-        features, weights = explanations.feature_index[:, :k], explanations.weights[:, :k]  # favourable ones after)
+        k = self.reason_slots  # the principal factors (the kernel-matched engines add favourable ones after)
+        features, weights = explanations.feature_index[:, :k], explanations.weights[:, :k]
 
         def work(a: int, b: int) -> None:
             delta[a:b], holds[a:b] = check.run(

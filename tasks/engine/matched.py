@@ -266,6 +266,11 @@ class KernelMatchedLime(BatchedLime):
         up to four principal reasons)."""
         return min(self.top_k + 1, MAX_REASONS, self.stats.num_features)
 
+    @property
+    def reason_slots(self) -> int:
+        """The deletion check removes every principal factor named, the tied one included."""
+        return self.tie_slots
+
     def _settle_ties(self, test: _ReasonTest, reasons: torch.Tensor, share: torch.Tensor, same_order: torch.Tensor,
                      z: torch.Tensor, stable: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """After full adaptation: a decision whose k reasons are not stable, but whose k + 1 are (the streams agree
