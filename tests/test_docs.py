@@ -120,3 +120,22 @@ def test_lists_hook_renders_github_lists_for_python_markdown() -> None:
         "1. **Reference**:\n    - each bin\n\n    Tests check.\n\n2. **Perturbations**\n\n"
         "- item\n    ```\n    code\n    ```\n\n    after\n\nThe year\n2026. is not a list\n"
     )
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_guide_pages_render_their_structure_as_github_does(page: Path) -> None:
+    """With the lists hook, mkdocs' Python-Markdown gives each page the lists, tables, code blocks and headings a
+    CommonMark renderer (GitHub) gives it: no list run into its paragraph, no nesting lost."""
+    markdown = pytest.importorskip("markdown")  # the dev extra (mkdocs)
+    from markdown_it import MarkdownIt  # rich's dependency
+
+    text = page.read_text(encoding="utf-8")
+    extensions = ["tables", "attr_list", "toc", "pymdownx.superfences"]
+    ours = markdown.markdown(_lists_hook().normalise_lists(text), extensions=extensions)
+    github = MarkdownIt("commonmark").enable("table").render(text)
+    tags = ("li", "ul", "ol", "table", "pre", "h1", "h2", "h3", "h4")
+
+    def count(html: str) -> dict[str, int]:
+        return {tag: len(re.findall(rf"<{tag}[ >]", html)) for tag in tags}
+
+    assert count(ours) == count(github)
