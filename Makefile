@@ -1,8 +1,9 @@
 # limelight: setup, tests, demo, benchmark.
 #
 #   make setup     system packages (root + apt only), venv, pip install -e .[dev] (instant when done)
-#   make test      setup, ruff, lint-imports (the import contracts in pyproject.toml), pytest
+#   make test      setup, ruff, lint-imports (the import contracts in pyproject.toml), the guide (--strict), pytest
 #   make demo      setup, run the embedded demo into out/demo
+#   make docs      the user guide (docs/, mkdocs.yml) built --strict into site/: any warning fails
 #   make bench     explanation throughput with 1 and 2 CPU workers
 #
 # CONSTRAINTS pins the CPU wheel of torch (a bare `torch` pulls a 5.5 GB CUDA build). GPU users install
@@ -19,7 +20,7 @@ STAMP := $(VENV)/.limelight-setup
 SYSTEM_PACKAGES := $(shell grep -v '^\s*\#' system-packages.txt 2>/dev/null)
 CONSTRAINT_FLAG := $(if $(strip $(CONSTRAINTS)),-c $(CONSTRAINTS),)
 
-.PHONY: setup system-packages test lint demo bench clean
+.PHONY: setup system-packages test lint docs demo bench clean
 
 setup: $(STAMP)
 
@@ -41,11 +42,19 @@ system-packages:
 	fi
 
 lint: setup
-	$(BIN)/ruff check flows tasks tests bench
+	$(BIN)/ruff check flows tasks tests bench docs
 	$(BIN)/lint-imports --no-cache --no-logo
 
-test: setup lint
+test: setup lint docs
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The user guide into site/, offline (no fonts or assets fetched). --strict turns every warning (a broken link or
+# anchor, a page missing from the nav) into a failure. The configuration reference is generated from the config's
+# pydantic models by a hook (docs/hooks/). Runs setup only when the venv has no mkdocs yet, so
+# `make docs VENV=other/.venv` uses that environment as it is. NO_MKDOCS_2_WARNING silences Material's banner
+# about its end of life (May 2027) and MkDocs 2.0, which the dev extra pins out (mkdocs<2).
+docs: $(if $(wildcard $(BIN)/mkdocs),,setup)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --clean --site-dir site
 
 demo: setup
 	$(BIN)/limelight demo --out $(DEMO_OUT)
@@ -55,5 +64,5 @@ bench: setup
 	$(BIN)/python bench/bench_pipeline.py
 
 clean:
-	rm -rf out .pytest_cache .ruff_cache build *.egg-info
+	rm -rf out site .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,6 +1,6 @@
 """limelight's work: plain, typed functions with no Prefect import (flows/ wires them into the flow).
 
-One package per stage of a run, in the order a run goes through them (README, "How a run works"):
+One package per stage of a run, in the order a run goes through them (docs/architecture.md, "How a run works"):
 
 - ``tasks.inputs``: what a run is given: the config, the decisions and reference Parquet, the nightly
   selection, the bank's model file.

@@ -1,4 +1,4 @@
-"""Batched LIME for tabular credit decisions, faithful to ``lime`` 0.2.0.1 (see README, "Method").
+"""Batched LIME for tabular credit decisions, faithful to ``lime`` 0.2.0.1 (see docs/method-overview.md).
 
 Modules, each depending only on those listed before it: ``rng``, ``sobol``, ``stats``, ``sampler``,
 ``surrogate``, ``stability``, ``deletion`` (the pieces); ``explanations`` (the result type); the engines

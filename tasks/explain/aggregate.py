@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the engine imports torch; the flow process only needs the s
 
 
 def explanation_schema(id_column: str) -> pa.Schema:
-    """The Arrow schema of ``explanations.parquet`` (a contract: see README, "Outputs")."""
+    """The Arrow schema of ``explanations.parquet`` (a contract: docs/output-contract.md)."""
     return pa.schema(
         [
             (id_column, pa.string()),

@@ -35,9 +35,13 @@ def default_kernel_width(num_features: int) -> float:
 
 
 class DataConfig(_Strict):
+    """Where the decisions to explain and the reference population are."""
+
     decisions: Path = Field(description="decisions Parquet file or (hive-partitioned) dataset directory")
     reference: Path = Field(description="population Parquet that LIME draws its feature statistics from")
-    id_column: str = "customer_id"
+    id_column: str = Field(
+        default="customer_id", description="the decisions' id column: one report and one explanation per id"
+    )
     date_column: str | None = Field(
         default=None,
         description="column or hive partition key holding each decision's date; a nightly run (run_date) "
@@ -49,6 +53,8 @@ ModelFormat = Literal["torchscript", "torch-export", "onnx", "xgboost", "lightgb
 
 
 class ModelConfig(_Strict):
+    """The credit model: a model file (``path``) or a Python entrypoint, and the classes it scores."""
+
     path: Path | None = Field(
         default=None, description="the model file: TorchScript, torch.export (.pt2), ONNX, XGBoost (.ubj/.json), "
         "LightGBM (.txt) or skops (scikit-learn)",
@@ -61,9 +67,11 @@ class ModelConfig(_Strict):
     trusted: list[str] = Field(
         default_factory=list, description="skops: types to trust beyond skops' defaults (reviewed by you)",
     )
-    classes: list[str] = Field(min_length=1)
+    classes: list[str] = Field(min_length=1, description="the model's output classes, in the order of its columns")
     explain: str = Field(description="the class whose probability is explained")
-    output: Literal["probabilities", "logits"] = "probabilities"
+    output: Literal["probabilities", "logits"] = Field(
+        default="probabilities", description="what the model returns: class probabilities, or logits (softmaxed)"
+    )
     cpu_chunk_rows: int = Field(
         default=200_000, gt=0, description="rows per call of an entrypoint or native (non-torch) model"
     )
@@ -104,7 +112,12 @@ MATCHED_METHODS = ("per-bin", "kernel-matched")
 
 
 class ExplainConfig(_Strict):
-    engine: Literal["batched", "lime"] = "batched"
+    """How each decision is explained: the engine, the method and its sampling (docs/method.md)."""
+
+    engine: Literal["batched", "lime"] = Field(
+        default="batched", description="'batched': limelight's torch engine; 'lime': the original lime package, one "
+        "decision at a time (slow; the auditors' canonical implementation)",
+    )
     method: Literal["per-bin", "kernel-matched", "lime"] = Field(
         default="per-bin",
         description="'per-bin' (default; a LIME-family representation, not lime's): kernel-matched sampling with "
@@ -136,11 +149,16 @@ class ExplainConfig(_Strict):
         description="kernel-matched: a feature is named as a factor only when at least this many samples left the "
         "applicant's bin of it (its effect was measured)",
     )
-    num_samples: int = Field(default=5000, ge=10, le=1_000_000)
+    num_samples: int = Field(default=5000, ge=10, le=1_000_000, description="perturbation samples per decision (S)")
     top_k: int = Field(default=3, ge=1, le=4, description="factors per decision (regulators: at most four)")
-    seed: int = Field(default=20261122, ge=0, lt=2**63)
+    seed: int = Field(
+        default=20261122, ge=0, lt=2**63, description="with the decision id, keys each decision's random stream"
+    )
     kernel_width: float | None = Field(default=None, gt=0, description="default 0.75*sqrt(d), as lime")
-    feature_selection: Literal["auto", "forward_selection", "highest_weights"] = "auto"
+    feature_selection: Literal["auto", "forward_selection", "highest_weights"] = Field(
+        default="auto", description="method = 'lime': lime's feature selection; 'auto' is forward selection for "
+        "top_k <= 6, else highest weights",
+    )
     memory_budget_mb: int | None = Field(
         default=None, ge=16, description="memory one chunk may use; default 1024 on CPU, 1/4 of free GPU memory"
     )
@@ -220,6 +238,8 @@ def stream_samples(num_samples: int, stability_runs: int) -> int:
 
 
 class ReviewConfig(_Strict):
+    """The review gate: a decision failing any check is marked "requires human review" (needs_review)."""
+
     min_fidelity: float = Field(default=0.3, ge=0.0, le=1.0, description="below this: human review")
     max_prediction_gap: float = Field(
         default=0.3, gt=0.0, le=1.0, description="above this |local_pred - model_pred|: human review"
@@ -236,6 +256,8 @@ class ReviewConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    """Workers and shards (the command line's --devices and --render-workers override them)."""
+
     devices: str = Field(default="auto", description="'auto', 'cpu:N' or 'cuda:0,1,...'")
     shard_size: int = Field(default=256, gt=0, description="decisions per shard")
     torch_threads: int = Field(default=1, ge=1, description="torch threads per CPU worker")
@@ -247,12 +269,18 @@ class RunConfig(_Strict):
 
 
 class FeatureConfig(_Strict):
-    name: str = Field(min_length=1)
-    label: str = Field(min_length=1)
-    kind: Literal["numeric", "categorical"]
-    categories: list[str] | None = None
+    """One block per model input, in the model's column order."""
+
+    name: str = Field(min_length=1, description="the column in the decisions and the reference")
+    label: str = Field(min_length=1, description="the feature's name in reports, e.g. 'Debt-to-income ratio'")
+    kind: Literal["numeric", "categorical"] = Field(
+        description="'numeric': quartile bins; 'categorical': the model receives the value's index in categories"
+    )
+    categories: list[str] | None = Field(
+        default=None, description="categorical only: the values the column holds, in the order of their codes"
+    )
     unit: str | None = Field(default=None, description="shown after values in reports, e.g. '%' or 'GBP'")
-    decimals: int = Field(default=2, ge=0, le=6)
+    decimals: int = Field(default=2, ge=0, le=6, description="decimal places of the feature's values in reports")
     missing: Literal["explain", "fail"] = Field(
         default="explain",
         description="a missing value (null or NaN): 'explain' treats it as a value of its own (the reference's gaps"
@@ -273,13 +301,15 @@ class FeatureConfig(_Strict):
 
 
 class Config(_Strict):
-    data: DataConfig
-    model: ModelConfig
-    explain: ExplainConfig = Field(default_factory=ExplainConfig)
-    review: ReviewConfig = Field(default_factory=ReviewConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    features: list[FeatureConfig] = Field(min_length=1)
+    """A run's config file: one table per section and one [[features]] block per model input."""
+
+    data: DataConfig = Field(description="the decisions and the reference population")
+    model: ModelConfig = Field(description="the credit model and its classes")
+    explain: ExplainConfig = Field(default_factory=ExplainConfig, description="the explanation engine and method")
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="when a decision goes to human review")
+    run: RunConfig = Field(default_factory=RunConfig, description="devices, shards and the render pool")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="the PDF reports and the run summary")
+    features: list[FeatureConfig] = Field(min_length=1, description="the model's inputs, in its column order")
 
     # Not from the TOML: where it came from, for hashing and error messages.
     source: Path | None = Field(default=None, exclude=True)

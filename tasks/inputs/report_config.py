@@ -12,8 +12,13 @@ class _Strict(BaseModel):
 
 
 class Lender(_Strict):
-    name: str = "Example Bank plc"
-    address: list[str] = Field(default_factory=lambda: ["1 Example Street", "London EC1A 1AA"])
+    """The lender named in the letters' header and in the rights notice."""
+
+    name: str = Field(default="Example Bank plc", description="the lender's name")
+    address: list[str] = Field(
+        default_factory=lambda: ["1 Example Street", "London EC1A 1AA"], description="the lender's address, one line "
+        "per item",
+    )
     contact: list[str] = Field(
         default_factory=lambda: ["Telephone 0800 000 0000", "credit.review@example.co.uk"],
         description="how customers reach the lender (shown in the header and in the rights notice)",
@@ -27,10 +32,12 @@ class Lender(_Strict):
 class ReportConfig(_Strict):
     """Settings of the customer reports and the run summary."""
 
-    enabled: bool = True
-    language: Literal["en", "zh-CN"] = "en"
+    enabled: bool = Field(default=True, description="render the PDF reports and the run summary")
+    language: Literal["en", "zh-CN"] = Field(
+        default="en", description="the reports' language: fixed texts from the translation catalogs"
+    )
     jurisdiction: str = Field(default="uk", description="which rights notice to print: uk, eu, us, cn, ...")
-    lender: Lender = Field(default_factory=Lender)
+    lender: Lender = Field(default_factory=Lender, description="the lender's name, address and contacts")
     title: str | None = Field(default=None, description="report title; default from the translation catalog")
     applicant_fields: list[str] = Field(
         default_factory=list, description="decision columns shown in the report header (e.g. name)"

@@ -2,7 +2,7 @@
 
 Public API: :func:`render_customer_reports`, :func:`render_run_summary`, :func:`report_filename`,
 :func:`missing_catalog_entries`, :class:`RenderedReport`. What a run publishes is the output contract in
-README.md ("What a run produces": the table of outputs and the column meanings); the rows read here follow
+docs/output-contract.md (the table of outputs and the column meanings); the rows read here follow
 ``tasks/explain/aggregate.py:explanation_schema``.
 
 Each letter's content (template context and JSON attachment) comes from tasks/report/letter.py; here it becomes

@@ -1,6 +1,6 @@
 """Synthetic explanation rows for the report renderer: tests, the benchmark and the sample page images.
 
-The rows follow the explanations.parquet contract (README.md, "What a run produces"; the schema is
+The rows follow the explanations.parquet contract (docs/output-contract.md; the schema is
 ``tasks/explain/aggregate.py:explanation_schema``) for the demo's features, with LIME-style conditions
 (quartile bands, ``name=value`` for categories). They are not model output: values, weights and fidelities are
 drawn at random (seeded), only their shapes are realistic.
