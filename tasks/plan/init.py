@@ -109,15 +109,18 @@ class _Column:
 
 def _is_text(kind: pa.DataType) -> bool:
     kind = kind.value_type if pa.types.is_dictionary(kind) else kind
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
-def _scan_reference(path: Path, wanted: Sequence[str] | None) -> dict[str, _Column]:
-    """The reference's columns (``wanted`` only, or all), with what init needs to tell kinds and categories."""
+def _scan_reference(path: Path, wanted: Sequence[str] | None, skip: list[str]) -> dict[str, _Column]:
+    """The reference's columns (``wanted`` only, or all but ``skip`` and the ids, which are added to ``skip``),
+    with what init needs to tell kinds and categories."""
     sources = list_source_files(path, "--reference")
     first = sources[0]
     schema = source_schema(first, open_parquet(first.path))
-    names = [n for n in schema.names if wanted is None or n in wanted]
+    if wanted is None:
+        skip += [n for n in schema.names if re.search(r"(^|_)id$", n, re.IGNORECASE) and n not in skip]
+    names = [n for n in schema.names if (n in wanted if wanted is not None else n not in skip)]
     columns = {n: _Column(n, schema.field(n).type) for n in names}
     for source in sources:
         for _, table in iter_tables(source, names):
@@ -135,6 +138,8 @@ def _observe(column: _Column, data: pa.ChunkedArray) -> None:
             chunk = chunk.cast(chunk.type.value_type)
         if _is_text(chunk.type):
             column.values.update(str(v) for v in pc.unique(chunk.drop_null()).to_pylist())
+        elif pa.types.is_decimal(chunk.type):
+            column.integral = False
         elif pa.types.is_integer(chunk.type) or pa.types.is_floating(chunk.type):
             values = pc.drop_null(chunk)
             if pa.types.is_floating(chunk.type):
@@ -359,11 +364,7 @@ def plan_init(*, reference: Path, model: Path, out: Path, decisions: Path | None
         else None
     date_name = _date_column(schema, model_names) if decisions != reference else None
     skip = [n for n in (id_name, date_name) if n]
-    columns = _scan_reference(reference, facts.names)
-    if facts.features is None:  # the reference's columns: leave out what only the decisions' rows carry
-        ref_columns = _scan_reference(reference, None)
-        skip += [n for n in ref_columns if re.search(r"(^|_)id$", n, re.IGNORECASE) and n not in skip]
-        columns = ref_columns
+    columns = _scan_reference(reference, facts.names, skip)
     features = draft_features(facts, columns, reference, skip)
     absent = [f.name for f in features if f.name not in names]
     if absent:
