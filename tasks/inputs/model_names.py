@@ -139,8 +139,9 @@ def _lightgbm_facts(path: Path) -> ModelFacts:
                 pandas_categorical = []
     # pandas_categorical lists the categories of the DataFrame's category columns, in column order: the model's
     # categorical features when LightGBM found them itself (the default). Otherwise, the lists cannot be matched.
-    lists = iter(pandas_categorical if len(pandas_categorical) == sum(categorical) else [])
-    features = [ModelFeature(n, c, tuple(str(v) for v in next(lists)) if c and pandas_categorical else None)
+    matched = pandas_categorical if len(pandas_categorical) == sum(categorical) else []
+    lists = iter(matched)
+    features = [ModelFeature(n, c, tuple(str(v) for v in next(lists)) if c and matched else None)
                 for n, c in zip(names, categorical, strict=True)]
     num_class = int(header.get("num_class", "1") or 1)
     return ModelFacts("LightGBM feature_names", _named(features), len(names) or None, max(2, num_class))

@@ -204,3 +204,15 @@ def test_validate_reports_the_mismatch(frame, xgboost_file, tmp_path):
     result = validate_all(load_config(tmp_path / "config.toml"))
     assert result.problems == [f"{xgboost_file}: feature 1 is 'duration_in_month' in the model but 'credit_amount' "
                                f"in {tmp_path / 'config.toml'} [[features]]: list [[features]] in the model's order"]
+
+
+def test_lightgbm_categories_that_cannot_be_matched_are_left_out(frame, tmp_path):
+    """An integer column made categorical by categorical_feature is not in pandas_categorical: the lists no
+    longer pair with the categorical features, so no categories are taken (the kinds still are)."""
+    x, y = frame
+    x = x.assign(age_in_years=x["age_in_years"] // 10)
+    lgb.LGBMClassifier(n_estimators=3, num_leaves=7, verbose=-1, n_jobs=1).fit(
+        x, y, categorical_feature=["age_in_years", "purpose", "housing"]).booster_.save_model(str(tmp_path / "m.txt"))
+    facts = read_model_facts(tmp_path / "m.txt", "lightgbm")
+    assert [f.categorical for f in facts.features] == [False, False, True, True, True]
+    assert all(f.categories is None for f in facts.features)
