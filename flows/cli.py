@@ -300,11 +300,14 @@ def validate(config: ConfigArg) -> None:
 
 
 def _init(reference: Path, model: Path, decisions: Path | None, id_column: str | None, out: Path, force: bool,
-          classes: str | None, explain: str | None) -> Any:
+          classes: str | None, explain: str | None, trusted: str | None) -> Any:
     from tasks.plan.init import plan_init, write_init
 
+    def items(text: str | None) -> list[str]:
+        return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
     result = plan_init(reference=reference, model=model, out=out, decisions=decisions, id_column=id_column,
-                       classes=[c.strip() for c in classes.split(",")] if classes else None, explain=explain)
+                       classes=items(classes) or None, explain=explain, trusted=items(trusted))
     write_init(result, force=force)
     return result
 
@@ -322,10 +325,12 @@ def init(
         "--classes", help="the model's classes in output order, comma-separated (default: approved,declined)")] = None,
     explain: Annotated[str | None, typer.Option(
         "--explain", help="the class whose probability is explained (default: the last)")] = None,
+    trusted: Annotated[str | None, typer.Option(
+        "--trusted", help="skops: types to trust beyond skops' defaults, comma-separated, after your review")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
 ) -> None:
     """Write a complete config and a reason-catalog skeleton from the model's own feature names and the reference."""
-    result = _guard(lambda: _init(reference, model, decisions, id_column, out, force, classes, explain))
+    result = _guard(lambda: _init(reference, model, decisions, id_column, out, force, classes, explain, trusted))
     categorical = sum(f.kind == "categorical" for f in result.features)
     console.print(f"[green]✓[/] {escape(str(result.config_path))}: {len(result.features)} features "
                   f"({categorical} categorical) from {escape(result.names_from)}", soft_wrap=True, highlight=False)

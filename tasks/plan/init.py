@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.errors import InputError, LimelightError
+from tasks.errors import InputError, LimelightError, ModelError
 from tasks.inputs.model_formats import PICKLE_REFUSED, infer_format, is_pickle
 from tasks.inputs.model_names import ModelFacts, read_model_facts
 from tasks.inputs.sources import iter_tables, list_source_files, open_parquet, source_schema
@@ -256,7 +256,7 @@ def _classes(facts: ModelFacts, classes: Sequence[str] | None, explain: str | No
 
 def config_text(*, folder: Path, model: Path, model_format: str, reference: Path, decisions: Path, id_column: str,
                 date_column: str | None, classes: list[str], explain: str, features: list[FeatureDraft],
-                names_from: str, catalog: Path) -> str:
+                names_from: str, catalog: Path, trusted: list[str] | None = None) -> str:
     """The config TOML, laid out as config/demo.toml, with comments for the person who completes it."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     lines = [
@@ -272,6 +272,7 @@ def config_text(*, folder: Path, model: Path, model_format: str, reference: Path
         "[model]",
         f"path = {_toml(_relative(model, folder))}",
         f"format = {_toml(model_format)}",
+        *([f"trusted = {_toml(trusted)}   # skops types you reviewed (limelight init --trusted)"] if trusted else []),
         f"classes = {_toml(classes)}   # in the order of the model's outputs: check the names",
         f"explain = {_toml(explain)}   # the class whose probability is explained (an adverse decision's)",
         'output = "probabilities"',
@@ -348,7 +349,8 @@ def catalog_text(features: list[FeatureDraft], explain: str, language: str = "en
 
 
 def plan_init(*, reference: Path, model: Path, out: Path, decisions: Path | None = None, id_column: str | None = None,
-              classes: Sequence[str] | None = None, explain: str | None = None) -> InitResult:
+              classes: Sequence[str] | None = None, explain: str | None = None,
+              trusted: Sequence[str] = ()) -> InitResult:
     """Read the model's metadata and the reference (and the decisions' columns), and build the config and the
     catalog skeleton; nothing is written (:func:`write_init`)."""
     if not model.is_file():
@@ -356,7 +358,12 @@ def plan_init(*, reference: Path, model: Path, out: Path, decisions: Path | None
     if is_pickle(model):
         raise LimelightError(f"{model}: {PICKLE_REFUSED}")
     model_format = infer_format(model)
-    facts = read_model_facts(model, model_format)
+    try:
+        facts = read_model_facts(model, model_format, trusted)
+    except ModelError as error:
+        if "skops does not trust" not in str(error):
+            raise
+        raise ModelError(f"{error} (limelight init: --trusted A,B after your review)") from None
     decisions = decisions or reference
     names, schema = _decision_columns(decisions)
     model_names = facts.names or []
@@ -380,7 +387,7 @@ def plan_init(*, reference: Path, model: Path, out: Path, decisions: Path | None
     text = config_text(folder=out, model=model, model_format=model_format, reference=reference, decisions=decisions,
                        id_column=id_name, date_column=date_name, classes=class_names, explain=explained,
                        features=features, names_from=facts.where if facts.features else "the reference's columns",
-                       catalog=catalog_path)
+                       catalog=catalog_path, trusted=list(trusted))
     return InitResult(config_path, catalog_path, text, catalog_text(features, explained), features,
                       facts.where if facts.features else "the reference's columns", notes)
 

@@ -149,3 +149,26 @@ def test_refusals_are_one_line(german: Path, tmp_path: Path):
     (tmp_path / "model.pkl").write_bytes(b"\x80\x04")
     with pytest.raises(LimelightError, match="pickle and joblib files are refused"):
         plan_init(reference=german / "reference.parquet", model=tmp_path / "model.pkl", out=tmp_path)
+
+
+def test_skops_names_and_classes_with_reviewed_types(german: Path, tmp_path: Path):
+    """scikit-learn through skops: feature_names_in_ and classes_; types skops does not trust need --trusted."""
+    import skops.io as sio
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    reference = pd.read_parquet(german / "reference.parquet")
+    numbers = reference.assign(**{n: reference[n].cat.codes for n in ("purpose", "housing")})
+    model = HistGradientBoostingClassifier(max_iter=5).fit(numbers[COLUMNS[::-1]], _target(german))
+    sio.dump(model, tmp_path / "model.skops")
+    untrusted = sio.get_untrusted_types(file=tmp_path / "model.skops")
+    assert untrusted
+    with pytest.raises(LimelightError, match=r"skops does not trust by default: .*\(limelight init: --trusted A,B"):
+        plan_init(reference=german / "reference.parquet", model=tmp_path / "model.skops", out=tmp_path,
+                  decisions=german / "decisions.parquet")
+    result = plan_init(reference=german / "reference.parquet", model=tmp_path / "model.skops", out=tmp_path,
+                       decisions=german / "decisions.parquet", trusted=untrusted)
+    write_init(result)
+    config = load_config(result.config_path)
+    assert config.feature_names == COLUMNS[::-1] and config.model.trusted == untrusted
+    assert config.model.classes == ["0", "1"] and config.model.explain == "1"
+    assert validate_all(config).problems == []
