@@ -4,6 +4,8 @@
                          [--ids FILE] [--deadline ISO [--best-effort]]
     limelight explain CONFIG --out FILE      explanations Parquet only, no PDFs
     limelight validate CONFIG                check config, inputs and model; list every problem
+    limelight init --reference REF --model MODEL [--decisions DEC] [--id-column ID] [--out DIR] [--force]
+                                             write a config and a reason-catalog skeleton for your model
     limelight demo [--out DIR] [--devices SPEC] [--render-workers N]
                                              build the demo inputs if needed, then run config/demo.toml
     limelight serve [CONFIG] [--out DIR] [--cron CRON] [--timezone TZ]   serve prefect.yaml's nightly deployment
@@ -140,6 +142,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     if options.get("ids") and not Path(options["ids"]).is_file():
         raise InputError(f"{options['ids']}: ids file not found")
     probe_writable(str(out), mode)  # type: ignore[arg-type]
+    _preflight(loaded, out, mode, options)
     if options.get("deadline"):
         parse_deadline(options["deadline"], datetime.now(UTC))
     elif options.get("best_effort"):
@@ -157,6 +160,17 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
             )
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _preflight(config: Any, out: Path, mode: str, options: dict[str, Any]) -> None:
+    """Before the Prefect server starts: the model's feature names, the report files (fonts, notice, catalog,
+    templates) and free disk for the run's output (tasks/report/preflight.py), so such a problem is exit 2 in
+    seconds, with nothing staged. The flow's validate step checks the same for deployments."""
+    from tasks.report.preflight import planned_decisions, preflight_checks
+
+    render = mode == "run" and config.report.enabled
+    decisions = planned_decisions(config, options.get("limit"), options.get("ids"))
+    preflight_checks(config, out, decisions, render=render)
 
 
 def _user() -> str | None:
@@ -283,6 +297,53 @@ def validate(config: ConfigArg) -> None:
         raise _fail(f"{config}: {count} problem{'s' if count > 1 else ''} found{rows}", EXIT_INPUT)
     console.print(f"[green]✓[/] {escape(str(config))}: {escape(result.summary())}", soft_wrap=True,
                   highlight=False)
+
+
+def _init(reference: Path, model: Path, decisions: Path | None, id_column: str | None, out: Path, force: bool,
+          classes: str | None, explain: str | None, trusted: str | None) -> Any:
+    from tasks.plan.init import plan_init, write_init
+
+    def items(text: str | None) -> list[str]:
+        return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+    result = plan_init(reference=reference, model=model, out=out, decisions=decisions, id_column=id_column,
+                       classes=items(classes) or None, explain=explain, trusted=items(trusted))
+    write_init(result, force=force)
+    return result
+
+
+@app.command()
+def init(
+    reference: Annotated[Path, typer.Option("--reference", help="the reference population (Parquet)")],
+    model: Annotated[Path, typer.Option("--model", help="the model file (.ubj, .json, .txt, .skops, .onnx, .pt)")],
+    decisions: Annotated[Path | None, typer.Option(
+        "--decisions", help="the decisions to explain (Parquet; default: the reference)")] = None,
+    id_column: Annotated[str | None, typer.Option(
+        "--id-column", help="the decisions' id column (default: the one column named like an id)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for limelight.toml and reasons/en.toml")] = Path("."),
+    classes: Annotated[str | None, typer.Option(
+        "--classes", help="the model's classes in output order, comma-separated (default: approved,declined)")] = None,
+    explain: Annotated[str | None, typer.Option(
+        "--explain", help="the class whose probability is explained (default: the last)")] = None,
+    trusted: Annotated[str | None, typer.Option(
+        "--trusted", help="skops: types to trust beyond skops' defaults, comma-separated, after your review")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
+) -> None:
+    """Write a complete config and a reason-catalog skeleton from the model's own feature names and the reference."""
+    result = _guard(lambda: _init(reference, model, decisions, id_column, out, force, classes, explain, trusted))
+    categorical = sum(f.kind == "categorical" for f in result.features)
+    console.print(f"[green]✓[/] {escape(str(result.config_path))}: {len(result.features)} features "
+                  f"({categorical} categorical) from {escape(result.names_from)}", soft_wrap=True, highlight=False)
+    console.print(f"[green]✓[/] {escape(str(result.catalog_path))}: {len(result.features)} reason entries to write "
+                  "(todo = true)", soft_wrap=True, highlight=False)
+    for note in result.notes:
+        errors.print(f"[yellow]![/] {escape(note)}", soft_wrap=True, highlight=False)
+    relative = os.path.relpath(result.config_path)
+    shown = str(result.config_path) if relative.startswith("..") else relative
+    console.print("next:", highlight=False)
+    console.print(f"  limelight validate {escape(shown)}", soft_wrap=True, highlight=False)
+    run_out = os.path.join(os.path.dirname(shown) or ".", "out")
+    console.print(f"  limelight run {escape(shown)} --out {escape(run_out)}", soft_wrap=True, highlight=False)
 
 
 def _build_demo() -> Path:

@@ -145,9 +145,18 @@ def validate(request: Request) -> Validated:
     out = request.out.replace("{date}", run_date or started.date().isoformat())
     probe_writable(out, request.mode)
     index, row_failures = validate_inputs(config, require_report_columns=rendering)
+    _preflight(config, out, index.num_rows if request.limit is None else min(request.limit, index.num_rows),
+               rendering)
     return Validated(config=config, devices=devices, render=rendering, out=out, run_date=run_date,
                      deadline=deadline, started=started, clock=clock, index=index, row_failures=row_failures,
                      warnings=warnings)
+
+
+def _preflight(config: Config, out: str, decisions: int, rendering: bool) -> None:
+    """Model feature names, report files and free disk, before anything is staged (tasks/report/preflight.py)."""
+    from tasks.report.preflight import preflight_checks
+
+    preflight_checks(config, out, decisions, render=rendering)
 
 
 # --- 2. plan -------------------------------------------------------------------------------------

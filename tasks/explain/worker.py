@@ -151,7 +151,8 @@ def _resources(config: Config, run: RunInfo, device: str) -> _Loaded:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-        model = load_model(config.model, len(config.features), device=device, sha256=run.model_sha256)
+        model = load_model(config.model, len(config.features), device=device, sha256=run.model_sha256,
+                           features=config.features, config_source=config.source)
         stats = fit_reference(read_reference(config), config.features, config.explain.kernel_width)
         check_missing_contract(model, *stats.missing_probe())
         model = CheckedModel(model)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tasks.errors import ModelError
-from tasks.inputs.config import ModelConfig
+from tasks.inputs.config import FeatureConfig, ModelConfig
 from tasks.inputs.model_formats import (
     PICKLE_REFUSED,
     Runtime,
@@ -38,6 +38,7 @@ from tasks.inputs.model_formats import (
     skops_forward,
     xgboost_forward,
 )
+from tasks.inputs.model_names import check_feature_names, read_model_facts
 from tasks.io import file_sha256
 
 
@@ -233,9 +234,12 @@ def _file_forward(model: ModelConfig, model_format_: str, num_features: int, dev
 
 
 def load_model(model: ModelConfig, num_features: int, device: torch.device | str = "cpu",
-               sha256: str | None = None) -> LoadedModel:
+               sha256: str | None = None, *, features: Sequence[FeatureConfig] | None = None,
+               config_source: Path | str | None = None) -> LoadedModel:
     """Load the configured model onto ``device`` and check it on two rows of zeros. ``sha256``: the model's, when
-    the caller has it (a worker: the run's, taken once in the flow); the model is hashed otherwise."""
+    the caller has it (a worker: the run's, taken once in the flow); the model is hashed otherwise. With
+    ``features`` (the config's ``[[features]]``, from ``config_source``), the names, kinds and categories the
+    model file stores are checked against them first (:func:`check_model_features`)."""
     device = torch.device(device)
     if model.path is not None and not model.path.is_file():
         raise ModelError(f"{model.path}: model file not found")
@@ -245,6 +249,8 @@ def load_model(model: ModelConfig, num_features: int, device: torch.device | str
     else:
         model_format_ = _loadable_format(model)
         runtime = runtime_of(model_format_)
+    if features is not None:
+        check_model_features(model, features, config_source, model_format_)
     rows_per_call = None
     if model.path is not None:
         forward = _file_forward(model, model_format_, num_features, device)
@@ -268,6 +274,18 @@ def load_model(model: ModelConfig, num_features: int, device: torch.device | str
     )
     check_model_contract(loaded, len(model.classes))
     return loaded
+
+
+def check_model_features(model: ModelConfig, features: Sequence[FeatureConfig], config_source: Path | str | None,
+                         model_format_: str | None = None) -> None:
+    """The model file's own feature names (and kinds and categories, where its format stores them) against the
+    config's ``[[features]]``: the first mismatch is one :class:`ModelError` line (tasks/inputs/model_names.py).
+    Nothing to check for an entrypoint or a format that stores no names."""
+    if model.path is None:
+        return
+    found = model_format_ or _loadable_format(model)
+    facts = read_model_facts(model.path, found, model.trusted)
+    check_feature_names(model.path, facts, features, config_source)
 
 
 def is_probabilities(out: torch.Tensor) -> bool:

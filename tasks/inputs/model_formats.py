@@ -244,7 +244,7 @@ def xgboost_forward(path: Path, num_features: int, device: torch.device, chunk_r
 # LightGBM --------------------------------------------------------------------------------------------------------
 
 
-def _lightgbm_header(path: Path) -> dict[str, str]:
+def lightgbm_header(path: Path) -> dict[str, str]:
     """The ``key=value`` lines before the first tree of a LightGBM model file."""
     header: dict[str, str] = {}
     with open(path, encoding="utf-8", errors="replace") as handle:
@@ -266,7 +266,7 @@ def lightgbm_forward(path: Path, num_features: int, device: torch.device, chunk_
     the trees to float32 thresholds, as ONNX and some GPU runtimes do, flips those rows; we never convert.)
     """
     lgb = require("lightgbm", path)
-    header = _lightgbm_header(path)
+    header = lightgbm_header(path)
     objective = header.get("objective", "").split(" ")[0]
     if objective not in ("binary", "multiclass", "cross_entropy", "xentropy"):
         raise ModelError(f"{path}: LightGBM objective {objective or '(none)'!r} is not a classifier's "

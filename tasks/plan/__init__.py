@@ -12,6 +12,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "validate": ["Validation", "validate_all"],
         "shards": ["Shard", "plan_shards", "read_shard", "split_shard"],
-        "sizing": ["RunSizes", "run_sizes"],
+        "sizing": ["RunSizes", "estimate_output_bytes", "run_sizes"],
+        "init": ["InitResult", "plan_init", "write_init"],
     },
 )

@@ -67,3 +67,20 @@ def run_sizes(decisions: int, shard_size: int, render_batch: int = RENDER_BATCH,
     shard = max(shard_size, ceil(decisions / max_shards))
     batch = max(render_batch, ceil(decisions / max_render_batches))
     return RunSizes(decisions, shard, min(batch, shard))
+
+
+#: Bytes a run writes per report, with a margin: a German-credit letter (d = 20, English) is about 45 KB; longer
+#: annexes and CJK font subsets weigh more.
+REPORT_BYTES = {"en": 128 * 1024, "zh-CN": 512 * 1024}
+#: Bytes per decision besides its report: its explanation rows (about 0.8 KB), staged once as a shard part and
+#: once merged, and its index and failure rows.
+EXPLANATION_BYTES = 4 * 1024
+#: The summary PDF, the manifest and the staging records, with a margin.
+FIXED_BYTES = 32 * 1024 * 1024
+
+
+def estimate_output_bytes(decisions: int, *, render: bool, language: str = "en") -> int:
+    """Disk a run of ``decisions`` needs under ``--out`` at its peak (the staged outputs are renamed into place,
+    not copied): an upper estimate, for the run's preflight."""
+    per_report = REPORT_BYTES.get(language, max(REPORT_BYTES.values())) if render else 0
+    return FIXED_BYTES + decisions * (EXPLANATION_BYTES + per_report)

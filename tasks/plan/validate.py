@@ -95,7 +95,8 @@ def _check_model(config: Config, reference: np.ndarray, problems: list[str]) -> 
     from tasks.inputs.model import check_missing_contract, load_model
 
     try:
-        model = load_model(config.model, len(config.features), device="cpu")
+        model = load_model(config.model, len(config.features), device="cpu", features=config.features,
+                           config_source=config.source)
         if len(reference):
             from tasks.engine.stats import fit_reference
 

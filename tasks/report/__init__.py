@@ -14,5 +14,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "text": ["load_notice", "load_reason_catalog", "report_sources"],
         "index": ["read_index", "write_index"],
         "rerender": ["Rerendered", "load_manifest"],
+        "preflight": ["planned_decisions", "preflight_checks"],
     },
 )

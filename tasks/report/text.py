@@ -166,6 +166,7 @@ class ReasonEntry:
     categories: Mapping[str, str] = field(default_factory=dict)
     raises_missing: str | None = None  # the sentences for a value the customer did not provide
     lowers_missing: str | None = None
+    todo: bool = False  # `todo = true`: still to write (limelight init's skeleton); validate lists it
 
 
 #: Reason catalog sentence keys -> the placeholders they may use (a missing value has no band: no {range}).
@@ -196,10 +197,12 @@ def _load_catalog(path: Path) -> ReasonCatalog:
         where = f"{path}: [features.{name}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: must be a table")
-        unknown = set(entry) - set(SENTENCE_KEYS) - {"categories"}
+        unknown = set(entry) - set(SENTENCE_KEYS) - {"categories", "todo"}
         if unknown:
             raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} "
-                              f"(known: {', '.join(SENTENCE_KEYS)}, categories)")
+                              f"(known: {', '.join(SENTENCE_KEYS)}, categories, todo)")
+        if not isinstance(entry.get("todo", False), bool):
+            raise ConfigError(f"{where} todo: must be true or false")
         for key, allowed in SENTENCE_KEYS.items():
             text = entry.get(key)
             if text is None:
@@ -214,7 +217,8 @@ def _load_catalog(path: Path) -> ReasonCatalog:
         if not isinstance(categories, dict) or not all(isinstance(v, str) for v in categories.values()):
             raise ConfigError(f"{where}.categories: must map category values to display texts")
         features[name] = ReasonEntry(entry.get("label"), entry.get("raises"), entry.get("lowers"), categories,
-                                     entry.get("raises_missing"), entry.get("lowers_missing"))
+                                     entry.get("raises_missing"), entry.get("lowers_missing"),
+                                     entry.get("todo", False))
     return ReasonCatalog(path=path, explained_class=meta.get("explained_class"), features=features)
 
 
@@ -236,10 +240,16 @@ def missing_catalog_entries(config: Config) -> list[str]:
     """
     catalog = load_reason_catalog(config)
     problems: list[str] = []
+    todo = [f.name for f in config.features if (e := catalog.features.get(f.name)) is not None and e.todo]
+    if todo:
+        problems.append(f"{catalog.path}: {len(todo)} entr{'ies' if len(todo) > 1 else 'y'} still to write "
+                        f"(todo = true; generic sentences until then): {', '.join(todo)}")
     for feature in config.features:
         entry = catalog.features.get(feature.name)
         if entry is None:
             problems.append(f"{catalog.path}: no [features.{feature.name}] entry (a generic sentence is used)")
+            continue
+        if entry.todo:
             continue
         for direction in ("raises", "lowers"):
             if getattr(entry, direction) is None:
