@@ -74,14 +74,15 @@ class Pacer:
                                        warmed=bool(batch.get("warm", False))))
         log.info("rendered %s (warm-up %.2f s)", self.rendering[-1], float(batch.get("warmup_s", 0.0)))
 
-    def calibrated(self, explaining_left: bool) -> bool:
-        """Every device worker has explained a shard after its first one (or nothing is left to explain), and a
-        run that renders has timed a render batch."""
-        if self.render and not self.rendering:  # a render batch timed: the render rate is measured, not assumed
-            return False
+    def explain_calibrated(self, explaining_left: bool) -> bool:
+        """Every device worker has explained a shard after its first one, or nothing is left to explain."""
         if not explaining_left:
             return bool(self.explain) or bool(self.rendering)
         return steady_explain_workers(self.explain) >= self.device_workers
+
+    def render_timed(self) -> bool:
+        """A run that renders has timed a render batch (until then its render rate is a floor, not a measure)."""
+        return not self.render or bool(self.rendering)
 
     def render_floor(self, rendering: dict[Any, int]) -> float:
         """Before any render batch is timed: seconds per report the oldest batch in flight (future -> reports)

@@ -212,16 +212,18 @@ class _Work:
         stop with DeadlineMissed when it misses the deadline and the run is not best-effort."""
         if self.deadline is None or self.out.estimate is not None or self.finished >= self.total:
             return
-        measured = self.pacer.pipeline()
-        if measured is None or not self.pacer.calibrated(bool(self.queue or self.explaining)):
+        measured = self.pacer.pipeline()  # untimed rendering: the prior, optimistic, so only a miss is sure
+        if measured is None or not self.pacer.explain_calibrated(bool(self.queue or self.explaining)):
             return
         pipeline, steady = measured
-        get_run_logger().info("deadline: calibrated on %d explain and %d render tasks: %s", len(self.pacer.explain),
-                              len(self.pacer.rendering), pipeline)
         unexplained = self.total - self.explained
         guess = estimate(pipeline=pipeline, explained=self.explained - self.finished, unexplained=unexplained,
                          done=self.finished, workers=self.workers, num_samples=self.config.explain.num_samples,
                          now=mf.utc_now(), deadline=self.deadline, steady=steady)
+        if guess.meets and not self.pacer.render_timed():
+            return  # rendering untimed: a miss is sure already, a meet is not yet
+        get_run_logger().info("deadline: calibrated on %d explain and %d render tasks: %s", len(self.pacer.explain),
+                              len(self.pacer.rendering), pipeline)
         self.out.estimate = guess.describe()
         self.pacer.calibration = Calibration(time.perf_counter(), self.finished, guess.rate)
         if not guess.meets and not self.best_effort:
