@@ -75,10 +75,12 @@ class Pacer:
         log.info("rendered %s (warm-up %.2f s)", self.rendering[-1], float(batch.get("warmup_s", 0.0)))
 
     def explain_calibrated(self, explaining_left: bool) -> bool:
-        """Every device worker has explained a shard after its first one, or nothing is left to explain."""
+        """Every device worker is past its warm-up (has explained a shard) and one has explained a shard after
+        its first, so the steady rate is measured; or nothing is left to explain."""
         if not explaining_left:
             return bool(self.explain) or bool(self.rendering)
-        return steady_explain_workers(self.explain) >= self.device_workers
+        warmed = len({t.worker for t in self.explain})
+        return warmed >= self.device_workers and steady_explain_workers(self.explain) >= 1
 
     def render_timed(self) -> bool:
         """A run that renders has timed a render batch (until then its render rate is a floor, not a measure)."""

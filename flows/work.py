@@ -240,7 +240,7 @@ class _Work:
             return len(self.explaining) + len(self.queue)
         floor = self.pacer.render_floor({f: b - a for f, (_, a, b) in self.rendering.items()})
         measured = self.pacer.pipeline(floor)
-        if stop is None or measured is None:
+        if measured is None:  # nothing explained yet: nothing to go by
             return len(self.explaining) + len(self.queue)
         flying = sorted(self.explaining.values(), key=lambda s: s.order)
         backlog = sum(stop_ - start for _, start, stop_ in self.rendering.values())
