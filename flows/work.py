@@ -12,6 +12,7 @@ returns :class:`ShardOutputs` to the flow.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from tasks.errors import LimelightError, one_line
 from tasks.explain.worker import Failure, ShardResult
 from tasks.inputs.config import Config
 from tasks.plan.shards import Shard, split_shard
+from tasks.plan.sizing import MAX_RENDER_BATCHES
 from tasks.report import index as report_index
 from tasks.run import manifest as mf
 from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, shards_that_fit
@@ -43,6 +45,9 @@ from tasks.run.state import load_record, save_record
 
 #: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
 ALLOWED_FAILURES = 1
+#: A deadline run renders in batches of at most this many reports (within the run's bound on batches), so
+#: reports follow explanations closely, the render rate is timed early and a batch cut at the deadline loses little.
+DEADLINE_RENDER_BATCH = 8
 #: Render batches carry no poison of their own (the shard was explained); one that shared a worker with a
 #: task that killed it twice gets KilledWorker and is submitted again, up to this many attempts in all.
 RENDER_ATTEMPTS = 3
@@ -88,8 +93,11 @@ class _Work:
                  workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool,
                  render_batch: int, render_workers: int = 0, devices_render: bool = True) -> None:
         self.config, self.run, self.staging, self.render = config, run, staging, render
-        self.render_resource, self.render_batch = render_resource, render_batch
         self.queue: deque[Shard] = deque(shards)
+        self.total = sum(s.size for s in shards)
+        if deadline is not None:
+            render_batch = min(render_batch, max(DEADLINE_RENDER_BATCH, math.ceil(self.total / MAX_RENDER_BATCHES)))
+        self.render_resource, self.render_batch = render_resource, render_batch
         self.window = max(2, 2 * workers)
         self.workers = workers
         self.deadline, self.best_effort = deadline, best_effort
@@ -97,7 +105,6 @@ class _Work:
         self.rendering: dict[Any, tuple[ShardResult, int, int]] = {}
         self.out = ShardOutputs(results=[])
         self.batches: dict[tuple[Any, ...], pa.Table] = {}  # compact: a million reports stay a few hundred MB
-        self.total = sum(s.size for s in shards)
         self.explained = 0  # decisions explained or failed (progress)
         self.finished = 0  # decisions at their end (reported or failed), all
         self.finished_here = 0  # ... of them by this process (not taken from records): the calibration
@@ -156,7 +163,8 @@ class _Work:
     def submit_render(self, result: ShardResult, start: int, stop: int) -> None:
         key = f"render-{result.name}-{start}"
         record = load_record(self.staging, key)
-        if record is not None and all((self.staging / r["file"]).is_file() for r in record["reports"]):
+        if (record is not None and len(record["reports"]) + len(record["failures"]) == stop - start  # same batch
+                and all((self.staging / r["file"]).is_file() for r in record["reports"])):
             self.out.reused_batches += 1
             self.rendered_ok(result, start, record, reused=True)
             return
