@@ -25,6 +25,19 @@ from tasks.run.deadline import (
 
 #: Each finished task's time, for the run's log file (flows/cli.py sets it to INFO there).
 log = logging.getLogger("limelight.pacing")
+#: The rates are taken over the last RECENT tasks per worker of a stage: they follow a machine whose load changes.
+RECENT = 4
+#: Stages this worker process has done once (its warm-up is over): see :func:`first_time`.
+_DONE: set[str] = set()
+
+
+def first_time(stage: str) -> bool:
+    """Whether this process does ``stage`` for the first time; marks it done. (Module state, imported by the
+    task at call time, so it lasts as long as the worker process.)"""
+    if stage in _DONE:
+        return False
+    _DONE.add(stage)
+    return True
 
 
 @dataclass
@@ -98,10 +111,11 @@ class Pacer:
     def pipeline(self, render_floor: float = 0.0) -> tuple[Pipeline, bool] | None:
         """The rates measured so far (None before any shard is explained), and whether they are steady. Until a
         render batch is timed, the render rate is :data:`PRIOR_RENDER_S` or ``render_floor`` if slower."""
-        explain = stage_rate(self.explain)
+        explain = stage_rate(self.explain, RECENT * self.device_workers)
         if explain is None:
             return None
-        render = stage_rate(self.rendering) if self.render else None
+        renderers = self.render_workers + (self.device_workers if self.devices_render else 0)
+        render = stage_rate(self.rendering, RECENT * max(renderers, 1)) if self.render else None
         render_s = 0.0 if not self.render else (render.seconds_per_item if render
                                                 else max(PRIOR_RENDER_S, render_floor))
         steady = explain.steady and (not self.render or (render is not None and render.steady))

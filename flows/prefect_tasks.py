@@ -163,10 +163,6 @@ def _report_entry(report: Any, reports_dir: Path) -> dict[str, Any]:
     return {"id": report.decision_id, "file": file, "sha256": report.sha256, "needs_review": bool(report.needs_review)}
 
 
-#: Whether this worker process has rendered a report (then WeasyPrint's imports, fonts and shared pages are warm).
-_RENDERED: list[bool] = []
-
-
 @task(name="render-reports", task_run_name="render-{result.name}-from-{start}", **IO, **NOT_CACHED)
 def render_task(
     config: Config, run: RunInfo, result: ShardResult, reports_dir: str, start: int, stop: int
@@ -179,6 +175,7 @@ def render_task(
     it timed apart: a worker's first report (imports, fonts, shared pages) is rendered and timed on its own.
     """
     clock = time.perf_counter()
+    from flows.pacing import first_time  # at call time: the worker process's own module state
     from tasks.report.render import render_customer_reports
 
     applicants = pd.read_parquet(result.applicants).iloc[start:stop].reset_index(drop=True)
@@ -187,7 +184,8 @@ def render_task(
     rows = rows[rows[id_column].isin(set(applicants[id_column]))]
     out = Path(reports_dir)
     subfolders = report_index.report_subfolders(config, applicants)
-    timing: dict[str, Any] = {"worker": f"{os.uname().nodename}:{os.getpid()}", "warm": bool(_RENDERED)}
+    cold = first_time("render")  # WeasyPrint's imports, fonts and shared pages still to warm up
+    timing: dict[str, Any] = {"worker": f"{os.uname().nodename}:{os.getpid()}", "warm": not cold}
 
     def render(some: pd.DataFrame) -> list[dict[str, Any]]:
         own = rows[rows[id_column].isin(set(some[id_column]))]
@@ -195,13 +193,12 @@ def render_task(
 
     try:
         made: list[dict[str, Any]] = []
-        if not _RENDERED and len(applicants) > 1:  # the warm-up, timed apart
+        if cold and len(applicants) > 1:  # the warm-up, timed apart
             made += render(applicants.iloc[:1].reset_index(drop=True))
             timing.update(warm=True, warmup_s=time.perf_counter() - clock, warmup_items=1)
             made += render(applicants.iloc[1:].reset_index(drop=True))
         else:
             made += render(applicants)
-        _RENDERED[:] = [True]
         return {"reports": made, "failures": [], **timing}
     except LimelightError:
         raise

@@ -79,8 +79,9 @@ class StageRate:
     items: int  # decisions measured
 
 
-def stage_rate(times: Sequence[TaskTime]) -> StageRate | None:
-    """The stage's seconds per decision per worker from its finished tasks (in the order they finished).
+def stage_rate(times: Sequence[TaskTime], recent: int | None = None) -> StageRate | None:
+    """The stage's seconds per decision per worker from its finished tasks (in the order they finished), over the
+    ``recent`` last ones (None: all), so the rate follows a machine whose load changes.
 
     Each worker's first task is left out (its warm-up) unless the worker timed the warm-up apart; when no
     other task is left, the first tasks are used, warm-up and all. None: nothing measured yet."""
@@ -90,11 +91,12 @@ def stage_rate(times: Sequence[TaskTime]) -> StageRate | None:
     for task in times:
         (steady if task.worker in seen or task.warmed else first).append(task)
         seen.add(task.worker)
-    use = steady if sum(t.items for t in steady) else first
+    is_steady = sum(t.items for t in steady) > 0
+    use = (steady if is_steady else first)[-recent:] if recent else (steady if is_steady else first)
     items = sum(t.items for t in use)
     if items <= 0:
         return None
-    return StageRate(sum(t.seconds for t in use) / items, use is steady, items)
+    return StageRate(sum(t.seconds for t in use) / items, is_steady, items)
 
 
 def steady_explain_workers(times: Sequence[TaskTime]) -> int:

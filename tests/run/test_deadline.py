@@ -52,6 +52,13 @@ def test_the_warm_up_of_each_worker_is_left_out_of_the_rate():
     assert steady_explain_workers(times[:3]) == 1
 
 
+def test_the_recent_tasks_give_the_rate_of_a_machine_whose_load_changes():
+    times = [TaskTime("a", 10, 1.0), TaskTime("a", 10, 30.0), TaskTime("a", 10, 30.0), TaskTime("a", 10, 10.0),
+             TaskTime("a", 10, 10.0)]
+    assert stage_rate(times).seconds_per_item == pytest.approx(2.0)  # type: ignore[union-attr]
+    assert stage_rate(times, recent=2).seconds_per_item == pytest.approx(1.0)  # type: ignore[union-attr]
+
+
 def test_first_tasks_only_give_a_pessimistic_rate_and_nothing_gives_none():
     rate = stage_rate([TaskTime("a", 50, 20.0), TaskTime("b", 50, 30.0)])
     assert rate is not None and not rate.steady and rate.seconds_per_item == pytest.approx(0.5)
