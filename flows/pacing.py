@@ -20,7 +20,6 @@ from tasks.run.deadline import (
     TaskTime,
     held_seconds,
     stage_rate,
-    steady_explain_workers,
 )
 
 #: Each finished task's time, for the run's log file (flows/cli.py sets it to INFO there).
@@ -74,8 +73,17 @@ class Pacer:
         self.worker_free[worker] = done
         return held
 
+    @property
+    def warm_at(self) -> float | None:
+        """When the last device worker finished its first shard: the run's warm-up is over (None: not yet)."""
+        firsts: dict[str, float] = {}
+        for task in self.explain:
+            firsts.setdefault(task.worker, task.start + task.seconds)
+        return max(firsts.values()) if len(firsts) >= self.device_workers else None
+
     def explained(self, future: Any, worker: str, decisions: int, done: float) -> None:
-        self.explain.append(TaskTime(worker, decisions, self._held(future, worker, done)))
+        held = self._held(future, worker, done)
+        self.explain.append(TaskTime(worker, decisions, held, start=done - held))
         log.info("explained %s", self.explain[-1])
 
     def rendered(self, future: Any, batch: dict[str, Any], done: float) -> None:
@@ -83,21 +91,26 @@ class Pacer:
         worker = str(batch.get("worker", "?"))
         held = self._held(future, worker, done)
         items = len(batch["reports"]) + len(batch["failures"]) - int(batch.get("warmup_items", 0))
-        self.rendering.append(TaskTime(worker, items, max(held - float(batch.get("warmup_s", 0.0)), 0.0),
-                                       warmed=bool(batch.get("warm", False))))
+        warmup = float(batch.get("warmup_s", 0.0))
+        self.rendering.append(TaskTime(worker, items, max(held - warmup, 0.0), warmed=bool(batch.get("warm", False)),
+                                       start=done - held + warmup))
         log.info("rendered %s (warm-up %.2f s)", self.rendering[-1], float(batch.get("warmup_s", 0.0)))
 
     def explain_calibrated(self, explaining_left: bool) -> bool:
-        """Every device worker is past its warm-up (has explained a shard) and one has explained a shard after
-        its first, so the steady rate is measured; or nothing is left to explain."""
+        """Every device worker is past its warm-up (has explained a shard) and a shard started since then, so the
+        steady rate is measured; or nothing is left to explain."""
         if not explaining_left:
             return bool(self.explain) or bool(self.rendering)
-        warmed = len({t.worker for t in self.explain})
-        return warmed >= self.device_workers and steady_explain_workers(self.explain) >= 1
+        warm = self.warm_at
+        return warm is not None and any(t.start >= warm for t in self.explain)
 
     def render_timed(self) -> bool:
-        """A run that renders has timed a render batch (until then its render rate is a floor, not a measure)."""
-        return not self.render or bool(self.rendering)
+        """A run that renders has timed a render batch started after the run's warm-up (until then its render rate
+        is a prior or a floor, not a measure)."""
+        if not self.render:
+            return True
+        warm = self.warm_at
+        return warm is not None and any(t.start >= warm for t in self.rendering)
 
     def render_floor(self, rendering: dict[Any, int]) -> float:
         """Before any render batch is timed: seconds per report the oldest batch in flight (future -> reports)
@@ -111,11 +124,11 @@ class Pacer:
     def pipeline(self, render_floor: float = 0.0) -> tuple[Pipeline, bool] | None:
         """The rates measured so far (None before any shard is explained), and whether they are steady. Until a
         render batch is timed, the render rate is :data:`PRIOR_RENDER_S` or ``render_floor`` if slower."""
-        explain = stage_rate(self.explain, RECENT * self.device_workers)
+        explain = stage_rate(self.explain, RECENT * self.device_workers, self.warm_at)
         if explain is None:
             return None
         renderers = self.render_workers + (self.device_workers if self.devices_render else 0)
-        render = stage_rate(self.rendering, RECENT * max(renderers, 1)) if self.render else None
+        render = stage_rate(self.rendering, RECENT * max(renderers, 1), self.warm_at) if self.render else None
         render_s = 0.0 if not self.render else (render.seconds_per_item if render
                                                 else max(PRIOR_RENDER_S, render_floor))
         steady = explain.steady and (not self.render or (render is not None and render.steady))

@@ -61,6 +61,7 @@ class TaskTime:
     items: int
     seconds: float
     warmed: bool = False
+    start: float = 0.0  # when it took its worker (the flow's clock)
 
 
 def held_seconds(submitted: float, done: float, worker_free: float | None) -> float:
@@ -79,17 +80,19 @@ class StageRate:
     items: int  # decisions measured
 
 
-def stage_rate(times: Sequence[TaskTime], recent: int | None = None) -> StageRate | None:
+def stage_rate(times: Sequence[TaskTime], recent: int | None = None, after: float | None = None) -> StageRate | None:
     """The stage's seconds per decision per worker from its finished tasks (in the order they finished), over the
     ``recent`` last ones (None: all), so the rate follows a machine whose load changes.
 
-    Each worker's first task is left out (its warm-up) unless the worker timed the warm-up apart; when no
-    other task is left, the first tasks are used, warm-up and all. None: nothing measured yet."""
+    Each worker's first task is left out (its warm-up) unless the worker timed the warm-up apart, and so is a
+    task that started before ``after`` (the end of the run's warm-up: other workers' warm-up shared its cores);
+    when no other task is left, these are used, warm-up and all. None: nothing measured yet."""
     seen: set[str] = set()
     steady: list[TaskTime] = []
     first: list[TaskTime] = []
     for task in times:
-        (steady if task.worker in seen or task.warmed else first).append(task)
+        warm = task.worker in seen or task.warmed
+        (steady if warm and (after is None or task.start >= after) else first).append(task)
         seen.add(task.worker)
     is_steady = sum(t.items for t in steady) > 0
     use = (steady if is_steady else first)[-recent:] if recent else (steady if is_steady else first)
@@ -97,14 +100,6 @@ def stage_rate(times: Sequence[TaskTime], recent: int | None = None) -> StageRat
     if items <= 0:
         return None
     return StageRate(sum(t.seconds for t in use) / items, is_steady, items)
-
-
-def steady_explain_workers(times: Sequence[TaskTime]) -> int:
-    """Workers with an explain task after their first: how many workers the steady rate covers."""
-    counts: dict[str, int] = {}
-    for task in times:
-        counts[task.worker] = counts.get(task.worker, 0) + 1
-    return sum(1 for n in counts.values() if n > 1)
 
 
 # --- the model -----------------------------------------------------------------------------------

@@ -28,14 +28,16 @@ def test_shards_queued_on_a_worker_count_from_the_end_of_the_one_before():
     assert steady and pipeline.explain_s == pytest.approx(0.2) and pipeline.render_s == 0.0
 
 
-def test_calibrated_once_every_device_worker_is_warm_and_one_has_a_steady_shard():
+def test_calibrated_once_every_device_worker_is_warm_and_a_shard_started_since():
     pacer = pacer_with([("a", 0.0, 12.0), ("a", 0.0, 14.0)])
     assert not pacer.explain_calibrated(explaining_left=True)  # b still loads its model
     assert pacer.explain_calibrated(explaining_left=False)  # nothing left to explain: as calibrated as it gets
     pacer = pacer_with([("a", 0.0, 12.0), ("b", 0.0, 30.0)])
     assert not pacer.explain_calibrated(explaining_left=True)  # warm, but no steady shard yet
     pacer = pacer_with([("a", 0.0, 12.0), ("a", 0.0, 14.0), ("b", 0.0, 30.0)])
-    assert pacer.explain_calibrated(explaining_left=True)
+    assert not pacer.explain_calibrated(explaining_left=True)  # a's second shard ran while b compiled
+    pacer = pacer_with([("a", 0.0, 12.0), ("a", 0.0, 14.0), ("b", 0.0, 30.0), ("a", 30.0, 32.0)])
+    assert pacer.warm_at == 30.0 and pacer.explain_calibrated(explaining_left=True)
 
 
 def test_a_render_batch_counts_without_the_warm_up_its_worker_timed_apart():

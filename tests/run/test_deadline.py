@@ -16,7 +16,6 @@ from tasks.run.deadline import (
     parse_deadline,
     shards_that_fit,
     stage_rate,
-    steady_explain_workers,
 )
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
@@ -48,8 +47,18 @@ def test_the_warm_up_of_each_worker_is_left_out_of_the_rate():
     rate = stage_rate(times)
     assert rate is not None and rate.steady and rate.items == 150
     assert rate.seconds_per_item == pytest.approx(0.1)
-    assert steady_explain_workers(times) == 2
-    assert steady_explain_workers(times[:3]) == 1
+
+
+def test_tasks_that_started_during_the_run_s_warm_up_are_left_out_too():
+    # worker a is warm at 10 s; b compiles until 60 s: a's shard from 10 s to 40 s shared the cores with b's warm-up
+    times = [TaskTime("a", 50, 10.0, start=0.0), TaskTime("a", 50, 30.0, start=10.0),
+             TaskTime("b", 50, 60.0, start=0.0), TaskTime("a", 50, 10.0, start=40.0)]
+    assert stage_rate(times).seconds_per_item == pytest.approx(0.4)  # type: ignore[union-attr]
+    rate = stage_rate(times, after=60.0)  # nothing since: all of it, warm-up and all (pessimistic)
+    assert rate is not None and not rate.steady and rate.seconds_per_item == pytest.approx(110 / 200)
+    late = [*times, TaskTime("b", 50, 10.0, start=60.0)]
+    rate = stage_rate(late, after=60.0)
+    assert rate is not None and rate.steady and rate.seconds_per_item == pytest.approx(0.2)
 
 
 def test_the_recent_tasks_give_the_rate_of_a_machine_whose_load_changes():
