@@ -246,6 +246,8 @@ class _Work:
         stop = self.stop_time()
         if stop is None:
             return len(self.explaining) + len(self.queue)
+        if time.time() >= stop:
+            return 0
         floor = self.pacer.render_floor({f: b - a for f, (_, a, b) in self.rendering.items()})
         measured = self.pacer.pipeline(floor)
         if measured is None:  # nothing explained yet: nothing to go by
@@ -351,11 +353,15 @@ def explain_shards(
     """
     logger = get_run_logger()
     clock = time.perf_counter()
+    cut = None if deadline is None else deadline.timestamp() - PUBLISH_MARGIN_S
+    if cut is not None and time.time() >= cut:  # no time left to start workers and load the model
+        logger.warning("deadline: the cut passed before the workers started; publishing that nothing was reached")
+        return ShardOutputs(results=[], unexplained=sorted(shards, key=lambda s: s.order), stopped_at_deadline=True)
     runner = FlowRunContext.get().task_runner  # type: ignore[union-attr]
     if hasattr(runner, "client"):
         runner.client  # noqa: B018 - start the workers now, so the timings below are the work's own
     cluster_seconds = time.perf_counter() - clock
-    if shards:  # a model that does not load stops the run here, before any shard
+    if shards and (cut is None or time.time() < cut):  # a model that does not load stops the run here
         with dask.annotate(resources={RESOURCE: 1}):
             logger.info("model ready: %s", prepare_task.submit(config, run).result())
     work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource,
