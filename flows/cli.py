@@ -184,8 +184,7 @@ def _run_log() -> Iterator[Path]:
     path = folder / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}.log"
     sys.stderr.flush()
     terminal = os.fdopen(os.dup(2), "w", buffering=1)
-    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs",
-                                                               "limelight.pacing")]
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs", "limelight.pacing")]
     levels = [logger.level for logger in loggers]
     with open(path, "a", buffering=1, encoding="utf-8") as log:
         handler = logging.StreamHandler(log)

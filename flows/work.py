@@ -255,6 +255,9 @@ class _Work:
         flying = sorted(self.explaining.values(), key=lambda s: s.order)
         backlog = sum(stop_ - start for _, start, stop_ in self.rendering.values())
         fit = shards_that_fit(measured[0], stop - time.time(), backlog, [s.size for s in [*flying, *self.queue]])
+        if fit < len(flying):  # shards queued behind a running one on their worker (a guess: the later ones)
+            self.put_back(flying[max(fit, self.workers):])
+            flying = flying[:max(fit, self.workers)]
         if fit <= len(flying) and self.queue and not self.held_back:
             self.held_back = True
             get_run_logger().info("deadline: %.1f s left, %d reports to render, %d decisions in flight: %s",
@@ -262,6 +265,19 @@ class _Work:
             say(f"deadline: explaining stops at {self.explained + sum(s.size for s in flying)} of {self.total} "
                 f"decisions, so that their reports are rendered before the cut")
         return fit
+
+    def put_back(self, shards: list[Shard]) -> None:
+        """Cancel these shards in flight and queue them again (in order): the render reserve has no room for them."""
+        if not shards:
+            return
+        for future, shard in list(self.explaining.items()):
+            if shard in shards:
+                with contextlib.suppress(Exception):
+                    future.wrapped_future.cancel()
+                del self.explaining[future]
+                self.pacer.forget(future)
+        self.queue = deque(sorted([*shards, *self.queue], key=lambda s: s.order))
+        get_run_logger().info("deadline: %s put back (no room before the cut)", ", ".join(s.name for s in shards))
 
     def stop_time(self) -> float | None:
         return None if self.deadline is None else self.deadline.timestamp() - PUBLISH_MARGIN_S
