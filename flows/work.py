@@ -107,7 +107,7 @@ class _Work:
         self.batches: dict[tuple[Any, ...], pa.Table] = {}  # compact: a million reports stay a few hundred MB
         self.explained = 0  # decisions explained or failed (progress)
         self.finished = 0  # decisions at their end (reported or failed), all
-        self.finished_here = 0  # ... of them by this process (not taken from records): the calibration
+        self.finished_here = 0  # ... of them by this process (not taken from records)
         self.reused_decisions = 0
         self.pacer = Pacer(workers, render_workers, devices_render or not render_resource, render_batch, render)
         self.held_back = False  # a deadline run stopped explaining to render what is explained
