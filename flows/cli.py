@@ -22,6 +22,7 @@ temporary local one.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import signal
 import sys
@@ -150,14 +151,14 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     # A batch scheduler's SIGTERM unwinds like Ctrl-C: the workers and the temporary server are stopped.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        with prefect_server(), _progress_bar(), message_hook(_say):
-            return limelight_flow(
+        with _run_log() as log, prefect_server(), _progress_bar(), message_hook(_say):
+            return {"log": str(log), **limelight_flow(
                 config_path=str(config), out=str(out), mode=mode,
                 devices=options.get("devices"), cluster=options.get("cluster"), limit=options.get("limit"),
                 ids_file=str(options["ids"]) if options.get("ids") else None,
                 deadline=options.get("deadline"), best_effort=bool(options.get("best_effort")),
                 trigger="cli", started_by=_user(), render_workers=options.get("render_workers"),
-            )
+            )}
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -171,6 +172,52 @@ def _preflight(config: Any, out: Path, mode: str, options: dict[str, Any]) -> No
     render = mode == "run" and config.report.enabled
     decisions = planned_decisions(config, options.get("limit"), options.get("ids"))
     preflight_checks(config, out, decisions, render=render)
+
+
+#: Run logs kept in the log folder (the newest; older ones are removed when a run starts).
+KEEP_LOGS = 50
+
+
+def log_folder() -> Path:
+    """Where the CLI's run logs go: ``$XDG_STATE_HOME/limelight/logs`` (default ``~/.local/state/...``)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "limelight" / "logs"
+
+
+@contextmanager
+def _run_log() -> Iterator[Path]:
+    """The run's log file: the flow's log lines, and whatever is written to stderr while the flow runs (the
+    workers' and Dask's warnings, such as those on cancelling tasks at a deadline). The terminal keeps the CLI's
+    own lines: the progress bar and messages (stdout) and its errors."""
+    from datetime import UTC, datetime
+
+    folder = log_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in sorted(folder.glob("*.log"))[:-KEEP_LOGS]:
+        old.unlink(missing_ok=True)
+    path = folder / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}.log"
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs", "limelight.pacing")]
+    levels = [logger.level for logger in loggers]
+    with open(path, "a", buffering=1, encoding="utf-8") as log:
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        os.dup2(log.fileno(), 2)  # fd 2, inherited by the worker processes started from here
+        errors.file = terminal
+        logging.getLogger().addHandler(handler)
+        for logger in loggers:
+            logger.setLevel(logging.INFO)
+        try:
+            yield path
+        finally:
+            logging.getLogger().removeHandler(handler)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+            sys.stderr.flush()
+            os.dup2(terminal.fileno(), 2)
+            errors.file = None  # type: ignore[assignment]
+            terminal.close()
 
 
 def _user() -> str | None:
@@ -204,14 +251,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
     table.add_row("total", f"{summary['seconds']['total']:.1f} s")
     for name, path in summary["outputs"].items():
         table.add_row(name, escape(path))
+    if summary.get("log"):
+        table.add_row("log", escape(summary["log"]))
     console.print(table)
     accounting = summary.get("accounting") or {}
     if accounting and not accounting.get("holds", True):
         raise _fail(f"run {summary['run_id']}: decisions unaccounted for ({accounting.get('problem')})", EXIT_CRASH)
-    if counts.get("failed") or counts.get("not_reached"):
+    if counts.get("failed") or counts.get("not_reached"):  # a result, not an error: published, exit 3
         where = summary["outputs"].get("failures.parquet", "the failures table")
-        raise _fail(f"run {summary['run_id']}: {counts['failed']} decision(s) failed (see {where}), "
-                    f"{counts['not_reached']} not reached", EXIT_INCOMPLETE)
+        cut = " before the deadline (manifest.json: not_reached_ids)" if summary.get("stopped_at_deadline") else ""
+        console.print(f"[yellow]run {escape(summary['run_id'])}: {counts['reported']} of {counts['decisions_in']} "
+                      f"decisions reported; {counts['failed']} failed (see {escape(where)}), "
+                      f"{counts['not_reached']} not reached{escape(cut)}[/]", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 @app.command()

@@ -189,7 +189,7 @@ def audit_trail(*, identity: str, trigger: str, started_by: str | None, run_date
         "not_reached_ids": list(not_reached),
         "deadline": None if deadline is None else {
             "deadline": deadline.isoformat(), "best_effort": best_effort, "estimate": outputs.estimate,
-            "stopped_at_deadline": outputs.stopped_at_deadline,
+            "stopped_at_deadline": outputs.stopped_at_deadline, "rates": outputs.rates,
         },
         "resumed": {"resumed": resumed, "shards_reused": outputs.reused_shards,
                     "render_batches_reused": outputs.reused_batches},

@@ -9,6 +9,8 @@ calls which: flows/pipeline.py. Transient I/O failures are retried (:data:`IO`);
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,12 +166,16 @@ def _report_entry(report: Any, reports_dir: Path) -> dict[str, Any]:
 @task(name="render-reports", task_run_name="render-{result.name}-from-{start}", **IO, **NOT_CACHED)
 def render_task(
     config: Config, run: RunInfo, result: ShardResult, reports_dir: str, start: int, stop: int
-) -> dict[str, list[Any]]:
+) -> dict[str, Any]:
     """Render the customer reports of decisions ``[start, stop)`` of one shard, from its part files.
 
     A report that fails alone (its data breaks the template, say) becomes a failure of that decision;
-    a problem of the whole step (fonts, notices: a LimelightError for the batch) fails the run.
+    a problem of the whole step (fonts, notices: a LimelightError for the batch) fails the run. Besides the
+    reports and failures, the batch says which worker rendered it and, for a deadline run's rates, the warm-up
+    it timed apart: a worker's first report (imports, fonts, shared pages) is rendered and timed on its own.
     """
+    clock = time.perf_counter()
+    from flows.pacing import first_time  # at call time: the worker process's own module state
     from tasks.report.render import render_customer_reports
 
     applicants = pd.read_parquet(result.applicants).iloc[start:stop].reset_index(drop=True)
@@ -178,19 +184,30 @@ def render_task(
     rows = rows[rows[id_column].isin(set(applicants[id_column]))]
     out = Path(reports_dir)
     subfolders = report_index.report_subfolders(config, applicants)
+    cold = first_time("render")  # WeasyPrint's imports, fonts and shared pages still to warm up
+    timing: dict[str, Any] = {"worker": f"{os.uname().nodename}:{os.getpid()}", "warm": not cold}
+
+    def render(some: pd.DataFrame) -> list[dict[str, Any]]:
+        own = rows[rows[id_column].isin(set(some[id_column]))]
+        return [_report_entry(r, out) for r in render_customer_reports(own, some, config, run, out, subfolders)]
+
     try:
-        made = render_customer_reports(rows, applicants, config, run, out, subfolders)
-        return {"reports": [_report_entry(r, out) for r in made], "failures": []}
+        made: list[dict[str, Any]] = []
+        if cold and len(applicants) > 1:  # the warm-up, timed apart
+            made += render(applicants.iloc[:1].reset_index(drop=True))
+            timing.update(warm=True, warmup_s=time.perf_counter() - clock, warmup_items=1)
+            made += render(applicants.iloc[1:].reset_index(drop=True))
+        else:
+            made += render(applicants)
+        return {"reports": made, "failures": [], **timing}
     except LimelightError:
         raise
     except Exception:  # find the decisions it fails on
-        made: list[dict[str, Any]] = []
+        made = []
         failures: list[Failure] = []
         for decision in applicants[id_column]:
-            own = applicants[applicants[id_column] == decision].reset_index(drop=True)
             try:
-                made += [_report_entry(r, out) for r in render_customer_reports(
-                    rows[rows[id_column] == decision], own, config, run, out, subfolders)]
+                made += render(applicants[applicants[id_column] == decision].reset_index(drop=True))
             except Exception as error:
                 failures.append((str(decision), "render", one_line(error)))
-        return {"reports": made, "failures": failures}
+        return {"reports": made, "failures": failures, "worker": timing["worker"], "warm": False}

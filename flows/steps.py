@@ -272,7 +272,8 @@ def explain(request: Request, checked: Validated, planned: Planned) -> Explained
             config, selection.shards, planned.run, str(planned.staging), checked.render, max(devices.workers, 1),
             checked.deadline, request.best_effort,
             render_resource=devices.kind != "cluster" or devices.render_workers > 0,
-            render_batch=selection.sizes.render_batch)
+            render_batch=selection.sizes.render_batch, render_workers=devices.render_workers,
+            devices_render=devices.kind != "cluster")
     return _account(checked, planned, outputs)
 
 

@@ -12,6 +12,7 @@ returns :class:`ShardOutputs` to the flow.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -28,20 +29,25 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
 from flows.cluster import RENDER_RESOURCE, RESOURCE
+from flows.pacing import Calibration, Pacer
 from flows.prefect_tasks import explain_task, prepare_task, render_task
 from flows.runtime import progress, say
 from tasks.errors import LimelightError, one_line
 from tasks.explain.worker import Failure, ShardResult
 from tasks.inputs.config import Config
 from tasks.plan.shards import Shard, split_shard
+from tasks.plan.sizing import MAX_RENDER_BATCHES
 from tasks.report import index as report_index
 from tasks.run import manifest as mf
-from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate
+from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, shards_that_fit
 from tasks.run.info import RunInfo
 from tasks.run.state import load_record, save_record
 
 #: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
 ALLOWED_FAILURES = 1
+#: A deadline run renders in batches of at most this many reports (within the run's bound on batches), so
+#: reports follow explanations closely, the render rate is timed early and a batch cut at the deadline loses little.
+DEADLINE_RENDER_BATCH = 8
 #: Render batches carry no poison of their own (the shard was explained); one that shared a worker with a
 #: task that killed it twice gets KilledWorker and is submitted again, up to this many attempts in all.
 RENDER_ATTEMPTS = 3
@@ -62,6 +68,7 @@ class ShardOutputs:
     reused_batches: int = 0
     estimate: str | None = None
     stopped_at_deadline: bool = False
+    rates: dict[str, float | None] | None = None  # a deadline run: decisions/s estimated after calibration, achieved
     cluster_seconds: float = 0.0  # starting the workers
     explain_seconds: float = 0.0  # from the workers being up to the last shard explained
     render_seconds: float = 0.0  # from then to the last report rendered
@@ -84,10 +91,13 @@ class _Work:
 
     def __init__(self, config: Config, shards: list[Shard], run: RunInfo, staging: Path, render: bool,
                  workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool,
-                 render_batch: int) -> None:
+                 render_batch: int, render_workers: int = 0, devices_render: bool = True) -> None:
         self.config, self.run, self.staging, self.render = config, run, staging, render
-        self.render_resource, self.render_batch = render_resource, render_batch
         self.queue: deque[Shard] = deque(shards)
+        self.total = sum(s.size for s in shards)
+        if deadline is not None:
+            render_batch = min(render_batch, max(DEADLINE_RENDER_BATCH, math.ceil(self.total / MAX_RENDER_BATCHES)))
+        self.render_resource, self.render_batch = render_resource, render_batch
         self.window = max(2, 2 * workers)
         self.workers = workers
         self.deadline, self.best_effort = deadline, best_effort
@@ -95,12 +105,12 @@ class _Work:
         self.rendering: dict[Any, tuple[ShardResult, int, int]] = {}
         self.out = ShardOutputs(results=[])
         self.batches: dict[tuple[Any, ...], pa.Table] = {}  # compact: a million reports stay a few hundred MB
-        self.total = sum(s.size for s in shards)
         self.explained = 0  # decisions explained or failed (progress)
         self.finished = 0  # decisions at their end (reported or failed), all
-        self.finished_here = 0  # ... of them by this process (not taken from records): the calibration
+        self.finished_here = 0  # ... of them by this process (not taken from records)
         self.reused_decisions = 0
-        self.calibration = sum(s.size for s in shards[:workers])
+        self.pacer = Pacer(workers, render_workers, devices_render or not render_resource, render_batch, render)
+        self.held_back = False  # a deadline run stopped explaining to render what is explained
         self.clock = time.perf_counter()
         self.explain_done_at: float | None = None
         self.artifact: Any = None
@@ -109,7 +119,7 @@ class _Work:
 
     # -- explain --
     def fill(self) -> None:
-        while self.queue and len(self.explaining) < self.window:
+        while self.queue and len(self.explaining) < min(self.window, self.shards_allowed()):
             shard = self.queue.popleft()
             record = load_record(self.staging, f"explain-{shard.name}")
             if record is not None:
@@ -119,7 +129,9 @@ class _Work:
                     self.explained_ok(result, reused=True)
                     continue
             with dask.annotate(resources={RESOURCE: 1}):
-                self.explaining[explain_task.submit(self.config, shard, self.run, str(self.staging))] = shard
+                future = explain_task.submit(self.config, shard, self.run, str(self.staging))
+            self.explaining[future] = shard
+            self.pacer.submit(future)
 
     def explained_ok(self, result: ShardResult, reused: bool = False) -> None:
         self.out.results.append(result)
@@ -151,7 +163,8 @@ class _Work:
     def submit_render(self, result: ShardResult, start: int, stop: int) -> None:
         key = f"render-{result.name}-{start}"
         record = load_record(self.staging, key)
-        if record is not None and all((self.staging / r["file"]).is_file() for r in record["reports"]):
+        if (record is not None and len(record["reports"]) + len(record["failures"]) == stop - start  # same batch
+                and all((self.staging / r["file"]).is_file() for r in record["reports"])):
             self.out.reused_batches += 1
             self.rendered_ok(result, start, record, reused=True)
             return
@@ -162,11 +175,13 @@ class _Work:
         with dask.annotate(resources=resources):
             future = render_task.submit(self.config, self.run, result, reports_dir, start, stop)
         self.rendering[future] = (result, start, stop)
+        self.pacer.submit(future)
 
     def rendered_ok(self, result: ShardResult, start: int, batch: dict[str, Any], reused: bool = False,
                     record: bool = True) -> None:
         if record and not reused:
-            save_record(self.staging, f"render-{result.name}-{start}", batch)
+            save_record(self.staging, f"render-{result.name}-{start}",
+                        {"reports": batch["reports"], "failures": batch["failures"]})
         self.batches[(result.order, start)] = report_index.entries_table(batch["reports"])
         self.out.render_failures += [tuple(f) for f in batch["failures"]]  # type: ignore[misc]
         self.ended(len(batch["reports"]) + len(batch["failures"]), reused)
@@ -201,20 +216,68 @@ class _Work:
             update_progress_artifact(self.artifact, progress=100.0 * self.finished / max(self.total, 1))
 
     def check_estimate(self) -> None:
-        calibrated = min(self.calibration, self.total - self.reused_decisions)
-        if self.deadline is None or self.out.estimate is not None or self.finished_here < max(calibrated, 1):
+        """Once calibrated (tasks/run/deadline.py: rates without the warm-up), estimate the finish: say it, or
+        stop with DeadlineMissed when it misses the deadline and the run is not best-effort."""
+        if self.deadline is None or self.out.estimate is not None or self.finished >= self.total:
             return
-        if self.finished >= self.total:
+        measured = self.pacer.pipeline()  # untimed rendering: the prior, optimistic, so only a miss is sure
+        if measured is None or not self.pacer.explain_calibrated(bool(self.queue or self.explaining)):
             return
-        guess = estimate(total=self.total - self.reused_decisions, done=self.finished_here,
-                         elapsed_s=time.perf_counter() - self.clock, workers=self.workers,
-                         num_samples=self.config.explain.num_samples, now=mf.utc_now(), deadline=self.deadline)
+        pipeline, steady = measured
+        unexplained = self.total - self.explained
+        guess = estimate(pipeline=pipeline, explained=self.explained - self.finished, unexplained=unexplained,
+                         done=self.finished, workers=self.workers, num_samples=self.config.explain.num_samples,
+                         now=mf.utc_now(), deadline=self.deadline, steady=steady)
+        if guess.meets and not self.pacer.render_timed():
+            return  # rendering untimed: a miss is sure already, a meet is not yet
+        get_run_logger().info("deadline: calibrated on %d explain and %d render tasks: %s", len(self.pacer.explain),
+                              len(self.pacer.rendering), pipeline)
         self.out.estimate = guess.describe()
+        self.pacer.calibration = Calibration(time.perf_counter(), self.finished, guess.rate)
         if not guess.meets and not self.best_effort:
             self.cancel()
             raise DeadlineMissed(f"deadline: {self.out.estimate} (--best-effort goes on and publishes what is "
                                  "finished by then)")
         say(self.out.estimate)
+
+    def shards_allowed(self) -> int:
+        """Shards that may be in flight: all of them without a deadline; with one, those whose decisions can still
+        be explained and rendered before the cut at the rates measured so far (the render reserve)."""
+        stop = self.stop_time()
+        if stop is None:
+            return len(self.explaining) + len(self.queue)
+        if time.time() >= stop:
+            return 0
+        floor = self.pacer.render_floor({f: b - a for f, (_, a, b) in self.rendering.items()})
+        measured = self.pacer.pipeline(floor)
+        if measured is None:  # nothing explained yet: nothing to go by
+            return len(self.explaining) + len(self.queue)
+        flying = sorted(self.explaining.values(), key=lambda s: s.order)
+        backlog = sum(stop_ - start for _, start, stop_ in self.rendering.values())
+        fit = shards_that_fit(measured[0], stop - time.time(), backlog, [s.size for s in [*flying, *self.queue]])
+        if fit < len(flying):  # shards queued behind a running one on their worker (a guess: the later ones)
+            self.put_back(flying[max(fit, self.workers):])
+            flying = flying[:max(fit, self.workers)]
+        if fit <= len(flying) and self.queue and not self.held_back:
+            self.held_back = True
+            get_run_logger().info("deadline: %.1f s left, %d reports to render, %d decisions in flight: %s",
+                                  stop - time.time(), backlog, sum(s.size for s in flying), measured[0])
+            say(f"deadline: explaining stops at {self.explained + sum(s.size for s in flying)} of {self.total} "
+                f"decisions, so that their reports are rendered before the cut")
+        return fit
+
+    def put_back(self, shards: list[Shard]) -> None:
+        """Cancel these shards in flight and queue them again (in order): the render reserve has no room for them."""
+        if not shards:
+            return
+        for future, shard in list(self.explaining.items()):
+            if shard in shards:
+                with contextlib.suppress(Exception):
+                    future.wrapped_future.cancel()
+                del self.explaining[future]
+                self.pacer.forget(future)
+        self.queue = deque(sorted([*shards, *self.queue], key=lambda s: s.order))
+        get_run_logger().info("deadline: %s put back (no room before the cut)", ", ".join(s.name for s in shards))
 
     def stop_time(self) -> float | None:
         return None if self.deadline is None else self.deadline.timestamp() - PUBLISH_MARGIN_S
@@ -241,30 +304,54 @@ class _Work:
                 get_run_logger().warning("deadline reached: stopping; publishing what is finished")
                 self.stop_at_deadline()
                 break
+            if self.held_back and self.queue and not self.explaining and not self.rendering:
+                get_run_logger().info("deadline: all that fits before the cut is done; publishing it")
+                self.stop_at_deadline()  # the rest could not be explained and rendered in time
+                break
             timeout = 1.0 if stop is None else min(1.0, stop - time.time())
-            for future in _wait_any([*self.explaining, *self.rendering], timeout):
-                self.handle(future)
-            if not self.explaining and self.explain_done_at is None and not self.queue:
+            done = _wait_any([*self.explaining, *self.rendering], timeout)
+            now = time.perf_counter()
+            for future in done:
+                self.handle(future, now)
+            if not self.explaining and self.explain_done_at is None and (not self.queue or self.held_back):
                 self.explain_done_at = time.perf_counter()
             self.fill()
             self.check_estimate()
+        self.achieved()
 
-    def handle(self, future: Any) -> None:
+    def achieved(self) -> None:
+        """A deadline run: the rate achieved from the calibration to the end, beside the estimated one."""
+        calibration = self.pacer.calibration
+        if calibration is None:
+            return
+        seconds = time.perf_counter() - calibration.at
+        calibration.achieved = (self.finished - calibration.finished) / seconds if seconds > 0 else None
+        self.out.rates = {"estimated": round(calibration.rate, 3),
+                          "achieved": None if calibration.achieved is None else round(calibration.achieved, 3)}
+        if calibration.achieved is not None and not self.out.stopped_at_deadline:
+            say(f"deadline: {calibration.rate:.2f} decisions/s estimated after calibration, "
+                f"{calibration.achieved:.2f} achieved since")
+
+    def handle(self, future: Any, now: float) -> None:
         if future in self.explaining:
             shard = self.explaining.pop(future)
             try:
                 result = future.result()
             except Exception as error:
+                self.pacer.forget(future)
                 self.explained_failed(shard, error)
             else:
+                self.pacer.explained(future, result.worker, result.decisions + len(result.failures), now)
                 self.explained_ok(result)
             return
         result, start, stop = self.rendering.pop(future)
         try:
             batch = future.result()
         except Exception as error:
+            self.pacer.forget(future)
             self.render_failed(result, start, stop, error)
         else:
+            self.pacer.rendered(future, batch, now)
             self.rendered_ok(result, start, batch)
 
 
@@ -272,6 +359,7 @@ class _Work:
 def explain_shards(
     config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int,
     deadline: datetime | None, best_effort: bool, render_resource: bool, render_batch: int,
+    render_workers: int = 0, devices_render: bool = True,
 ) -> ShardOutputs:
     """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
 
@@ -281,15 +369,19 @@ def explain_shards(
     """
     logger = get_run_logger()
     clock = time.perf_counter()
+    cut = None if deadline is None else deadline.timestamp() - PUBLISH_MARGIN_S
+    if cut is not None and time.time() >= cut:  # no time left to start workers and load the model
+        logger.warning("deadline: the cut passed before the workers started; publishing that nothing was reached")
+        return ShardOutputs(results=[], unexplained=sorted(shards, key=lambda s: s.order), stopped_at_deadline=True)
     runner = FlowRunContext.get().task_runner  # type: ignore[union-attr]
     if hasattr(runner, "client"):
         runner.client  # noqa: B018 - start the workers now, so the timings below are the work's own
     cluster_seconds = time.perf_counter() - clock
-    if shards:  # a model that does not load stops the run here, before any shard
+    if shards and (cut is None or time.time() < cut):  # a model that does not load stops the run here
         with dask.annotate(resources={RESOURCE: 1}):
             logger.info("model ready: %s", prepare_task.submit(config, run).result())
     work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource,
-                 render_batch)
+                 render_batch, render_workers, devices_render)
     work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
                                              description="decisions finished")
     work.run_all()

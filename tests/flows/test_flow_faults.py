@@ -157,6 +157,33 @@ def test_at_the_deadline_a_best_effort_run_publishes_what_is_finished(prefect_ap
     assert manifest["deadline"]["stopped_at_deadline"] and "misses it" in manifest["deadline"]["estimate"]
 
 
+def test_the_end_of_a_best_effort_run_is_a_result_not_an_error(prefect_api, small_demo, faulty, tmp_path):
+    """The CLI as a user runs it: a best-effort run the deadline stops prints its ending as a result (no
+    ``error:``), exits 3, and keeps the workers' and Dask's messages in the run's log file, off the terminal."""
+    import subprocess
+    import sys
+
+    config = slow_config(faulty, small_demo, 2.5)  # 60 s of work on one worker: the deadline stops it
+    deadline = (datetime.now(UTC) + timedelta(seconds=35)).isoformat(timespec="seconds")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_LOGGING", "PREFECT_LOGGING"))}
+    env.update(COLUMNS="200", XDG_STATE_HOME=str(tmp_path / "state"))
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config), "--out", str(out), "--devices",
+                             "cpu:1", "--render-workers", "1", "--limit", "24", "--deadline", deadline,
+                             "--best-effort"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "error:" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "", result.stderr[-2000:]  # warnings, if any, went to the log file
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert manifest["deadline"]["stopped_at_deadline"] and counts["not_reached"] > 0
+    ending = result.stdout.strip().splitlines()[-1]
+    assert ending.startswith(f"run {manifest['run_id']}: {counts['reported']} of 24 decisions reported"), ending
+    assert ending.endswith(f"{counts['not_reached']} not reached before the deadline (manifest.json: not_reached_ids)")
+    (log,) = (tmp_path / "state" / "limelight" / "logs").glob("*.log")
+    assert str(log) in result.stdout and "deadline" in log.read_text()
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(prefect_api, small_demo, faulty, tmp_path):
     """Kill the whole run (CLI, workers) mid-way; rerunning the command finishes only what is missing.
 
