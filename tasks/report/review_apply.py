@@ -107,8 +107,12 @@ def apply_decisions(out: str | Path, decisions: str | Path, *, applied_at: str |
     :class:`InputError` when the run's files are not the ones its manifest describes.
     """
     out, decisions = Path(out).resolve(), Path(decisions)
+    if not (out / mf.MANIFEST).is_file():
+        raise InputError(f"{out}: no published run here ({mf.MANIFEST} not found)")
     with _locked(out):
         recovered = finish_journal(out)
+        for stray in (out / mf.REPORTS).rglob(".*.review-*.tmp"):  # a kill before the journal: never applied
+            stray.unlink()
         manifest, config, explanations, run, reports, queue = _published(out)
         entries = review.read_log(out / review.LOG)
         logged = review.latest(entries)

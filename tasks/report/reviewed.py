@@ -53,19 +53,17 @@ def revise(context: dict[str, Any], attachment: dict[str, Any], resolution: Reso
                        for g in attachment["quality"]["review_reasons"] or ["low-fidelity"])
     adverse = any(f["role"] != "factor" for f in context["factors"]) or bool(context["fewer_note"])
     override = resolution.action == "override"
+    reasons = _reviewed_reasons(resolution, values, shared, adverse) if override else []
     context["needs_review"] = False
     context["reviewed"] = {
         "override": override,
         "status": tr["status"],
         "heading": tr["heading"],
         "note": fill(tr["note_override" if override else "note_accept"], checks=failed, date=date),
-        "annex": fill(tr["annex_override" if override else "annex_accept"], date=date,
-                      features=", ".join(resolution.reasons)),
+        "annex": fill(tr["annex_override"], date=date, features="; ".join(r["label"] for r in reasons)),
     }
-    context["status_note"] = fill(tr["status_note"], date=date)
     record: dict[str, Any] = {"action": resolution.action, "time": resolution.time, "log": "review-log.jsonl"}
     if override:
-        reasons = _reviewed_reasons(resolution, values, shared, adverse)
         context["reasons"] = reasons
         context["favourable"] = []
         context["fewer_note"] = None
