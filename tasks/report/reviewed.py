@@ -67,6 +67,7 @@ def revise(context: dict[str, Any], attachment: dict[str, Any], resolution: Reso
         context["reasons"] = reasons
         context["favourable"] = []
         context["fewer_note"] = None
+        context["tie_note"] = None  # a tie between the explanation's reasons: not the reviewer's
         context["reasons_intro"] = fill(tr["intro_adverse" if adverse else "intro"], outcome=shared.outcome_noun)
         record["reasons"] = [{"rank": r["rank"], "feature": r["feature"], "label": r["label"],
                               "value": r["raw_value"], "reason": r["sentence"]} for r in reasons]
