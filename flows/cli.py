@@ -10,6 +10,9 @@
                                              build the demo inputs if needed, then run config/demo.toml
     limelight serve [CONFIG] [--out DIR] [--cron CRON] [--timezone TZ]   serve prefect.yaml's nightly deployment
     limelight rerender MANIFEST [--out DIR]  re-render a published run; check every PDF's SHA-256
+    limelight review apply OUT --decisions FILE
+                                             apply a reviewer's decisions (accept / override) to the run's
+                                             review queue: letters, report index, review log, manifest
 
 Exit codes (EXIT_*): 0 every decision reported; 1 a crash (traceback), or the run's accounting does not
 hold; 2 a problem the user must fix (:class:`LimelightError`: one red line, no outputs); 3 the run
@@ -92,6 +95,8 @@ def _guard(action: Callable[[], T]) -> T:
     except DeadlineMissed as error:
         raise _fail(str(error).splitlines()[0], EXIT_DEADLINE) from None
     except LimelightError as error:
+        for line in getattr(error, "lines", ()):  # tasks/report/review.py ReviewRowsError: one line per bad row
+            errors.print(f"[red]✗[/] {escape(line)}", soft_wrap=True, highlight=False)
         raise _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, EXIT_INPUT) from None
     except ServerError as error:
         raise _fail(str(error), EXIT_CRASH) from None
@@ -479,6 +484,32 @@ def rerender(
                   "byte-identical to the manifest", soft_wrap=True, highlight=False)
     if result.model:
         console.print(f"  model: {escape(result.model)}", soft_wrap=True, highlight=False)
+
+
+review_app = typer.Typer(help="The review queue (OUT/review.parquet) worked to the end: docs/review.md.",
+                          no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("apply")
+def review_apply(
+    out: Annotated[Path, typer.Argument(help="a published run's output folder", show_default=False)],
+    decisions: Annotated[Path, typer.Option(
+        "--decisions", help="CSV or Parquet: id, action (accept | override), reasons (override: 1-4 features, "
+                            "';'-separated, most important first), justification (override), reviewer, time "
+                            "(ISO 8601 with offset)")],
+) -> None:
+    """Apply a reviewer's decisions: re-render those letters, update the report index, append to the review log
+    (review-log.jsonl) and chain a new manifest to the previous one. One bad row: nothing is applied."""
+    from tasks.report.review_apply import apply_decisions
+
+    result = _guard(lambda: apply_decisions(out, decisions))
+    if result.recovered:
+        console.print(f"finished an interrupted batch first: {result.recovered} entries", highlight=False)
+    console.print(
+        f"[green]✓[/] {escape(str(out))}: {result.applied} applied ({result.accepted} accepted, {result.overridden} "
+        f"overridden), {result.repeated} already in the log; the log holds {result.log_entries} entries; manifest "
+        f"revision {result.revision}", soft_wrap=True, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -335,6 +335,7 @@ def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applican
         "probability_label": fill(tc["probability"], outcome=shared.outcome_noun),
         "probability_note": fill(tc["probability_note"], outcome=shared.outcome_noun),
         "needs_review": needs_review,
+        "reviewed": None,  # set by tasks/report/reviewed.py once a reviewer resolved the decision
         "review_note": _review_note(tc, quality["review_reasons"], fid, min_fid),
         "quality": _quality_line(tc, quality),
         "status_note": fill(tc["status_ok_note"], min=min_fid),

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ from tasks.report.pdf import (
     require_fonts,
     write,
 )
+from tasks.report.review import Resolution
+from tasks.report.reviewed import revise
 from tasks.report.shared_pages import SharedPages, append_shared, shared_pages
 from tasks.report.summary import quality_settings_rows, summary_document
 from tasks.report.text import (
@@ -73,6 +75,8 @@ ROW_COLUMNS = (
     "fidelity", "local_pred", "model_pred", "intercept", "needs_review",
 )
 ATTACHMENT_NAME = "explanation.json"
+#: A reviewed decision: the reviewer's resolution and the decision's own feature values (name -> raw value).
+Reviewed = tuple[Resolution, Mapping[str, Any]]
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _BETWEEN_TAGS = re.compile(r">\n\s*<")  # template indentation only: text never starts a line there
 # In report.html, where the page total goes: a comment, which autoescaped customer text can never produce.
@@ -129,8 +133,9 @@ class CustomerDocument:
 
 
 def customer_documents(rows: pd.DataFrame, applicants: pd.DataFrame, config: Config,
-                       run: RunInfo) -> list[CustomerDocument]:
-    """Validate the inputs and build each decision's HTML and attachment (no layout yet).
+                       run: RunInfo, reviews: Mapping[str, Reviewed] | None = None) -> list[CustomerDocument]:
+    """Validate the inputs and build each decision's HTML and attachment (no layout yet). ``reviews``: decision id
+    -> its reviewer's resolution and its own feature values (tasks/report/reviewed.py revises those letters).
 
     Raises :class:`InputError` for rows or applicants that break the contract and :class:`ConfigError` for
     catalog or notice problems, so nothing is written when an input is bad.
@@ -152,6 +157,9 @@ def customer_documents(rows: pd.DataFrame, applicants: pd.DataFrame, config: Con
     documents = []
     for decision_id, records in groups.items():
         context, attachment = report_context(decision_id, records, people.get(decision_id), shared)
+        if reviews and decision_id in reviews:
+            resolution, values = reviews[decision_id]
+            revise(context, attachment, resolution, values, shared)
         part = PdfPart(
             title=f"{shared.title} – {context['footer_id']}",
             author=common["lender"]["name"],
@@ -192,26 +200,35 @@ def _shared_after(kind: DocumentKind, settings: PdfSettings, shared: RunTexts) -
     return after
 
 
+def customer_pdfs(rows: pd.DataFrame, applicants: pd.DataFrame, config: Config, run: RunInfo,
+                  reviews: Mapping[str, Reviewed] | None = None) -> Iterator[tuple[CustomerDocument, bytes]]:
+    """Each decision's document and PDF bytes, in the order the decisions first appear in ``rows`` (nothing
+    written); bad inputs raise before the first PDF is made."""
+    documents = customer_documents(rows, applicants, config, run, reviews)  # checked now, not when iterated
+    if not documents:
+        return iter(())
+    kind = document_kind("customer_report")
+    settings = _pdf_settings(config, run)
+    shared_after = _shared_after(kind, settings, run_texts(config, run))
+    return ((doc, _customer_pdf(doc, kind, settings, shared_after)) for doc in documents)
+
+
 def render_customer_reports(rows: pd.DataFrame, applicants: pd.DataFrame, config: Config, run: RunInfo,
-                            out_dir: Path, subfolders: Mapping[str, str] | None = None) -> list[RenderedReport]:
+                            out_dir: Path, subfolders: Mapping[str, str] | None = None,
+                            reviews: Mapping[str, Reviewed] | None = None) -> list[RenderedReport]:
     """One PDF per decision in ``rows`` (explanations.parquet rows), written to ``out_dir/report_filename(id)``,
     or to ``out_dir/<subfolder>/report_filename(id)`` with ``subfolders`` (decision id -> its subfolder under the
     run's ``[report] layout``: tasks/report/index.py, :func:`report_subfolders`).
 
     Returns the reports in the order the decisions first appear in ``rows``. Bad inputs raise before any
-    file is written (see :func:`customer_documents`); each file is written atomically.
+    file is written (see :func:`customer_documents`); each file is written atomically. ``reviews``: the letters a
+    reviewer resolved (:func:`customer_pdfs`).
     """
-    documents = customer_documents(rows, applicants, config, run)
+    pdfs = customer_pdfs(rows, applicants, config, run, reviews)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not documents:
-        return []
-    kind = document_kind("customer_report")
-    settings = _pdf_settings(config, run)
-    shared_after = _shared_after(kind, settings, run_texts(config, run))
     results = []
-    for doc in documents:
-        pdf = _customer_pdf(doc, kind, settings, shared_after)
+    for doc, pdf in pdfs:
         folder = out_dir / (subfolders or {}).get(doc.decision_id, "")
         folder.mkdir(exist_ok=True)
         path = folder / doc.filename

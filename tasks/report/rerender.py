@@ -16,6 +16,7 @@ manifest's SHA-256), or from the inline list of a manifest written before the in
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,6 +33,7 @@ from tasks.inputs.schedule import night_sha256
 from tasks.inputs.sources import as_string, iter_tables, list_source_files
 from tasks.io import file_sha256
 from tasks.report import index as report_index
+from tasks.report import review
 from tasks.run import manifest as mf
 from tasks.run.info import RunInfo
 from tasks.run.manifest import check_sha256
@@ -105,14 +107,15 @@ def run_info(manifest: dict[str, Any], explanations: Path) -> RunInfo:
     return run
 
 
-def applicants(config: Config, ids: set[str]) -> pd.DataFrame:
-    """The report columns of the decisions ``ids`` (id as text), read as the pipeline reads them.
+def applicants(config: Config, ids: set[str], extra: Sequence[str] = ()) -> pd.DataFrame:
+    """The report columns of the decisions ``ids`` (id as text), read as the pipeline reads them; ``extra``: more
+    of the decisions' columns (the features a reviewer's override names: tasks/report/review.py).
 
     tasks/inputs/sources.py's own scan fills hive partition columns in, so a partition key shown in the report
     (e.g. ``decision_date``) gets exactly the value and type the run's reports got.
     """
     id_column = config.data.id_column
-    columns = list(dict.fromkeys([id_column, *report_columns(config)]))
+    columns = list(dict.fromkeys([id_column, *report_columns(config), *extra]))
     wanted = pa.array(sorted(ids), pa.string())
     tables = []
     for source in list_source_files(config.data.decisions, "[data] decisions"):
@@ -168,6 +171,23 @@ def _compare(expected: dict[str, str], rendered: dict[str, str], out: Path, chan
     raise RerenderMismatch(head + (f"; {more} more file{'s' if more > 1 else ''} differ" if more else "") + why)
 
 
+def _reviews(manifest: dict[str, Any], folder: Path) -> dict[str, review.Resolution]:
+    """The resolutions the review log holds (replayed into the letters), with the manifest chain, the queue and
+    the log checked: every earlier manifest in place, the log append-only, no review apply left unfinished."""
+    if (folder / review.JOURNAL).exists():
+        raise InputError(f"{folder / review.JOURNAL}: a review apply was interrupted; finish it first (run "
+                         "limelight review apply on this folder again)")
+    outputs = manifest["outputs"]
+    if review.QUEUE in outputs:
+        check_sha256(folder / review.QUEUE, outputs[review.QUEUE]["sha256"], "review queue")
+    earlier = mf.check_chain(manifest, folder)
+    if review.LOG not in outputs:
+        return {}
+    check_sha256(folder / review.LOG, outputs[review.LOG]["sha256"], "review log")
+    review.check_log(earlier, folder)
+    return review.latest(review.read_log(folder / review.LOG))
+
+
 def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     """Re-render the run's reports and summary into ``out`` and check every PDF against the manifest.
 
@@ -190,7 +210,8 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     model = check_model_record(manifest, manifest_path)
     rows = pd.read_parquet(explanations)
     id_column = config.data.id_column
-    people = applicants(config, set(rows[id_column].astype(str)))
+    resolutions = _reviews(manifest, manifest_path.parent)
+    people = applicants(config, set(rows[id_column].astype(str)), review.override_features(resolutions))
     expected: dict[str, str] = {}
     rendered: dict[str, str] = {}
     reports = report_index.manifest_reports(manifest, manifest_path.parent)
@@ -199,15 +220,16 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
         folders = (PurePosixPath(file).parent.relative_to(mf.REPORTS) for file in reports.column("file").to_pylist())
         subfolders = {str(i): "/".join(folder.parts)  # the run's layout: '' for a report directly in reports/
                       for i, folder in zip(reports.column("id").to_pylist(), folders, strict=True)}
-        made = render_customer_reports(rows, people, config, run, out / mf.REPORTS, subfolders)
+        made = render_customer_reports(rows, people, config, run, out / mf.REPORTS, subfolders,
+                                       review.review_values(people, id_column, resolutions))
         for report in made:
             rendered[f"{mf.REPORTS}/{report.path.relative_to(out / mf.REPORTS).as_posix()}"] = report.sha256
     summary = manifest["outputs"].get(mf.SUMMARY)
     if summary is not None:
         expected[mf.SUMMARY] = summary["sha256"]
         counts = summary_counts(manifest["counts"])
-        review = report_index.review_ids(manifest, manifest_path.parent)
-        path = render_run_summary(rows, counts, review, config, run, out / mf.SUMMARY)
+        review_list = report_index.review_ids(manifest, manifest_path.parent)
+        path = render_run_summary(rows, counts, review_list, config, run, out / mf.SUMMARY)
         rendered[mf.SUMMARY] = file_sha256(path)
     recorded = manifest.get("report_sources") or {}
     current = report_sources(config) if recorded else {}

@@ -18,6 +18,7 @@ import pikepdf
 
 from tasks.errors import LimelightError
 from tasks.report.pdf import DocumentKind, PdfSettings, layout, write
+from tasks.report.pdf_structure import crlf_before_endstream
 
 _LOCK = threading.Lock()  # guards _SHARED, the cache of written shared pages
 
@@ -113,7 +114,7 @@ def append_shared(base: bytes, shared: SharedPages) -> bytes:
     out = io.BytesIO()
     pdf.save(out, deterministic_id=True, object_stream_mode=pikepdf.ObjectStreamMode.generate)
     pdf.close()
-    return out.getvalue()
+    return crlf_before_endstream(out.getvalue())
 
 
 def _graft_structure(pdf: pikepdf.Pdf, tree: pikepdf.Dictionary, source: pikepdf.Pdf,

@@ -18,6 +18,7 @@ from tasks.errors import InputError
 from tasks.explain.aggregate import REVIEW_REASONS, quality_summary
 from tasks.inputs.config import MATCHED_METHODS, Config, stream_samples
 from tasks.report.pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
+from tasks.report.pdf_structure import crlf_before_endstream
 from tasks.report.text import (
     audit_rows,
     clean_text,
@@ -345,7 +346,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         attachment_name="run-summary.json",
         attachment_description="Run summary (limelight, JSON)",
     )
-    pdf = write(layout(kind, html, settings), part, settings, kind)
+    pdf = crlf_before_endstream(write(layout(kind, html, settings), part, settings, kind))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_bytes(pdf)

@@ -248,3 +248,49 @@ def publish(staging: Path, out: Path, names: Sequence[str], manifest: dict[str, 
     if not keep_staging:
         shutil.rmtree(staging, ignore_errors=True)
     return published
+
+
+# ---------------------------------------------------------------------------------------------- the chain
+
+#: Earlier manifests of a run whose outputs changed after publication (human review), one file per revision.
+HISTORY = "manifest-history"
+
+
+def revision(manifest: Mapping[str, Any]) -> int:
+    """0 for the manifest the run published; n after the n-th change (``chain.revision``)."""
+    return int((manifest.get("chain") or {}).get("revision", 0))
+
+
+def archive_manifest(out: Path, manifest_bytes: bytes, number: int) -> dict[str, str]:
+    """Keep the manifest of revision ``number`` as ``manifest-history/manifest-<number>.json`` (atomically; the
+    same bytes again if it is already there); returns the link the next revision records: file and SHA-256."""
+    from tasks.io import write_bytes_atomic
+
+    name = f"{HISTORY}/manifest-{number:04d}.json"
+    target = Path(out) / name
+    if not target.exists() or target.read_bytes() != manifest_bytes:
+        write_bytes_atomic(target, manifest_bytes)
+    return {"file": name, "sha256": file_sha256(target)}
+
+
+def check_chain(manifest: Mapping[str, Any], folder: Path) -> list[dict[str, Any]]:
+    """Walk the chain back to the run's own manifest: every earlier revision must be there with the SHA-256 the
+    next one records, of the same run and inputs, numbered down to 0. Returns the earlier manifests, newest first;
+    a broken link is one :class:`InputError` line."""
+    import json
+
+    earlier, current = [], manifest
+    while revision(current):
+        link = (current.get("chain") or {}).get("previous") or {}
+        path = Path(folder) / str(link.get("file", ""))
+        if not link.get("file") or not path.is_file():
+            raise InputError(f"{path}: the manifest of revision {revision(current) - 1} is missing (the chain "
+                             "names it)")
+        check_sha256(path, str(link.get("sha256")), f"manifest of revision {revision(current) - 1}")
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        same = all(previous.get(key) == manifest.get(key) for key in ("run_id", "run", "inputs", "config", "counts"))
+        if not same or revision(previous) != revision(current) - 1:
+            raise InputError(f"{path}: not the previous revision of run {manifest.get('run_id')}")
+        earlier.append(previous)
+        current = previous
+    return earlier

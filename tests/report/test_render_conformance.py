@@ -1,9 +1,9 @@
 """The PDFs against an independent checker: customer letters and run summary, en and zh-CN.
 
 Every customer letter must pass PDF/A-3b and PDF/UA-1 (it claims both), the summary PDF/A-3b, with the
-`page-validation` checker (PyPI; Rust, PDF/A-1/2/3 and PDF/UA-1 rules). It is alpha: the one rule where it is
-known to disagree with veraPDF (PDFA3B-STREAM-LENGTH-001 on a stream whose data ends in a CR byte; see
-tasks/report/pdf_structure.py) is accepted only where that is exactly the case, checked here byte by byte.
+`page-validation` checker (PyPI; Rust, PDF/A-1/2/3 and PDF/UA-1 rules), with no rule waived. A stream whose data
+ends in a CR byte gets CR LF as its EOL marker before `endstream` (tasks/report/pdf_structure.py:
+crlf_before_endstream), so no reading of the bytes makes its /Length wrong; checked here byte by byte too.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import pikepdf
 import pytest
 from render_support import demo_config, demo_run, structure_problems, synthetic_inputs
 
+from tasks.report.pdf_structure import crlf_before_endstream
 from tasks.report.render import render_customer_reports, render_run_summary
 
 LANGUAGES = ("en", "zh-CN")
 REPORTS_PER_LANGUAGE = 4
-STREAM_LENGTH_RULES = {"PDFA1B-STREAM-LENGTH-001", "PDFA2B-STREAM-LENGTH-001", "PDFA3B-STREAM-LENGTH-001"}
 _STREAM = re.compile(rb"(?:^|[\r\n])(\d+) (\d+) obj\b((?:(?!endobj).)*?)stream(\r\n|\n)", re.DOTALL)
 _DIRECT_LENGTH = re.compile(rb"/Length (\d+)(?! \d+ R)")
 
@@ -31,8 +31,8 @@ def streams(data: bytes) -> dict[tuple[int, int], tuple[bool, bool]]:
     """Every stream of a PDF file read byte by byte: (object, generation) -> (sound, ends in CR).
 
     Sound (ISO 19005-3 6.1.7.1): ``stream`` is followed by CR LF or LF, then exactly /Length bytes (a direct
-    integer), then an EOL marker and ``endstream``. Ends in CR: the data's last byte is 0x0D, so the bytes before
-    ``endstream`` end in CR LF though the EOL marker is the LF alone (/Length says so).
+    integer), then an EOL marker and ``endstream``; where the data's last byte is CR (ends in CR), the EOL marker
+    is CR LF, so a reader scanning back from ``endstream`` finds the same /Length bytes as one reading /Length.
     """
     found: dict[tuple[int, int], tuple[bool, bool]] = {}
     for match in _STREAM.finditer(data):
@@ -41,34 +41,17 @@ def streams(data: bytes) -> dict[tuple[int, int], tuple[bool, bool]]:
             found[(int(match.group(1)), int(match.group(2)))] = (False, False)
             continue
         end = match.end() + int(length.group(1))
-        sound = data[end:end + 10] == b"\nendstream" or data[end:end + 11] == b"\r\nendstream"
-        found[(int(match.group(1)), int(match.group(2)))] = (sound, data[end - 1:end] == b"\r")
+        ends_in_cr = data[end - 1:end] == b"\r"
+        sound = data[end:end + 11] == b"\r\nendstream" or (data[end:end + 10] == b"\nendstream" and not ends_in_cr)
+        found[(int(match.group(1)), int(match.group(2)))] = (sound, ends_in_cr)
     return found
 
 
-def cr_before_endstream(data: bytes, number: int, generation: int = 0) -> bool:
-    """True when the stream of object ``number`` is sound and its data ends in CR (see :func:`streams`)."""
-    return streams(data).get((number, generation)) == (True, True)
-
-
-def _known_false_positive(data: bytes, where: page.PdfObjectId | None) -> bool:
-    """PDFA3B-STREAM-LENGTH-001 raised only because stream data ends in CR (tasks/report/pdf_structure.py says why it is
-    not a fault). With two such streams in a file the checker names no object: then every stream of the file
-    must be sound by the byte-level reading, and one at least end in CR."""
-    if where is not None:
-        return cr_before_endstream(data, where.object_number, where.generation)
-    found = streams(data).values()
-    return all(sound for sound, _ in found) and any(cr for _, cr in found)
-
-
 def failures(path: Path, profile: str) -> list[str]:
-    """The checker's failed rule ids for ``path`` (``rule (object n): message``), less the known false positive."""
-    data = path.read_bytes()
+    """The checker's failed rule ids for ``path`` (``rule (object n): message``): every rule, none waived."""
     found = []
     for failure in page.validate_pdf(path, profile=profile).failures:
         where = failure.object_id
-        if failure.rule_id in STREAM_LENGTH_RULES and _known_false_positive(data, where):
-            continue
         at = f" (object {where.object_number})" if where is not None else ""
         found.append(f"{failure.rule_id}{at}: {failure.message}")
     return found
@@ -106,7 +89,7 @@ def test_customer_letters_pass_pdfa_3b_and_pdfua_1(rendered, language: str) -> N
 
 def _assert_streams_sound(path: Path) -> None:
     """Two more readers: qpdf parses every object and stream (by /Length) without a complaint, and the byte-level
-    scan behind the waiver finds every stream qpdf knows, each with a right /Length."""
+    scan finds every stream qpdf knows, each with a right /Length under either reading of its EOL marker."""
     found = streams(path.read_bytes())
     with pikepdf.open(path) as pdf:
         assert pdf.check_pdf_syntax() == [] and pdf.get_warnings() == [], path.name
@@ -213,27 +196,47 @@ def _pdf_with_stream(data: bytes, tmp_path: Path, declared: int | None = None) -
     return path, number
 
 
-def test_stream_length_waiver_is_exact(tmp_path: Path) -> None:
-    """The waiver recognises a right /Length over data ending in CR, and nothing else: a /Length that is really
-    wrong (one byte short or long) stays a failure, and qpdf agrees the CR case is sound."""
+def test_a_stream_ending_in_cr_gets_crlf_before_endstream(tmp_path: Path) -> None:
+    """Data ending in CR before `LF endstream` is flagged by the checker (0.11.0); crlf_before_endstream writes CR LF
+    there, and then nothing is flagged, qpdf reads the same data, and a file without such a stream keeps its bytes.
+    A /Length that is really wrong (two bytes short, one long) stays a failure: the fix hides nothing."""
     ends_in_cr = b"0 0 m 10 10 l S\n%\r"  # a comment line that ends in CR: data whose last byte is CR
     path, number = _pdf_with_stream(ends_in_cr, tmp_path)
-    assert cr_before_endstream(path.read_bytes(), number)
-    assert _length_flagged(path, number)  # what the checker says of it (0.11.0)
-    with pikepdf.open(path) as pdf:
+    assert streams(path.read_bytes())[(number, 0)] == (False, True) and _length_flagged(path, number)
+    fixed = tmp_path / "fixed.pdf"
+    fixed.write_bytes(crlf_before_endstream(path.read_bytes()))
+    with pikepdf.open(fixed) as pdf:
+        number = pdf.pages[0].obj.Contents.objgen[0]
         assert pdf.pages[0].Contents.read_bytes() == ends_in_cr  # read by /Length: the CR is data
         assert pdf.check_pdf_syntax() == [] and pdf.get_warnings() == []
+    assert all(sound for sound, _ in streams(fixed.read_bytes()).values()) and not _length_flagged(fixed, number)
     plain = b"0 0 m 10 10 l S\n"
     path, number = _pdf_with_stream(plain, tmp_path)
-    assert not cr_before_endstream(path.read_bytes(), number) and not _length_flagged(path, number)
-    # One byte short is the other reading of the same bytes (the CR LF as the EOL marker): every reader accepts
-    # it, and the CR is then not data. Two short, or one long, is wrong under either reading.
-    path, number = _pdf_with_stream(ends_in_cr, tmp_path, declared=len(ends_in_cr) - 1)
-    assert not cr_before_endstream(path.read_bytes(), number) and not _length_flagged(path, number)
+    assert crlf_before_endstream(path.read_bytes()) == path.read_bytes() and not _length_flagged(path, number)
     for wrong in (len(ends_in_cr) - 2, len(ends_in_cr) + 1):
         path, number = _pdf_with_stream(ends_in_cr, tmp_path, declared=wrong)
-        assert not cr_before_endstream(path.read_bytes(), number)
         assert _length_flagged(path, number) and failures(path, "3b")
+
+
+def test_a_letter_whose_compressed_stream_ends_in_cr_passes(tmp_path: Path) -> None:
+    """A real letter (tasks/report/shared_pages.py writes it with object streams) given one more page whose
+    compressed content ends in CR (its Adler-32): after the fix every stream is sound and no rule fails."""
+    config = demo_config("en")
+    rows, applicants = synthetic_inputs(1, config, seed=3)
+    [report] = render_customer_reports(rows, applicants, demo_config("en"), demo_run(config), tmp_path / "letters")
+    content = next(c for i in range(256) if zlib.compress(c := b"q Q\n%" + b"a" * i + b"\n")[-1:] == b"\r")
+    with pikepdf.open(report.path) as pdf:
+        stream = pdf.make_stream(zlib.compress(content))
+        stream.Filter = pikepdf.Name.FlateDecode
+        pdf.pages[-1].obj.Contents = pikepdf.Array([pdf.pages[-1].obj.Contents, stream])
+        raw = tmp_path / "raw.pdf"
+        pdf.save(raw, deterministic_id=True, object_stream_mode=pikepdf.ObjectStreamMode.generate)
+    assert b"\r\nendstream" in raw.read_bytes()
+    path = tmp_path / "fixed.pdf"
+    path.write_bytes(crlf_before_endstream(raw.read_bytes()))
+    assert failures(path, "3b") == [] and failures(path, "ua1") == []
+    _assert_streams_sound(path)
+    assert any(cr for _, cr in streams(path.read_bytes()).values())
 
 
 def _length_flagged(path: Path, number: int) -> bool:
