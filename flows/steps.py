@@ -71,6 +71,7 @@ from tasks.inputs.schedule import night_sha256, parse_run_date
 from tasks.io import file_sha256, write_table_atomic
 from tasks.plan.shards import Shard
 from tasks.report import index as report_index
+from tasks.report.pdf_structure import PDF_FINISHING
 from tasks.report.review import QUEUE, write_queue
 from tasks.run import manifest as mf
 from tasks.run.deadline import parse_deadline
@@ -399,7 +400,8 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
             run_date=checked.run_date, started=checked.started, accounting=explained.accounting, failures=failures,
             not_reached=explained.not_reached, deadline=checked.deadline, best_effort=request.best_effort,
             outputs=explained.outputs, resumed=planned.resumed,
-        ), "quality": quality, "report_sources": _report_sources(config) if checked.render else None},
+        ), "quality": quality, "report_sources": _report_sources(config) if checked.render else None,
+        **({"pdf_finishing": PDF_FINISHING} if checked.render else {})},
     )
     mf.publish(staging, out, names, manifest, keep_staging=bool(explained.not_reached))
     return {name: str(out / name) for name in [*names, mf.MANIFEST]}

@@ -9,6 +9,9 @@ pagination artifacts, table header scopes, and layout tables as /Div groups.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import pydyf
@@ -27,6 +30,24 @@ from tasks.errors import LimelightError
 # writes CR LF as the EOL marker in that case (`... CR CR LF endstream`): under either reading /Length is right.
 
 
+PDF_FINISHING = "crlf-before-endstream"
+"""The manifest's ``pdf_finishing``: its PDFs have CR LF before ``endstream`` where stream data ends in CR. A run
+published before it has no such key, and ``rerender`` writes its PDFs as they were then (byte for byte)."""
+
+_FIX_ENDSTREAM_EOL: ContextVar[bool] = ContextVar("limelight_fix_endstream_eol", default=True)
+
+
+@contextmanager
+def endstream_eol(fixed: bool) -> Iterator[None]:
+    """Within the block, :func:`crlf_before_endstream` applies the fix (``fixed``) or leaves the bytes as
+    qpdf and pydyf write them (a run published before the fix, re-rendered)."""
+    token = _FIX_ENDSTREAM_EOL.set(fixed)
+    try:
+        yield
+    finally:
+        _FIX_ENDSTREAM_EOL.reset(token)
+
+
 def crlf_before_endstream(data: bytes) -> bytes:
     """``data`` (a whole PDF file as qpdf or pydyf wrote it) with CR LF as the EOL marker before ``endstream`` of
     every stream whose data ends in CR; the same bytes when there is none (most files).
@@ -36,7 +57,7 @@ def crlf_before_endstream(data: bytes) -> bytes:
     before the LF of each such stream's ``endstream``, and the table and ``startxref`` are moved by the bytes
     inserted before each object. Deterministic, like the rest of the file.
     """
-    if b"\r\nendstream" not in data:  # no stream data ends in CR (nor an object or xref stream's)
+    if b"\r\nendstream" not in data or not _FIX_ENDSTREAM_EOL.get():  # no stream data ends in CR; or an older run
         return data
     import io
 

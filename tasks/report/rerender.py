@@ -34,6 +34,7 @@ from tasks.inputs.sources import as_string, iter_tables, list_source_files
 from tasks.io import file_sha256
 from tasks.report import index as report_index
 from tasks.report import review
+from tasks.report.pdf_structure import PDF_FINISHING, endstream_eol
 from tasks.run import manifest as mf
 from tasks.run.info import RunInfo
 from tasks.run.manifest import check_sha256
@@ -194,8 +195,6 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     Raises :class:`InputError` when an input's SHA-256 changed, and :class:`RerenderMismatch` naming the
     first file whose bytes differ. The re-rendered files stay in ``out`` either way, for inspection.
     """
-    from tasks.report.render import render_customer_reports, render_run_summary
-    from tasks.report.summary import summary_counts
     from tasks.report.text import report_sources
 
     manifest_path = Path(manifest_path).resolve()
@@ -212,6 +211,21 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     id_column = config.data.id_column
     resolutions = _reviews(manifest, manifest_path.parent)
     people = applicants(config, set(rows[id_column].astype(str)), review.override_features(resolutions))
+    with endstream_eol(manifest.get("pdf_finishing") == PDF_FINISHING):  # older runs: their PDFs as they were
+        expected, rendered = _render_again(manifest, manifest_path, out, rows, people, config, run, resolutions)
+    recorded = manifest.get("report_sources") or {}
+    current = report_sources(config) if recorded else {}
+    _compare(expected, rendered, out, [name for name, sha in recorded.items() if current.get(name) != sha])
+    return Rerendered(run.run_id, out, len(rendered) - (mf.SUMMARY in expected), mf.SUMMARY in expected, model)
+
+
+def _render_again(manifest: dict[str, Any], manifest_path: Path, out: Path, rows: pd.DataFrame, people: Any,
+                  config: Config, run: RunInfo, resolutions: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Render the run's reports and summary into ``out``: the SHA-256 the manifest expects and those rendered."""
+    from tasks.report.render import render_customer_reports, render_run_summary
+    from tasks.report.summary import summary_counts
+
+    id_column = config.data.id_column
     expected: dict[str, str] = {}
     rendered: dict[str, str] = {}
     reports = report_index.manifest_reports(manifest, manifest_path.parent)
@@ -231,7 +245,4 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
         review_list = report_index.review_ids(manifest, manifest_path.parent)
         path = render_run_summary(rows, counts, review_list, config, run, out / mf.SUMMARY)
         rendered[mf.SUMMARY] = file_sha256(path)
-    recorded = manifest.get("report_sources") or {}
-    current = report_sources(config) if recorded else {}
-    _compare(expected, rendered, out, [name for name, sha in recorded.items() if current.get(name) != sha])
-    return Rerendered(run.run_id, out, len(rendered) - (summary is not None), summary is not None, model)
+    return expected, rendered
