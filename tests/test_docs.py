@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 MAX_README_LINES = 200
-PLANNED_COMMANDS = {"init"}  # `limelight init`: the README names it as the path while it is being built
+PLANNED_COMMANDS: set[str] = set()  # commands a page may name before they exist (none now)
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 _CODE_BLOCK = re.compile(r"^```.*?^```", re.S | re.M)
@@ -65,6 +65,10 @@ def _cli_commands() -> set[str]:
                 if isinstance(call, ast.Attribute) and call.attr == "command":
                     named = [a.value for a in getattr(decorator, "args", []) if isinstance(a, ast.Constant)]
                     commands.add(named[0] if named else node.name.replace("_", "-"))
+        # a group of subcommands: app.add_typer(review_app, name="review") -> `limelight review ...`
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_typer":
+            commands.update(k.value.value for k in node.keywords
+                            if k.arg == "name" and isinstance(k.value, ast.Constant))
     return commands
 
 
