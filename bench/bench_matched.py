@@ -37,50 +37,23 @@ from bench_quality import (  # noqa: E402
     german_gbm_case,
     german_mlp_case,
 )
+from truth import loan_data, loan_features  # noqa: E402
 
 from tasks.engine import BatchedLime, Explanations, fit_reference  # noqa: E402
 from tasks.engine.matched import KernelMatchedLime  # noqa: E402
 from tasks.engine.perbin import PerBinLime  # noqa: E402
 from tasks.explain.aggregate import factor_roles, review_reasons  # noqa: E402
-from tasks.inputs.config import FeatureConfig, ReviewConfig  # noqa: E402
+from tasks.inputs.config import ReviewConfig  # noqa: E402
 
 
 def loan_case(device: torch.device, seed: int = 0, rows: int = 6000) -> Case:
     """A synthetic consumer-loan portfolio with a realistic structure (9 numeric, 4 categorical fields; skewed
-    incomes, integer counts with many zeros, ratios, interactions, a bad rate near 20%) and a gradient-boosted
-    model, the usual kind of credit model."""
+    incomes, integer counts with many zeros, ratios, interactions, a bad rate near 20%: ``truth.loan_data``, without
+    gaps) and a gradient-boosted model, the usual kind of credit model."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    rng = np.random.default_rng(seed)
-    income = np.exp(rng.normal(10.4, 0.5, rows))
-    age = rng.integers(19, 75, rows).astype(float)
-    years_job = np.minimum(rng.exponential(5, rows), age - 18)
-    dti = np.clip(rng.beta(2, 5, rows) * 0.9, 0, 0.9)
-    utilisation = np.clip(rng.beta(1.5, 3, rows), 0, 1)
-    delinquencies = rng.poisson(0.35, rows).astype(float)
-    inquiries = rng.poisson(1.2, rows).astype(float)
-    amount = np.round(np.exp(rng.normal(8.8, 0.7, rows)), -2)
-    accounts = rng.poisson(4, rows).astype(float) + 1
-    home = rng.choice(3, rows, p=[0.35, 0.4, 0.25])  # own, mortgage, rent
-    purpose = rng.choice(4, rows, p=[0.4, 0.2, 0.25, 0.15])  # debt, car, home, other
-    employment = rng.choice(3, rows, p=[0.7, 0.2, 0.1])  # salaried, self-employed, unemployed
-    adverse_records = rng.choice(2, rows, p=[0.9, 0.1])  # no, yes
-    score = (-3.6 + 3.0 * dti + 1.6 * utilisation ** 2 + 0.7 * delinquencies + 0.15 * inquiries
-             - 0.6 * (np.log(income) - 10.4) + 0.4 * np.log(amount / income * 10 + 1) - 0.03 * years_job
-             + 0.5 * (home == 2) + 0.9 * (employment == 2) + 1.1 * adverse_records
-             + 0.8 * (delinquencies > 0) * (utilisation > 0.7) - 0.01 * (age - 40))
-    bad = rng.random(rows) < 1 / (1 + np.exp(-score))
-    x = np.column_stack([income, age, years_job, dti, utilisation, delinquencies, inquiries, amount, accounts,
-                         home, purpose, employment, adverse_records]).astype(np.float64)
-    names = ["income", "age", "years_in_job", "debt_to_income", "utilisation", "delinquencies", "inquiries",
-             "loan_amount", "open_accounts"]
-    features = [FeatureConfig(name=n, label=n, kind="numeric") for n in names] + [
-        FeatureConfig(name="home", label="home", kind="categorical", categories=["own", "mortgage", "rent"]),
-        FeatureConfig(name="purpose", label="purpose", kind="categorical", categories=["debt", "car", "home", "other"]),
-        FeatureConfig(name="employment", label="employment", kind="categorical",
-                      categories=["salaried", "self_employed", "unemployed"]),
-        FeatureConfig(name="adverse_records", label="adverse records", kind="categorical", categories=["no", "yes"]),
-    ]
+    x, bad = loan_data(seed, rows, gaps=False)
+    features = loan_features()
     train, test = np.arange(rows) < rows * 0.75, np.arange(rows) >= rows * 0.75
     estimator = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
                                                categorical_features=[9, 10, 11, 12], random_state=seed)
