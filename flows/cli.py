@@ -25,7 +25,6 @@ temporary local one.
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 import signal
 import sys
@@ -41,6 +40,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flows.runlog import run_log
 from flows.server import ServerError, apply_quiet_env
 from tasks.errors import InputError, LimelightError
 
@@ -156,7 +156,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     # A batch scheduler's SIGTERM unwinds like Ctrl-C: the workers and the temporary server are stopped.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        with _run_log() as log, prefect_server(), _progress_bar(), message_hook(_say):
+        with run_log(errors) as log, prefect_server(), _progress_bar(), message_hook(_say):
             return {"log": str(log), **limelight_flow(
                 config_path=str(config), out=str(out), mode=mode,
                 devices=options.get("devices"), cluster=options.get("cluster"), limit=options.get("limit"),
@@ -177,52 +177,6 @@ def _preflight(config: Any, out: Path, mode: str, options: dict[str, Any]) -> No
     render = mode == "run" and config.report.enabled
     decisions = planned_decisions(config, options.get("limit"), options.get("ids"))
     preflight_checks(config, out, decisions, render=render)
-
-
-#: Run logs kept in the log folder (the newest; older ones are removed when a run starts).
-KEEP_LOGS = 50
-
-
-def log_folder() -> Path:
-    """Where the CLI's run logs go: ``$XDG_STATE_HOME/limelight/logs`` (default ``~/.local/state/...``)."""
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "limelight" / "logs"
-
-
-@contextmanager
-def _run_log() -> Iterator[Path]:
-    """The run's log file: the flow's log lines, and whatever is written to stderr while the flow runs (the
-    workers' and Dask's warnings, such as those on cancelling tasks at a deadline). The terminal keeps the CLI's
-    own lines: the progress bar and messages (stdout) and its errors."""
-    from datetime import UTC, datetime
-
-    folder = log_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in sorted(folder.glob("*.log"))[:-KEEP_LOGS]:
-        old.unlink(missing_ok=True)
-    path = folder / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}.log"
-    sys.stderr.flush()
-    terminal = os.fdopen(os.dup(2), "w", buffering=1)
-    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs", "limelight.pacing")]
-    levels = [logger.level for logger in loggers]
-    with open(path, "a", buffering=1, encoding="utf-8") as log:
-        handler = logging.StreamHandler(log)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        os.dup2(log.fileno(), 2)  # fd 2, inherited by the worker processes started from here
-        errors.file = terminal
-        logging.getLogger().addHandler(handler)
-        for logger in loggers:
-            logger.setLevel(logging.INFO)
-        try:
-            yield path
-        finally:
-            logging.getLogger().removeHandler(handler)
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
-            sys.stderr.flush()
-            os.dup2(terminal.fileno(), 2)
-            errors.file = None  # type: ignore[assignment]
-            terminal.close()
 
 
 def _user() -> str | None:
