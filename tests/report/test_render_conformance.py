@@ -18,7 +18,7 @@ import pikepdf
 import pytest
 from render_support import demo_config, demo_run, structure_problems, synthetic_inputs
 
-from tasks.report.pdf_structure import crlf_before_endstream
+from tasks.report.pdf_structure import crlf_before_endstream, endstream_eol
 from tasks.report.render import render_customer_reports, render_run_summary
 
 LANGUAGES = ("en", "zh-CN")
@@ -216,6 +216,19 @@ def test_a_stream_ending_in_cr_gets_crlf_before_endstream(tmp_path: Path) -> Non
     for wrong in (len(ends_in_cr) - 2, len(ends_in_cr) + 1):
         path, number = _pdf_with_stream(ends_in_cr, tmp_path, declared=wrong)
         assert _length_flagged(path, number) and failures(path, "3b")
+
+
+def test_a_run_published_before_the_fix_is_finished_as_it_was(tmp_path: Path) -> None:
+    """rerender writes the PDFs of a run whose manifest has no `pdf_finishing` inside endstream_eol(False): the bytes
+    qpdf and pydyf wrote, as that run published them (so it still re-renders byte for byte)."""
+    path, _ = _pdf_with_stream(b"0 0 m 10 10 l S\n%\r", tmp_path)
+    raw = path.read_bytes()
+    with endstream_eol(False):
+        assert crlf_before_endstream(raw) == raw
+        with endstream_eol(True):
+            assert crlf_before_endstream(raw) != raw
+        assert crlf_before_endstream(raw) == raw
+    assert crlf_before_endstream(raw) != raw  # the default: the fix
 
 
 def test_a_letter_whose_compressed_stream_ends_in_cr_passes(tmp_path: Path) -> None:
