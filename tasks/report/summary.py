@@ -203,12 +203,14 @@ def _reasons_by_id(firsts: pd.DataFrame, id_column: str) -> dict[str, list[str]]
     return {str(i): _split_reasons(v) for i, v in zip(firsts[id_column], firsts["review_reasons"], strict=True)}
 
 
-def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[str, str]]:
+def quality_settings_rows(config: Config, tc: Mapping[str, str], method: str) -> list[dict[str, str]]:
     """The run's explanation-quality settings ([explain] stability and adaptation, [review] gates) as (label,
     value) rows after :func:`tasks.report.text.audit_rows`, for the customer annex and the run summary.
 
     RunInfo does not carry them, so they come from the config; a re-render reads the run's own config (its
-    SHA-256 is checked against the manifest), so the rows, like the rest of the page, are the same bytes."""
+    SHA-256 is checked against the manifest), so the rows, like the rest of the page, are the same bytes. The
+    method is the run's own (``RunInfo.method``): a config that leaves it to the default means the default of the
+    version that made the run (per-bin now, kernel-matched before)."""
     e, r = config.explain, config.review
     yes, no = tc["yes"], tc["no"]
     adaptive = fill(tc["adaptive_value"], factor=str(e.max_samples_factor)) if e.adaptive else no
@@ -218,8 +220,8 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
         {"label": tc["min_effective_share"], "value": threshold_text(e.min_effective_share), "css": ""},
         {"label": tc["min_contrasts"], "value": f"{e.min_contrasts:,}", "css": ""},
         *([{"label": tc["target"], "value": tc["target_" + e.target.replace("-", "_")], "css": ""}]
-          if e.effective_method == "per-bin" else []),
-    ] if e.effective_method in MATCHED_METHODS else []
+          if method == "per-bin" else []),
+    ] if method in MATCHED_METHODS else []
     return [
         *matched,
         {"label": tc["design"], "value": tc[f"design_{e.design}"], "css": ""},
@@ -233,10 +235,11 @@ def quality_settings_rows(config: Config, tc: Mapping[str, str]) -> list[dict[st
     ]
 
 
-def quality_settings(config: Config) -> dict[str, Any]:
-    """The same settings for the JSON attachment."""
+def quality_settings(config: Config, method: str) -> dict[str, Any]:
+    """The same settings for the JSON attachment (``method``: the run's own, as for the rows)."""
     e, r = config.explain, config.review
-    return {"method": e.method, "width_grid": list(e.width_grid), "target_fidelity": e.target_fidelity,
+    return {"method": method if e.engine == "batched" else e.method, "width_grid": list(e.width_grid),
+            "target_fidelity": e.target_fidelity,
             "min_effective_share": e.min_effective_share, "min_contrasts": e.min_contrasts, "design": e.design,
             "stability_runs": e.stability_runs,
             "adaptive": e.adaptive,
@@ -244,7 +247,7 @@ def quality_settings(config: Config) -> dict[str, Any]:
             "max_prediction_gap": r.max_prediction_gap, "require_width": r.require_width,
             "require_stable": r.require_stable,
             "require_deletion": r.require_deletion,
-            **({"target": e.target} if e.effective_method == "per-bin" else {})}  # older runs keep their bytes
+            **({"target": e.target} if method == "per-bin" else {})}  # older runs keep their bytes
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
@@ -320,7 +323,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "gates": gates,
         "gates_note": fill(ts["gates_note"], count=f"{int(firsts['needs_review'].astype(bool).sum()):,}")
         if gates and "needs_review" in firsts.columns else None,
-        "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc)],
+        "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc, run.method)],
         "versions": versions_line(run),
     }
     kind = document_kind("run_summary", "summary.html")
@@ -334,7 +337,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "reason_frequency": [{k: r[k] for k in ("feature", "raises", "lowers", "total", "first")} for r in reasons],
         "review_ids": [str(i) for i in review_ids],
         "quality": quality,
-        "quality_settings": quality_settings(config),
+        "quality_settings": quality_settings(config, run.method),
         "samples_per_decision": samples["distribution"] if samples else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
     }
