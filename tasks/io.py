@@ -117,15 +117,16 @@ def tree_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` (a bool, number, string, path, or a list or tuple of them) as a TOML value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str | Path):
         return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
@@ -138,7 +139,7 @@ def dump_toml(data: dict[str, Any]) -> str:
 
     def table(name: str, body: dict[str, Any], header: str) -> None:
         lines.append(header)
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items() if not isinstance(v, dict) and v is not None)
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in body.items() if not isinstance(v, dict) and v is not None)
         lines.append("")
         for key, value in body.items():
             if isinstance(value, dict):

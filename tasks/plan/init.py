@@ -16,7 +16,6 @@ Nothing is written over an existing file unless ``force``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from tasks.errors import InputError, LimelightError, ModelError
 from tasks.inputs.model_formats import PICKLE_REFUSED, infer_format, is_pickle
 from tasks.inputs.model_names import ModelFacts, read_model_facts
 from tasks.inputs.sources import iter_tables, list_source_files, open_parquet, source_schema
-from tasks.io import write_text_atomic
+from tasks.io import toml_value, write_text_atomic
 
 CONFIG_NAME = "limelight.toml"
 #: Integer columns with at most this many distinct values are offered as categorical only when the model says so.
@@ -72,18 +71,8 @@ def humanise(name: str) -> str:
     return text[:1].upper() + text[1:] if text else name
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
-
-
 def _key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else _toml(name)
+    return name if _BARE_KEY.fullmatch(name) else toml_value(name)
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -265,16 +254,17 @@ def config_text(*, folder: Path, model: Path, model_format: str, reference: Path
         "# `limelight validate` this file. [[features]] is in the model's column order: keep it so.",
         "",
         "[data]",
-        f"decisions = {_toml(_relative(decisions, folder))}",
-        f"reference = {_toml(_relative(reference, folder))}",
-        f"id_column = {_toml(id_column)}",
+        f"decisions = {toml_value(_relative(decisions, folder))}",
+        f"reference = {toml_value(_relative(reference, folder))}",
+        f"id_column = {toml_value(id_column)}",
         "",
         "[model]",
-        f"path = {_toml(_relative(model, folder))}",
-        f"format = {_toml(model_format)}",
-        *([f"trusted = {_toml(trusted)}   # skops types you reviewed (limelight init --trusted)"] if trusted else []),
-        f"classes = {_toml(classes)}   # in the order of the model's outputs: check the names",
-        f"explain = {_toml(explain)}   # the class whose probability is explained (an adverse decision's)",
+        f"path = {toml_value(_relative(model, folder))}",
+        f"format = {toml_value(model_format)}",
+        *([f"trusted = {toml_value(trusted)}   # skops types you reviewed (limelight init --trusted)"]
+          if trusted else []),
+        f"classes = {toml_value(classes)}   # in the order of the model's outputs: check the names",
+        f"explain = {toml_value(explain)}   # the class whose probability is explained (an adverse decision's)",
         'output = "probabilities"',
         "",
         "[explain]",
@@ -298,10 +288,10 @@ def config_text(*, folder: Path, model: Path, model_format: str, reference: Path
         "applicant_fields = []    # decision columns shown in the letter's header, e.g. [\"full_name\"]",
     ]
     if date_column:
-        lines.append(f"date_column = {_toml(date_column)}")
+        lines.append(f"date_column = {toml_value(date_column)}")
     lines += [
         "decision_threshold = 0.5 # the explained class's probability at which it is decided: your cut-off",
-        f"reasons = {_toml(_relative(catalog, folder))}",
+        f"reasons = {toml_value(_relative(catalog, folder))}",
         "",
         "[report.lender]          # TODO: your name, address and contact as customers read them",
         'name = "Example Bank plc"',
@@ -314,9 +304,10 @@ def config_text(*, folder: Path, model: Path, model_format: str, reference: Path
         lines += ["", "[[features]]"]
         if feature.note:
             lines.append(f"# {feature.note}")
-        lines += [f"name = {_toml(feature.name)}", f"label = {_toml(feature.label)}", f"kind = {_toml(feature.kind)}"]
+        lines += [f"name = {toml_value(feature.name)}", f"label = {toml_value(feature.label)}",
+                  f"kind = {toml_value(feature.kind)}"]
         if feature.categories is not None:
-            lines.append(f"categories = {_toml(list(feature.categories))}")
+            lines.append(f"categories = {toml_value(list(feature.categories))}")
         else:
             lines.append(f"decimals = {feature.decimals}")
     return "\n".join(lines) + "\n"
@@ -332,11 +323,11 @@ def catalog_text(features: list[FeatureDraft], explain: str, language: str = "en
         "# Have your compliance team approve the wording before use. Keys: see config/reasons/en.toml.",
         "",
         "[meta]",
-        f"language = {_toml(language)}",
-        f"explained_class = {_toml(explain)}",
+        f"language = {toml_value(language)}",
+        f"explained_class = {toml_value(explain)}",
     ]
     for feature in features:
-        lines += ["", f"[features.{_key(feature.name)}]", "todo = true", f"label = {_toml(feature.label)}"]
+        lines += ["", f"[features.{_key(feature.name)}]", "todo = true", f"label = {toml_value(feature.label)}"]
         if feature.kind == "numeric":
             lines += [f"# raises = \"Your {feature.label.lower()} ({{value}}) is {{range}}. ...\"",
                       f"# lowers = \"Your {feature.label.lower()} ({{value}}) is {{range}}. ...\""]
@@ -344,7 +335,7 @@ def catalog_text(features: list[FeatureDraft], explain: str, language: str = "en
             lines += [f"# raises = \"Your {feature.label.lower()} is {{value}}. ...\"",
                       f"# lowers = \"Your {feature.label.lower()} is {{value}}. ...\"",
                       f"[features.{_key(feature.name)}.categories]   # how each value reads in a letter"]
-            lines += [f"{_toml(c)} = {_toml(c.replace('_', ' '))}" for c in feature.categories or ()]
+            lines += [f"{toml_value(c)} = {toml_value(c.replace('_', ' '))}" for c in feature.categories or ()]
     return "\n".join(lines) + "\n"
 
 
