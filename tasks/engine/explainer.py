@@ -133,7 +133,9 @@ class BatchedLime:
         per decision. On out-of-memory the chunk is halved and retried; a failing compiler falls back to eager."""
         start = 0
         while start < count:
-            size = max(1, self._chunk * self.num_samples // samples)
+            # the budget's decisions for this many samples (moments do not shrink with the samples), and no more
+            # than an out-of-memory retry left
+            size = max(1, min(self.decisions_per_chunk(samples), self._chunk * self.num_samples // samples))
             stop = min(start + size, count)
             try:
                 work(start, stop)
@@ -263,14 +265,15 @@ class BatchedLime:
                                          tilt=tilts)
         target = self._predict(perturbed.inputs.view(batch * drawn, -1)).view(batch, drawn)
         _check_finite(target, ids, self.model.description)
-        design = self._representation(perturbed, own_rows)
+        design = self._representation(perturbed, own_rows, ids)
         if keep_first:
             return design, target
         return design[:, 1:], target[:, 1:]
 
-    def _representation(self, perturbed: Perturbations, own_rows: torch.Tensor) -> torch.Tensor:
-        """The interpretable representation the surrogate is fitted on, [B, n, columns]: lime's binary "same bin
-        as the decision" indicators (the per-bin method overrides it: :mod:`tasks.engine.perbin`)."""
+    def _representation(self, perturbed: Perturbations, own_rows: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
+        """The interpretable representation the surrogate is fitted on, [B, n, columns], for decisions ``ids``:
+        lime's binary "same bin as the decision" indicators (the per-bin method overrides it:
+        :mod:`tasks.engine.perbin`)."""
         return perturbed.same_bin
 
     def _block_moments(self, same_bin: torch.Tensor, target: torch.Tensor) -> WeightedMoments:

@@ -70,5 +70,5 @@ def make_explainer(config: Config, stats: ReferenceStats, model: LoadedModel) ->
                    min_effective_share=settings.min_effective_share, min_contrasts=settings.min_contrasts,
                    adverse_threshold=config.report.decision_threshold)
     if settings.method == "per-bin":
-        return PerBinLime(**matched, target=settings.target)
+        return PerBinLime(**matched, target=settings.target, max_columns=settings.max_columns)
     return KernelMatchedLime(**matched)

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tasks.engine.columns import ColumnBasis
 from tasks.engine.explainer import HOST, BatchedLime
 from tasks.engine.explanations import Collector, Explanations
 from tasks.engine.stability import (
+    BLOCKS,
     combine_each,
     critical_value,
     flatten,
@@ -103,16 +105,28 @@ class KernelMatchedLime(BatchedLime):
     def _explain_stable(self, x: np.ndarray, ids: list[str]) -> Explanations:
         """:meth:`BatchedLime.explain` checks the batch and runs the deletion check; this walks the width grid."""
         out = _MatchedCollector(ids, self.top_k, self.stats.num_features, self.tie_slots)
-        self._explain_matched(x, ids, out)
+        step = self.decisions_in_flight()
+        for start in range(0, len(x), step):  # decisions are independent of their batch: groups change no bits
+            self._explain_matched(x, ids, out, np.arange(start, min(start + step, len(x))))
         return out.explanations(self.with_all_weights)
 
-    def _explain_matched(self, x: np.ndarray, ids: list[str], out: _MatchedCollector) -> None:
-        """Walk the width grid, widest first; each width is tried with R streams of S/(4R) kernel-matched samples
-        (held-out fidelity and effective sample size); a decision takes the first width that passes, is topped up
-        to S there and adapted while its reasons are not stable."""
+    def decisions_in_flight(self) -> int:
+        """Decisions walked through the width grid together: between rounds each keeps its groups' moments (old
+        and new while they merge), and those must fit the memory budget too."""
+        kept = 2 * BLOCKS * self.stability_runs * self.design_columns ** 2 * 8
+        return max(self.decisions_per_chunk(), self.budget_bytes() // 2 // kept)
+
+    @property
+    def design_columns(self) -> int:
+        """Columns of a decision's design: one per feature (lime's binary representation)."""
+        return self.stats.num_features
+
+    def _explain_matched(self, x: np.ndarray, ids: list[str], out: _MatchedCollector, pending: np.ndarray) -> None:
+        """Walk the width grid, widest first, for decisions ``pending`` (rows of ``x``); each width is tried with R
+        streams of S/(4R) kernel-matched samples (held-out fidelity and effective sample size); a decision takes
+        the first width that passes, is topped up to S there and adapted while its reasons are not stable."""
         s, runs = stream_samples(self.num_samples, self.stability_runs), self.stability_runs
         screen = self.screening_samples(s)
-        pending = np.arange(len(x))
         widest: list[tuple[np.ndarray, WeightedMoments]] = []  # first-round moments at the widest width
         exhausted = []  # decisions whose effective sample size falls below the floor from this width on
         for g, width in enumerate(self.widths):
@@ -225,10 +239,10 @@ class KernelMatchedLime(BatchedLime):
         count = groups.total_weight.shape[1]
         pooled, fit, stream_fit, fidelity = self._held_out(groups)
         adverse = torch.as_tensor(out.model_pred[rows] >= self.adverse_threshold, device=fit.coef.device)
-        basis = self._weight_basis(x[rows])
+        basis = self._weight_basis(x[rows], [out.ids[i] for i in rows])
         weights, local_pred, intercept = self._feature_weights(fit, basis)
         # a feature is a factor only where enough samples left the applicant's bin to measure its effect
-        eligible = self._left_counts(pooled) >= self.min_contrasts
+        eligible = self._left_counts(pooled, basis) >= self.min_contrasts
         stream_weights = self._feature_weights(stream_fit, _repeat(basis, runs))[0]
         loo = leave_one_group_out(groups)
         loo_weights = self._feature_weights(ridge_on(loo, all_features(loo), FINAL_ALPHA), _repeat(basis, count))[0]
@@ -289,17 +303,17 @@ class KernelMatchedLime(BatchedLime):
 
     # ------------------------------------------------------------------ the representation's hooks
 
-    def _weight_basis(self, x: np.ndarray) -> torch.Tensor | None:
+    def _weight_basis(self, x: np.ndarray, ids: list[str]) -> ColumnBasis | None:
         """What turns a fit into feature weights, per decision (the per-bin method's bin shares); none here."""
         return None
 
-    def _feature_weights(self, fit: RidgeFit, basis: torch.Tensor | None,
+    def _feature_weights(self, fit: RidgeFit, basis: ColumnBasis | None,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each feature's weight [N, d], the surrogate's prediction at the applicant and its intercept [N]: lime's
         binary coefficients; the applicant is the all-ones point, so its prediction is b + Σβ."""
         return fit.coef, fit.intercept + fit.coef.sum(1), fit.intercept
 
-    def _left_counts(self, pooled: WeightedMoments) -> torch.Tensor:
+    def _left_counts(self, pooled: WeightedMoments, basis: ColumnBasis | None) -> torch.Tensor:
         """Per decision and feature, how many samples left the applicant's bin [N, d]."""
         return pooled.total_weight.unsqueeze(1) * (1.0 - pooled.mean_z)
 
@@ -337,7 +351,7 @@ class _MatchedCollector(Collector):
         return explanations
 
 
-def _repeat(basis: torch.Tensor | None, times: int) -> torch.Tensor | None:
+def _repeat(basis: ColumnBasis | None, times: int) -> ColumnBasis | None:
     """A per-decision basis for ``times`` fits per decision (streams, jackknife groups)."""
     return None if basis is None else basis.repeat_interleave(times, dim=0)
 

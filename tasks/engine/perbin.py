@@ -32,11 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.engine.explainer import _BYTES_PER_SAMPLE_FEATURE, _MODEL_BYTES_PER_ROW
-from tasks.engine.matched import KernelMatchedLime
+from tasks.engine.columns import PILOT_STREAM, ColumnBasis, ColumnLayout, column_layout, main_effects
+from tasks.engine.explainer import _BYTES_PER_SAMPLE_FEATURE, _MODEL_BYTES_PER_ROW, _check_finite
+from tasks.engine.explanations import Explanations
+from tasks.engine.matched import KernelMatchedLime, kernel_tilt
 from tasks.engine.sampler import Perturbations
 from tasks.engine.stability import BLOCKS
 from tasks.engine.surrogate import RidgeFit, WeightedMoments, uniform_moments
+from tasks.inputs.config import MAX_COLUMNS, stream_samples
 
 TARGETS = ("log-odds", "probability")
 """What the per-bin surrogate fits: the explained class's log-odds (default) or its probability."""
@@ -45,8 +48,12 @@ LOGIT_CLIP = 1e-6
 """Probabilities are clipped to [1e-6, 1 - 1e-6] before the log-odds, so a model that outputs exactly 0 or 1 gives
 finite targets (|log-odds| <= 13.8)."""
 
+SAMPLES_PER_COLUMN = 8
+"""The floor of a width's screening samples per stream, per design column: held out, a surrogate fitted on fewer
+overfits. The demo (51 columns), German credit (77) and the loan case (47) are above it at S/4."""
+
 _BYTES_PER_SAMPLE_COLUMN = 20  # the design in float32, its float64 copy and its weighted copy in the moments step
-_MOMENT_COPIES = 6  # [B, G, P, P] float64 moments: the groups, their unions and the jackknife's fits
+_MOMENT_COPIES = 8  # [B, G, P, P] float64 moments: the groups, their unions, the jackknife's fits (measured)
 
 
 def log_odds(y: torch.Tensor) -> torch.Tensor:
@@ -68,13 +75,18 @@ def _probability_moments(design: torch.Tensor, y: torch.Tensor, kernel_width: fl
 @dataclass
 class PerBinLime(KernelMatchedLime):
     """The default engine (module docstring): the kernel-matched method with one indicator per bin a feature can
-    move to, weights as contrasts in probability."""
+    move to, weights as contrasts in probability. A model with more than ``max_columns`` such indicators gets
+    them for its most effective features only, decision by decision (:mod:`tasks.engine.columns`)."""
 
     target: str = "log-odds"
+    max_columns: int = MAX_COLUMNS
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"unknown per-bin target {self.target!r}; expected one of {TARGETS}")
+        if self.max_columns < 1:
+            raise ValueError(f"max_columns must be positive, got {self.max_columns}")
+        self._layouts: tuple[ColumnLayout, dict[str, int]] | None = None
         super().__post_init__()
 
     def _build_kernels(self) -> None:
@@ -89,35 +101,111 @@ class PerBinLime(KernelMatchedLime):
         """P: one indicator column per (feature, sampled value); the applicant's own columns stay zero."""
         return int(self._sampler.row_features.numel())
 
+    @property
+    def wide(self) -> bool:
+        """More indicators than ``max_columns``: each decision gets its own columns (:mod:`tasks.engine.columns`)."""
+        return self.num_columns > self.max_columns
+
+    @property
+    def design_columns(self) -> int:
+        """The columns of every decision's design: P, or max(max_columns, d) for a wide model."""
+        return max(self.max_columns, self.stats.num_features) if self.wide else self.num_columns
+
+    def screening_samples(self, s: int) -> int:
+        """As the kernel-matched method's, but at least :data:`SAMPLES_PER_COLUMN` per design column (up to S/R):
+        each stream's surrogate is scored on the other's samples, and with fewer samples than that its held-out
+        fidelity measures its overfitting, not the model (a wide model's 384 columns on S/4 samples: median 0.26,
+        against 0.58 on S; bench/bench_wide.py)."""
+        screen = super().screening_samples(s)
+        while screen < s and screen < SAMPLES_PER_COLUMN * self.design_columns:
+            screen *= 2
+        return screen
+
     def decisions_per_chunk(self, samples: int | None = None) -> int:
         """As the binary method's, with the per-bin design's columns and each decision's [G, P, P] moments."""
-        columns = self.num_columns
+        columns = self.design_columns
         per_row = (self.stats.num_features * _BYTES_PER_SAMPLE_FEATURE + columns * _BYTES_PER_SAMPLE_COLUMN
                    + _MODEL_BYTES_PER_ROW)
         per_decision = (samples or self.num_samples) * per_row + (
             _MOMENT_COPIES * BLOCKS * self.stability_runs * columns * columns * 8)
-        return max(1, self.budget_bytes() // per_decision)
+        # half the budget: the other half holds the moments of the decisions in flight (decisions_in_flight)
+        return max(1, self.budget_bytes() // 2 // per_decision)
 
-    def _representation(self, perturbed: Perturbations, own_rows: torch.Tensor) -> torch.Tensor:
-        """One indicator per (feature, sampled value) column, 1 where the sample moved the feature to that value;
-        the applicant's own value has no indicator (float32 [B, n, P])."""
+    def _explain_stable(self, x: np.ndarray, ids: list[str]) -> Explanations:
+        """A wide model's decisions first get their columns from a pilot (:meth:`_pilot_layouts`)."""
+        if not self.wide:
+            return super()._explain_stable(x, ids)
+        self._layouts = (self._pilot_layouts(x, ids), {decision: i for i, decision in enumerate(ids)})
+        try:
+            return super()._explain_stable(x, ids)
+        finally:
+            self._layouts = None
+
+    def _pilot_layouts(self, x: np.ndarray, ids: list[str]) -> ColumnLayout:
+        """Each decision's columns from the main effects in a pilot of kernel-matched samples at lime's width
+        (the screening round's size, a stream of its own: :mod:`tasks.engine.columns`)."""
+        samples = self.screening_samples(stream_samples(self.num_samples, self.stability_runs)) * self.stability_runs
+        tilt, parts = kernel_tilt(self.widths[0]), []
+
+        def pilot(a: int, b: int) -> None:
+            sub = list(ids[a:b])
+            keys, own_rows, decisions = self._inputs(x[a:b], sub)
+            tilts = torch.full((b - a,), tilt, dtype=torch.float64, device=self.device)
+            drawn = self._sampler.sample(decisions, own_rows, keys, samples, PILOT_STREAM, tilt=tilts)
+            target = self._predict(drawn.inputs.view((b - a) * samples, -1)).view(b - a, samples)
+            _check_finite(target, sub, self.model.description)
+            fitted = log_odds(target) if self.target == "log-odds" else target.to(torch.float64)
+            effects = main_effects(self._value_indicators(drawn, own_rows), fitted, self._column_feature,
+                                   self.stats.num_features)
+            parts.append(column_layout(effects, self._column_feature, self.design_columns))
+
+        self._in_chunks(len(x), samples, pilot)
+        return ColumnLayout(*(torch.cat([getattr(p, name) for p in parts])
+                              for name in ("column_of_row", "column_feature", "expanded")))
+
+    def _layout_of(self, ids: list[str]) -> ColumnLayout:
+        assert self._layouts is not None
+        layout, position = self._layouts
+        return layout.rows(torch.as_tensor([position[i] for i in ids], device=layout.column_of_row.device))
+
+    def _value_indicators(self, perturbed: Perturbations, own_rows: torch.Tensor) -> torch.Tensor:
+        """One indicator per table row (feature, sampled value), 1 where the sample moved the feature to that
+        value; the applicant's own value has no indicator (float32 [B, n, P])."""
         rows = perturbed.rows
         moved = rows != own_rows.unsqueeze(1)
         design = torch.zeros((*rows.shape[:2], self.num_columns), dtype=torch.float32, device=rows.device)
         return design.scatter_(2, rows.clamp_min(0), moved.to(torch.float32))
 
-    def _weight_basis(self, x: np.ndarray) -> torch.Tensor:
-        """π [N, P]: each other value's share among the values feature j can move to (lime's reference
-        frequencies without the applicant's own, renormalised per feature); 0 on the applicant's own columns."""
+    def _representation(self, perturbed: Perturbations, own_rows: torch.Tensor, ids: list[str]) -> torch.Tensor:
+        """The per-bin design [B, n, columns]: :meth:`_value_indicators`, or for a wide model each decision's own
+        columns, where a feature without its own per-value columns has one that is 1 wherever it moved."""
+        if not self.wide:
+            return self._value_indicators(perturbed, own_rows)
+        rows = perturbed.rows.clamp_min(0)
+        moved = (perturbed.rows != own_rows.unsqueeze(1)).to(torch.float32)
+        columns = self._layout_of(ids).column_of_row.to(rows.device).gather(1, rows.flatten(1)).view_as(rows)
+        design = torch.zeros((*rows.shape[:2], self.design_columns), dtype=torch.float32, device=rows.device)
+        return design.scatter_(2, columns, moved)
+
+    def _weight_basis(self, x: np.ndarray, ids: list[str]) -> ColumnBasis:
+        """π [N, columns]: each other value's share among the values feature j can move to (lime's reference
+        frequencies without the applicant's own, renormalised per feature); 0 on the applicant's own columns. A
+        column that stands for all of a feature's other values has share 1."""
         own = torch.as_tensor(self._sampler.own_rows(self.stats.discretize(x)), device=self.device)
         n, columns = len(x), self.num_columns
         is_own = torch.zeros(n, columns + 1, dtype=torch.bool, device=self.device)
         is_own.scatter_(1, torch.where(own >= 0, own, columns), True)
         frequency = self._column_frequency.expand(n, -1).masked_fill(is_own[:, :columns], 0.0)
-        total = self._by_feature(frequency)
-        return frequency / total[:, self._column_feature].clamp_min(1e-300)
+        if not self.wide:
+            total = self._by_feature(frequency)
+            return ColumnBasis(frequency / total[:, self._column_feature].clamp_min(1e-300))
+        layout = self._layout_of(ids)
+        local = torch.zeros(n, self.design_columns, dtype=frequency.dtype, device=self.device)
+        local.scatter_add_(1, layout.column_of_row, frequency)
+        total = self._by_feature(local, layout.column_feature)
+        return ColumnBasis(local / total.gather(1, layout.column_feature).clamp_min(1e-300), layout.column_feature)
 
-    def _feature_weights(self, fit: RidgeFit, basis: torch.Tensor | None,
+    def _feature_weights(self, fit: RidgeFit, basis: ColumnBasis | None,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Contrasts [N, d] (module docstring), the prediction at the applicant and the contrasts' baseline [N]."""
         assert basis is not None
@@ -127,17 +215,21 @@ class PerBinLime(KernelMatchedLime):
             moved = torch.sigmoid(fit.intercept.unsqueeze(1) + fit.coef)
         else:
             moved = fit.intercept.unsqueeze(1) + fit.coef
-        weights = self._by_feature(basis * (at.unsqueeze(1) - moved))
+        weights = self._by_feature(basis.share * (at.unsqueeze(1) - moved), basis.feature)
         return weights, at, at - weights.sum(1)
 
-    def _left_counts(self, pooled: WeightedMoments) -> torch.Tensor:
+    def _left_counts(self, pooled: WeightedMoments, basis: ColumnBasis | None) -> torch.Tensor:
         """Samples that moved each feature to another value [N, d]: its indicators' sum."""
-        return self._by_feature(pooled.total_weight.unsqueeze(1) * pooled.mean_z)
+        feature = None if basis is None else basis.feature
+        return self._by_feature(pooled.total_weight.unsqueeze(1) * pooled.mean_z, feature)
 
-    def _by_feature(self, columns: torch.Tensor) -> torch.Tensor:
-        """Sum per-column values [N, P] over each feature's columns: [N, d]."""
+    def _by_feature(self, columns: torch.Tensor, feature: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum per-column values [N, columns] over each feature's columns: [N, d]; ``feature`` [N, columns]: a
+        per-decision layout's column features (default: the table's rows)."""
         out = torch.zeros(columns.shape[0], self.stats.num_features, dtype=columns.dtype, device=columns.device)
-        return out.index_add_(1, self._column_feature, columns)
+        if feature is None:
+            return out.index_add_(1, self._column_feature, columns)
+        return out.scatter_add_(1, feature, columns)
 
 
-__all__ = ["LOGIT_CLIP", "TARGETS", "PerBinLime", "log_odds"]
+__all__ = ["LOGIT_CLIP", "MAX_COLUMNS", "TARGETS", "PerBinLime", "log_odds"]

@@ -104,6 +104,9 @@ class ModelConfig(_Strict):
 
 
 WIDTH_GRID = (0.75, 0.35, 0.2, 0.12, 0.08)
+
+MAX_COLUMNS = 384
+"""Per-bin design columns per decision before a wide model's features share them (tasks/engine/columns.py)."""
 """The kernel-matched method's pre-registered kernel widths, in units of √d, widest (lime's default) first."""
 
 
@@ -130,6 +133,13 @@ class ExplainConfig(_Strict):
         default="log-odds",
         description="per-bin: what the surrogate fits, the explained class's log-odds or its probability; weights "
         "and local_pred are reported in probability either way",
+    )
+    max_columns: int = Field(
+        default=MAX_COLUMNS, ge=16, le=4096,
+        description="per-bin: the most indicator columns a decision's surrogate gets; a model with more (one per "
+        "bin of every feature: about 4 d) gives them to the features with the largest effect in a pilot of samples, "
+        "one 'moved' column to each other feature (docs/method.md, 'Wide models'). Memory and time grow with its "
+        "square",
     )
     width_grid: tuple[float, ...] = Field(
         default=WIDTH_GRID, min_length=1,

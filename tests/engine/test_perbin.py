@@ -76,7 +76,7 @@ def test_the_design_has_one_indicator_per_value_a_feature_moved_to(demo) -> None
     keys, own_rows, decisions = engine._inputs(x, ids)
     tilt = torch.full((4,), kernel_tilt(engine.widths[0]), dtype=torch.float64)
     drawn = engine._sampler.sample(decisions, own_rows, keys, 300, tilt=tilt)
-    design = engine._representation(drawn, own_rows)
+    design = engine._representation(drawn, own_rows, ids)
     columns = engine._sampler.row_features
     assert design.shape == (4, 300, engine.num_columns) and engine.num_columns == int(columns.numel())
     per_feature = torch.zeros(4, 300, demo.stats.num_features).index_add_(2, columns, design)
@@ -144,3 +144,48 @@ def test_a_per_bin_explanation_does_not_depend_on_the_batch(demo) -> None:
     assert np.array_equal(together.feature_index[3], alone.feature_index[0])
     assert np.allclose(together.all_weights[3], alone.all_weights[0], atol=1e-12)
     assert decision_keys(3, ids[3:4])[0] == decision_keys(3, ids)[3]
+
+
+def _strong_features(stats, strong: dict[int, float], seed: int) -> list[np.ndarray]:
+    """Small effects everywhere, and large ones on the ``strong`` features."""
+    effects = _effects(stats, seed, 0.01)
+    for j, size in strong.items():
+        effects[j] = np.linspace(-size, size, len(effects[j]))
+    return effects
+
+
+def test_a_wide_model_gives_its_own_columns_to_the_features_that_matter(demo) -> None:
+    """With fewer columns than indicators, the features with the largest effects keep one indicator per value, the
+    others one "moved" column; every feature's weight is still its contrast (a moved column's coefficient is the
+    mean effect of moving, which is the contrast in an additive model)."""
+    d = demo.stats.num_features
+    strong = {1: 0.12, 4: 0.08}
+    model = BinModel(demo.stats, _strong_features(demo.stats, strong, 4), "probability", 0.4)
+    engine = _engine(demo, model, "probability", max_columns=d + 8)
+    assert engine.wide and engine.design_columns == d + 8 < engine.num_columns
+    x, ids = demo.decisions[:8], demo.ids[:8]
+    layout = engine._pilot_layouts(x, ids)
+    assert layout.expanded[:, list(strong)].all()
+    assert (layout.column_of_row.max(1).values < d + 8).all()
+    keys, own_rows, decisions = engine._inputs(x, ids)
+    engine._layouts = (layout, {decision: i for i, decision in enumerate(ids)})
+    drawn = engine._sampler.sample(decisions, own_rows, keys, 200, tilt=torch.full((8,), 0.5, dtype=torch.float64))
+    design = engine._representation(drawn, own_rows, ids)
+    per_feature = torch.zeros(8, 200, d).scatter_add_(2, layout.column_feature.unsqueeze(1).expand(-1, 200, -1),
+                                                       design)
+    assert torch.equal(per_feature, (~drawn.same_bin).float())  # one 1 per feature that moved, wherever it goes
+    engine._layouts = None
+    result = engine.explain(x, ids)
+    truth = model.truth(x)
+    assert np.all(result.fidelity > 0.95)  # the small effects within "moved" are what it cannot hold
+    assert np.abs(result.all_weights - truth).max() <= 0.03 * np.abs(truth).max()
+    assert np.allclose(result.intercept + result.all_weights.sum(1), result.local_pred)
+
+
+def test_a_wide_explanation_does_not_depend_on_the_batch(demo) -> None:
+    model = BinModel(demo.stats, _effects(demo.stats, 5, 0.4), "log-odds", -0.5, noise=0.3)
+    x, ids = demo.decisions[:6], demo.ids[:6]
+    engine = _engine(demo, model, "log-odds", num_samples=1200, max_columns=demo.stats.num_features + 6)
+    together, alone = engine.explain(x, ids), engine.explain(x[2:3], ids[2:3])
+    assert np.array_equal(together.feature_index[2], alone.feature_index[0])
+    assert np.allclose(together.all_weights[2], alone.all_weights[0], atol=1e-12)
