@@ -18,8 +18,21 @@ def decision_codes(ids: pd.Series) -> np.ndarray:
 
 
 def first_rows(codes: np.ndarray) -> np.ndarray:
-    """Positions of each decision's first row, ascending: what ``drop_duplicates(id)`` keeps."""
-    return np.unique(codes, return_index=True)[1]
+    """Positions of each decision's first row, ascending: what ``drop_duplicates(id)`` keeps. The codes count up
+    in the order of first appearance, so a first row is one whose code exceeds every code before it."""
+    if not len(codes):
+        return np.zeros(0, dtype=np.int64)
+    before = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.concatenate(([True], codes[1:] > before[:-1])))
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and their counts, by sorting (numpy's hash-based ``unique`` is slower here)."""
+    ordered = np.sort(values)
+    if not len(ordered):
+        return ordered, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return ordered[starts], np.diff(np.append(starts, len(ordered)))
 
 
 def distinct_per_group(codes: np.ndarray, keys: list[pd.Series],
@@ -35,8 +48,8 @@ def distinct_per_group(codes: np.ndarray, keys: list[pd.Series],
     for key_codes, uniques in factored:
         combo = combo * max(len(uniques), 1) + key_codes
     span = int(codes.max()) + 1 if len(codes) else 1
-    pairs = np.unique(combo[keep] * span + codes[keep])
-    groups, counts = np.unique(pairs // span, return_counts=True)
+    pairs, _ = _distinct(combo[keep] * span + codes[keep])
+    groups, counts = _distinct(pairs // span)
     values = []
     rest = groups
     for _, uniques in reversed(factored):
