@@ -43,9 +43,8 @@ def synthetic_run(n: int, config: Config, review: float, failed: float, folder: 
     ids = np.char.add("CUST-", np.arange(1_000_000, 1_000_000 + n).astype(str))
     gated = rng.random(n) < review
     fidelity = np.where(gated, rng.uniform(0.05, 0.6, n), rng.uniform(0.35, 0.95, n))
-    second = rng.integers(0, len(GATES), n)
     reasons = np.where(gated, np.where(fidelity < config.review.min_fidelity, "low-fidelity", ""), "")
-    extra = np.array(GATES)[second]
+    extra = np.array(GATES[1:])[rng.integers(0, len(GATES) - 1, n)]
     reasons = np.where(gated & (reasons == ""), extra, np.where(gated & (rng.random(n) < 0.3),
                                                                 np.char.add(np.char.add(reasons, ","), extra),
                                                                 reasons))

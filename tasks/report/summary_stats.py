@@ -35,12 +35,11 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], np.diff(np.append(starts, len(ordered)))
 
 
-def distinct_per_group(codes: np.ndarray, keys: list[pd.Series],
+def distinct_per_group(codes: np.ndarray, factored: list[tuple[np.ndarray, pd.Index]],
                        valid: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Distinct decisions per combination of ``keys`` (rows with a missing key or ``valid`` false are left out,
-    as ``groupby(keys)[id].nunique()`` leaves them): the combinations present, as one array of values per key,
-    and their counts."""
-    factored = [pd.factorize(k) for k in keys]
+    """Distinct decisions per combination of keys (``factored``: ``pd.factorize`` of each key column; rows with a
+    missing key or ``valid`` false are left out, as ``groupby(keys)[id].nunique()`` leaves them): the
+    combinations present, as one array of values per key, and their counts."""
     keep = valid.copy()
     for key_codes, _ in factored:
         keep &= key_codes >= 0
