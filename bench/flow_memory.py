@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--group", default="lineno", choices=["lineno", "traceback", "filename"])
+    parser.add_argument("--report", type=float, default=0.0, help="also print the growth every this many seconds")
     args = parser.parse_args()
     start = time.monotonic()
     kept: dict[str, tracemalloc.Snapshot] = {}
@@ -54,6 +55,13 @@ def main() -> None:
                 kept["first"] = tracemalloc.take_snapshot()
             elif "first" in kept:
                 kept["last"] = tracemalloc.take_snapshot()
+                reports = int((time.monotonic() - start - args.first) // args.report) if args.report else 0
+                if reports > kept.get("reports", 0):  # a growth report now and then, against the one before:
+                    kept["reports"] = reports             # the workers' start is behind us, shards are flowing
+                    if "previous" in kept:
+                        show(kept["last"].compare_to(kept["previous"], args.group), args,
+                             f"{time.monotonic() - start:.0f} s (against the report before)")
+                    kept["previous"] = kept["last"]
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -69,13 +77,18 @@ def main() -> None:
     if "last" not in kept:
         print("run too short for two snapshots: lower --first / --every", file=sys.stderr)
         return
-    stats = kept["last"].compare_to(kept["first"], args.group)
-    print(f"top {args.top} growth ({args.group}) between {args.first:.0f} s and the last snapshot:")
+    show(kept["last"].compare_to(kept["first"], args.group), args, "the last snapshot")
+
+
+def show(stats: list[tracemalloc.StatisticDiff], args: argparse.Namespace, when: str) -> None:
+    print(f"top {args.top} growth ({args.group}) between {args.first:.0f} s and {when} "
+          f"(RSS now {status_kib('VmRSS') / 1024:.0f} MiB):", flush=True)
     for stat in stats[: args.top]:
         print(f"  {stat.size_diff / 1024:+10.1f} KiB {stat.count_diff:+8d} blocks  {stat.traceback.format()[-1]}")
         if args.group == "traceback":
             for line in stat.traceback.format()[:-1][-8:]:
                 print("      " + line)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
