@@ -68,7 +68,7 @@ def review_section(firsts: pd.DataFrame, id_column: str, review_ids: Sequence[st
     return {
         "rows": rows,
         "intro": fill(tl["review_intro"], min=threshold_text(min_fidelity), shown=f"{len(rows):,}",
-                      count=f"{count:,}"),
+                      count=f"{count:,}") if rows else fill(ts["review_intro"], min=threshold_text(min_fidelity)),
         "file": fill(tl["review_file"], count=f"{count:,}") if count else None,
         "record": {"count": count, "file": REVIEW_FILE, "shown": [str(i) for i in top["id"]]},
     }
