@@ -7,9 +7,10 @@ real CLI in a subprocess under ``/usr/bin/time -v``: ``limelight explain`` (expl
 ``--explain`` sizes, ``limelight run`` (PDFs) for the ``--run`` sizes. The engine is the plain one
 (``[explain] method = "lime"``, ``stability_runs = 1``, ``adaptive = false``) with ``--samples`` samples per
 decision. Printed per run: wall time (the CLI's, with its fixed ~20 s of server and worker start), time per
-decision, the explain phase as the CLI reports it, peak RSS (the largest single process: the CLI, the Prefect
-server or a Dask worker; GNU time's "Maximum resident set size"), task runs' sizes (shards), and the manifest's size.
-The targets: time per decision and peak RSS flat (within 10%) from the smallest to the largest size.
+decision, the explain phase as the CLI reports it (and per decision), peak RSS (the largest single process: the
+CLI, the Prefect server or a Dask worker; GNU time's "Maximum resident set size"), the flow process's own peak RSS
+(its VmHWM, printed by the CLI at exit), task runs' sizes (shards), and the manifest's size. The targets (issue
+22): the flow process's peak RSS within +10% and the time per decision flat (within 10%) from 100k to 1M.
 """
 
 from __future__ import annotations
@@ -43,17 +44,25 @@ def scale_config(n: int, folder: Path, samples: int, shard_size: int) -> Path:
     return target
 
 
-def timed(command: list[str]) -> tuple[float, int, str]:
-    """Run ``command`` under /usr/bin/time -v: (wall seconds, peak RSS in KiB, its output's tail)."""
+#: The CLI, run so that it prints its own peak RSS (VmHWM: the flow process alone, not its workers) at exit.
+FLOW_PEAK = ("import atexit, sys; atexit.register(lambda: print('flow process VmHWM', next(line.split()[1] for line "
+             "in open('/proc/self/status') if line.startswith('VmHWM:')), file=sys.stderr)); "
+             "sys.argv[0] = 'limelight'; from flows.cli import app; app()")
+
+
+def timed(command: list[str]) -> tuple[float, int, str, int]:
+    """Run ``command`` under /usr/bin/time -v: (wall seconds, peak RSS in KiB of the largest process, its output's
+    tail, the flow process's own peak RSS in KiB: 0 when it did not print it)."""
     done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     report = done.stderr
+    flow = re.search(r"flow process VmHWM (\d+)", report)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", report)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
     if done.returncode not in (0, 3) or not wall or not rss:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{report[-3000:]}")
     seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
-    return seconds, int(rss.group(1)), done.stdout[-2000:]
+    return seconds, int(rss.group(1)), done.stdout[-2000:], int(flow.group(1)) if flow else 0
 
 
 def main() -> None:
@@ -73,9 +82,9 @@ def main() -> None:
         for mode, n in plans:
             config = scale_config(n, folder, args.samples, args.shard_size)
             out = folder / (f"{mode}-{n}.parquet" if mode == "explain" else f"{mode}-{n}")
-            command = [sys.executable, "-m", "flows.cli", mode, str(config), "--out", str(out), "--devices",
+            command = [sys.executable, "-c", FLOW_PEAK, mode, str(config), "--out", str(out), "--devices",
                        args.devices]
-            seconds, rss_kib, output = timed(command)
+            seconds, rss_kib, output, flow_kib = timed(command)
             manifest = out / "manifest.json"
             extra = ""
             if manifest.is_file():
@@ -85,8 +94,11 @@ def main() -> None:
             explained = re.search(r"explanations\s+([\d.]+) s", output)  # the CLI's own line: explain phase
             if explained:
                 extra = f"; explain phase {explained.group(1)} s" + extra
+            if explained:
+                extra += f"; {1000 * float(explained.group(1)) / n:.2f} ms/decision in the explain phase"
             print(f"{mode:7} {n:>8,} decisions: {seconds:8.1f} s wall, {1000 * seconds / n:7.2f} ms/decision, "
-                  f"peak RSS {rss_kib / 1024:7.1f} MiB{extra}", flush=True)
+                  f"peak RSS {rss_kib / 1024:7.1f} MiB (largest process), flow process {flow_kib / 1024:7.1f} MiB"
+                  f"{extra}", flush=True)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ from tasks.plan.shards import Shard
 from tasks.report import index as report_index
 from tasks.report.pdf_structure import PDF_FINISHING
 from tasks.report.review import QUEUE, write_queue
+from tasks.report.summary_lists import SUMMARY_LAYOUT
 from tasks.run import manifest as mf
 from tasks.run.deadline import parse_deadline
 from tasks.run.info import RunInfo
@@ -339,12 +340,12 @@ def render(checked: Validated, planned: Planned, explained: Explained) -> Render
     keep_only_reports(staging, set(reports.column("file").to_pylist()))
     index_rows = report_index.write_index([reports], staging / mf.REPORT_INDEX)
     queue_rows = write_queue(explained.explanations, reports, checked.config.data.id_column, staging / QUEUE)
-    quality = summary_task(str(explained.explanations), explained.counts, explained.review_ids, checked.config,
-                           planned.run, str(staging / mf.SUMMARY))
+    quality = summary_task(str(explained.explanations), explained.counts, [], checked.config, planned.run,
+                           str(staging / mf.SUMMARY), SUMMARY_LAYOUT, str(explained.failures_file))
     return Rendered(
         names=[mf.REPORTS, mf.REPORT_INDEX, QUEUE, mf.SUMMARY],
         outputs={
-            mf.SUMMARY: mf.describe_file(staging / mf.SUMMARY),
+            mf.SUMMARY: {**mf.describe_file(staging / mf.SUMMARY), "layout": SUMMARY_LAYOUT},
             mf.REPORT_INDEX: {**mf.describe_file(staging / mf.REPORT_INDEX), "rows": index_rows},
             QUEUE: {**mf.describe_file(staging / QUEUE), "rows": queue_rows},  # docs/review.md
             mf.REPORTS: {"index": mf.REPORT_INDEX, "count": index_rows, "layout": checked.config.report.layout},

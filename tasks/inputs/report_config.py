@@ -71,7 +71,8 @@ class ReportConfig(_Strict):
     )
     pdf_tags: bool = Field(default=True, description="tagged PDF structure (accessibility); pdf/a-3a forces it")
     review_list_limit: int = Field(
-        default=500, ge=0, description="decisions listed by id in the run summary's review list"
+        default=500, ge=0, description="decisions listed by id in the run summary's review list (at most 20, the "
+        "most severe; the full list is review.parquet; runs recorded before that listed this many in run order)"
     )
     layout: Literal["flat", "date", "hash-prefix"] = Field(
         default="flat",

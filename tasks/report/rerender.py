@@ -35,6 +35,7 @@ from tasks.io import file_sha256
 from tasks.report import index as report_index
 from tasks.report import review
 from tasks.report.pdf_structure import PDF_FINISHING, endstream_eol
+from tasks.report.summary_lists import summary_layout
 from tasks.run import manifest as mf
 from tasks.run.info import RunInfo
 from tasks.run.manifest import check_sha256
@@ -210,6 +211,8 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     rows = pd.read_parquet(explanations)
     id_column = config.data.id_column
     resolutions = _reviews(manifest, manifest_path.parent)
+    if summary_layout(manifest) > 1:  # its summary lists the failures: checked before anything is rendered
+        _failures(manifest, manifest_path.parent)
     people = applicants(config, set(rows[id_column].astype(str)), review.override_features(resolutions))
     with endstream_eol(manifest.get("pdf_finishing") == PDF_FINISHING):  # older runs: their PDFs as they were
         expected, rendered = _render_again(manifest, manifest_path, out, rows, people, config, run, resolutions)
@@ -217,6 +220,17 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     current = report_sources(config) if recorded else {}
     _compare(expected, rendered, out, [name for name, sha in recorded.items() if current.get(name) != sha])
     return Rerendered(run.run_id, out, len(rendered) - (mf.SUMMARY in expected), mf.SUMMARY in expected, model)
+
+
+def _failures(manifest: dict[str, Any], folder: Path) -> Path:
+    """The run's failures.parquet, checked against the SHA-256 the manifest records (its summary lists them)."""
+    path = folder / mf.FAILURES
+    described = manifest["outputs"].get(mf.FAILURES)
+    if not isinstance(described, dict) or "sha256" not in described:
+        raise InputError(f"{folder / mf.MANIFEST}: outputs names no {mf.FAILURES} with its SHA-256 (the summary "
+                         "lists the run's failures)")
+    check_sha256(path, str(described["sha256"]), "failures table")
+    return path
 
 
 def _render_again(manifest: dict[str, Any], manifest_path: Path, out: Path, rows: pd.DataFrame, people: Any,
@@ -242,7 +256,9 @@ def _render_again(manifest: dict[str, Any], manifest_path: Path, out: Path, rows
     if summary is not None:
         expected[mf.SUMMARY] = summary["sha256"]
         counts = summary_counts(manifest["counts"])
-        review_list = report_index.review_ids(manifest, manifest_path.parent)
-        path = render_run_summary(rows, counts, review_list, config, run, out / mf.SUMMARY)
+        layout = summary_layout(manifest)
+        review_list = report_index.review_ids(manifest, manifest_path.parent) if layout == 1 else []
+        path = render_run_summary(rows, counts, review_list, config, run, out / mf.SUMMARY, layout=layout,
+                                  failures=_failures(manifest, manifest_path.parent) if layout > 1 else None)
         rendered[mf.SUMMARY] = file_sha256(path)
     return expected, rendered

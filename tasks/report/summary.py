@@ -15,10 +15,13 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import InputError
-from tasks.explain.aggregate import REVIEW_REASONS, quality_summary
+from tasks.explain.aggregate import REVIEW_REASONS, quality_summary, review_reason_counts
 from tasks.inputs.config import MATCHED_METHODS, Config, stream_samples
-from tasks.report.pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
+from tasks.report.pdf import PdfPart, PdfSettings, document_kind, require_fonts, write
+from tasks.report.pdf import layout as lay_out
 from tasks.report.pdf_structure import crlf_before_endstream
+from tasks.report.summary_lists import failures_section, review_section
+from tasks.report.summary_stats import decision_codes, distinct_per_group, first_rows
 from tasks.report.text import (
     audit_rows,
     clean_text,
@@ -70,17 +73,28 @@ def _fidelity_histogram(fidelity: np.ndarray, min_fidelity: float) -> dict[str, 
     }
 
 
-def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: str) -> list[dict[str, Any]]:
+def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: str,
+                        codes: np.ndarray) -> list[dict[str, Any]]:
+    """Decisions per factor and direction, and as first reason (``codes``: :func:`decision_codes` of the rows)."""
     catalog = load_reason_catalog(config)
     labels = {f.name: f.label for f in config.features}
     if explanations.empty:
         return []
+    ids = explanations[id_column]
+    valid = np.array(ids.notna(), dtype=bool)
     if "role" in explanations.columns:  # the factors in an applicant's favour are not reasons
-        explanations = explanations[explanations["role"] != "favourable"]
-    table = explanations.groupby(["feature", "direction"])[id_column].nunique().unstack(fill_value=0)
-    first = explanations[explanations["rank"] == 1].groupby("feature")[id_column].nunique()
+        valid &= (explanations["role"] != "favourable").fillna(True).to_numpy(dtype=bool)
+    factored = pd.factorize(explanations["feature"])  # once: hashing three million strings costs a second
+    (features, directions), counts = distinct_per_group(codes, [factored, pd.factorize(explanations["direction"])],
+                                                        valid)
+    table: dict[Any, dict[str, int]] = {}
+    for feature, direction, count in zip(features, directions, counts, strict=True):
+        table.setdefault(feature, {})[str(direction)] = int(count)
+    (first_features,), first_counts = distinct_per_group(
+        codes, [factored], valid & (explanations["rank"] == 1).to_numpy(dtype=bool))
+    first = dict(zip(first_features, first_counts.tolist(), strict=True))
     rows = []
-    for feature, row in table.iterrows():
+    for feature, row in table.items():
         entry = catalog.features.get(str(feature))
         raises, lowers = int(row.get("raises", 0)), int(row.get("lowers", 0))
         rows.append({
@@ -105,7 +119,7 @@ def _quality_lines(explanations: pd.DataFrame, q: Mapping[str, Any] | None, ts: 
     if q is None:
         return []
     total = f"{q['decisions']:,}"
-    firsts = explanations[explanations["rank"] == 1]
+    firsts = explanations[explanations["rank"] == 1] if "rank" in explanations.columns else explanations
     lines = []
     if q["stable_share"] is not None:
         stable = int(firsts["stable"].dropna().astype(bool).sum())
@@ -140,11 +154,14 @@ def _samples_chart(firsts: pd.DataFrame, config: Config, ts: Mapping[str, str]) 
     if not known.any():
         return None
     stable = firsts["stable"] if "stable" in firsts.columns else pd.Series([None] * len(firsts), index=firsts.index)
-    status = ["none" if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
-              else "stable" if bool(v) else "unstable" for v in stable]
+    missing = stable.isna().to_numpy()
+    status = np.where(missing, 2, np.where(stable.where(~missing, False).astype(bool).to_numpy(), 0, 1))
+    names = ("stable", "unstable", "none")
     table: dict[int, dict[str, int]] = {n: {"stable": 0, "unstable": 0, "none": 0} for n in sample_rounds(config)}
-    for n, st in zip(samples[known].astype(int), [s for s, k in zip(status, known, strict=True) if k], strict=True):
-        table.setdefault(int(n), {"stable": 0, "unstable": 0, "none": 0})[st] += 1
+    numbers = samples[known].astype(np.int64).to_numpy()
+    pairs, counts = np.unique(numbers * 3 + status[known.to_numpy()], return_counts=True)  # per (samples, status)
+    for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+        table.setdefault(pair // 3, {"stable": 0, "unstable": 0, "none": 0})[names[pair % 3]] += count
     base = sample_rounds(config)[0]
     width, height, left, bottom, top = 300, 150, 34, 30, 14
     plot_w, plot_h = width - left - 8, height - bottom - top
@@ -182,8 +199,7 @@ def _gates(firsts: pd.DataFrame, ts: Mapping[str, str]) -> list[dict[str, Any]]:
     """Decisions per review reason (a decision can fail several checks), with bar widths; [] without the column."""
     if "review_reasons" not in firsts.columns:
         return []
-    reasons = [_split_reasons(v) for v in firsts["review_reasons"]]
-    counts = {r: sum(r in rs for rs in reasons) for r in REVIEW_REASONS}
+    counts = review_reason_counts(firsts["review_reasons"])
     biggest = max(counts.values()) or 1
     return [{"reason": r, "label": ts["gate_" + r.replace("-", "_")], "count": f"{counts[r]:,}",
              "value": counts[r], "width": f"{counts[r] / biggest * 110:.2f}",
@@ -201,6 +217,22 @@ def _reasons_by_id(firsts: pd.DataFrame, id_column: str) -> dict[str, list[str]]
     if "review_reasons" not in firsts.columns:
         return {}
     return {str(i): _split_reasons(v) for i, v in zip(firsts[id_column], firsts["review_reasons"], strict=True)}
+
+
+def _review_list(per_decision: pd.DataFrame, firsts: pd.DataFrame, id_column: str, ids: list[str],
+                 min_fidelity: float, ts: Mapping[str, str]) -> list[dict[str, str]]:
+    """Layout 1's review list: ``ids`` (the first ``review_list_limit`` in the run's order) with fidelity and
+    failed checks. Only their rows are looked up, so a large run costs no per-decision dictionaries."""
+    wanted = set(ids)
+    mine = per_decision[per_decision[id_column].astype(str).isin(wanted).to_numpy()]
+    fid_by_id = dict(zip(mine[id_column].astype(str), mine["fidelity"], strict=True))
+    reasons_by_id = _reasons_by_id(firsts[firsts[id_column].astype(str).isin(wanted).to_numpy()], id_column)
+    return [{"id": clean_text(i, limit=120),
+             "fidelity": fidelity_text(fid_by_id[str(i)], min_fidelity)
+             if str(i) in fid_by_id and math.isfinite(fid_by_id[str(i)]) else "—",
+             "reasons": ", ".join(ts.get("gate_" + r.replace("-", "_"), clean_text(r, 40))
+                                  for r in reasons_by_id.get(str(i), []))}
+            for i in ids]
 
 
 def quality_settings_rows(config: Config, tc: Mapping[str, str], method: str) -> list[dict[str, str]]:
@@ -251,9 +283,13 @@ def quality_settings(config: Config, method: str) -> dict[str, Any]:
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
-                     config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None) -> Path:
+                     config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None,
+                     layout: int = 1, failures: Path | None = None) -> Path:
     """The run summary PDF at ``out_path``. ``quality``: the table's :func:`quality_summary` when the caller has it
-    already (computed here otherwise)."""
+    already (computed here otherwise). ``layout`` 2 (tasks/report/summary_lists.py) lists the most severe review
+    decisions and the first of the run's ``failures`` (its failures.parquet) as short tables, whatever the run's
+    size; ``review_ids`` are then only used for a table without the ``needs_review`` column. Layout 1 is the
+    summary of runs recorded before it (the review list up to ``review_list_limit`` ids, every id attached)."""
     id_column = config.data.id_column
     needed = [id_column, "rank", "feature", "direction", "fidelity"]
     missing = [c for c in needed if c not in explanations.columns]
@@ -270,24 +306,22 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
     texts = load_texts(config.report.language)
     ts, tc = texts["summary"], texts["customer"]
     outcome_noun = texts.get("outcomes", {}).get(config.model.explain, {}).get("noun", config.model.explain)
-    per_decision = explanations.drop_duplicates(id_column)
+    codes = decision_codes(explanations[id_column])
+    per_decision = explanations[[id_column, "fidelity"]].iloc[first_rows(codes)]  # drop_duplicates(id), cheaper
     fidelity = per_decision["fidelity"].to_numpy(dtype=float)
     fidelity = fidelity[np.isfinite(fidelity)]
     histogram = _fidelity_histogram(fidelity, run.min_fidelity)
-    reasons = _reason_frequencies(explanations, config, id_column)
+    reasons = _reason_frequencies(explanations, config, id_column, codes)
     for r in reasons:
         r["alt"] = fill(ts["reasons_alt"], label=r["label"], raises=r["raises"], lowers=r["lowers"])
-    fid_by_id = dict(zip(per_decision[id_column].astype(str), per_decision["fidelity"], strict=True))
-    firsts = explanations[explanations["rank"] == 1]
-    reasons_by_id = _reasons_by_id(firsts, id_column)
+    per_factor = ("role", "feature", "direction")  # not read from the first rows: copying them costs seconds at 1M
+    firsts = explanations.loc[(explanations["rank"] == 1).to_numpy(dtype=bool),
+                              [c for c in explanations.columns if c not in per_factor]]
     limit = config.report.review_list_limit
-    shown = [{"id": clean_text(i, limit=120),
-              "fidelity": fidelity_text(fid_by_id[str(i)], run.min_fidelity)
-              if str(i) in fid_by_id and math.isfinite(fid_by_id[str(i)])
-              else "—",
-              "reasons": ", ".join(ts.get("gate_" + r.replace("-", "_"), clean_text(r, 40))
-                                   for r in reasons_by_id.get(str(i), []))}
-             for i in review_ids[:limit]]
+    lists = None if layout == 1 else {
+        "review": review_section(firsts, id_column, review_ids, limit, run.min_fidelity, texts),
+        "failures": failures_section(failures, id_column, limit, texts)}
+    shown = [] if lists else _review_list(per_decision, firsts, id_column, review_ids[:limit], run.min_fidelity, ts)
     samples = _samples_chart(firsts, config, ts)
     gates = _gates(firsts, ts)
     min_fid = threshold_text(run.min_fidelity)
@@ -317,8 +351,9 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "review_intro": fill(ts["review_intro"], min=min_fid),
         "review": shown,
         "review_more": fill(ts["review_more"], count=f"{len(review_ids) - len(shown):,}")
-        if len(review_ids) > len(shown) else None,
-        "quality": _quality_lines(explanations, quality, ts, config.explain.target_fidelity),
+        if not lists and len(review_ids) > len(shown) else None,
+        "lists": lists,
+        "quality": _quality_lines(firsts, quality, ts, config.explain.target_fidelity),
         "samples": samples,
         "gates": gates,
         "gates_note": fill(ts["gates_note"], count=f"{int(firsts['needs_review'].astype(bool).sum()):,}")
@@ -335,7 +370,8 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "counts": {k: int(v) for k, v in sorted(counts.items())},
         "fidelity_histogram": dict(zip(histogram["bands"], histogram["counts"], strict=True)),
         "reason_frequency": [{k: r[k] for k in ("feature", "raises", "lowers", "total", "first")} for r in reasons],
-        "review_ids": [str(i) for i in review_ids],
+        **({"review_ids": [str(i) for i in review_ids]} if lists is None else {
+            "layout": layout, "review": lists["review"]["record"], "failures": lists["failures"]["record"]}),
         "quality": quality,
         "quality_settings": quality_settings(config, run.method),
         "samples_per_decision": samples["distribution"] if samples else None,
@@ -349,7 +385,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         attachment_name="run-summary.json",
         attachment_description="Run summary (limelight, JSON)",
     )
-    pdf = crlf_before_endstream(write(layout(kind, html, settings), part, settings, kind))
+    pdf = crlf_before_endstream(write(lay_out(kind, html, settings), part, settings, kind))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_bytes(pdf)

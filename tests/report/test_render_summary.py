@@ -164,3 +164,43 @@ def test_chinese_summary_quality_labels(tmp_path: Path) -> None:
     text = flat(pdf_text(path))
     assert "每个决定的样本数" in text and "未通过的复核检查" in text and "保真度低" in text
     assert "独立样本流数（R） 2" in text and "理由不稳定时转人工复核 是" in text
+
+
+def test_summary_layout_2_lists_the_most_severe_and_the_first_failures(tmp_path: Path) -> None:
+    """Layout 2 (runs from the scalable summary on): top-N tables whatever the run's size, the full lists named
+    as Parquet files, no per-decision list in the attachment."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.report.summary_lists import TOP, review_top
+
+    config = demo_config("en")
+    run = demo_run(config)
+    rows = _with_quality(synthetic_inputs(160, config, seed=5, review_share=0.4)[0])
+    firsts = rows[rows["rank"] == 1]
+    flagged = firsts[firsts["needs_review"]]
+    assert len(flagged) > TOP
+    failures = tmp_path / "failures.parquet"
+    lost = [f"LOST-{i}" for i in range(TOP + 5)]
+    pq.write_table(pa.table({"customer_id": lost, "stage": ["explain"] * (TOP + 3) + ["render"] * 2,
+                             "error": ["model raised ValueError"] * (TOP + 5)}), failures)
+    counts = {"decisions_in": 185, "reports_made": 160, "needs_review": len(flagged), "failed": TOP + 5}
+    path = render_run_summary(rows, counts, [], config, run, tmp_path / "s.pdf", layout=2, failures=failures)
+    text = flat(pdf_text(path))
+    top = review_top(firsts, "customer_id", [], TOP)
+    checks = top["review_reasons"].str.count(",").tolist()
+    assert checks == sorted(checks, reverse=True) and len(top) == TOP  # most checks failed first
+    for decision_id in top["id"]:
+        assert decision_id in text
+    assert not set(flagged["customer_id"]) - set(top["id"]) & set(text.split())
+    assert f"The {TOP} most severe of {len(flagged)} are listed" in text
+    assert f"The full review queue, {len(flagged)} decisions" in text and "review.parquet" in text
+    assert f"Decisions that got no report: {TOP + 5} (explanation: {TOP + 3}, report: 2)" in text
+    assert lost[TOP - 1] in text and lost[TOP] not in text and "failures.parquet" in text
+    attached = json.loads(embedded_files(path)["run-summary.json"])
+    assert "review_ids" not in attached and attached["layout"] == 2
+    assert attached["review"] == {"count": len(flagged), "file": "review.parquet", "shown": top["id"].tolist()}
+    assert attached["failures"]["count"] == TOP + 5 and attached["failures"]["by_stage"] == {"explain": TOP + 3,
+                                                                                           "render": 2}
+    info = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
+    assert int(info.split("Pages:")[1].split()[0]) <= 4  # the tables are TOP rows long: not the run's size

@@ -162,6 +162,39 @@ def test_a_manifest_with_inline_reports_still_rerenders(published, tmp_path):
     assert (tmp_path / "again" / "summary.pdf").read_bytes() == (out / "summary.pdf").read_bytes()
 
 
+def test_a_summary_recorded_before_the_top_n_tables_keeps_its_layout(published, tmp_path):
+    """A run made before summary layout 2 records no layout with its summary.pdf: it re-renders as layout 1 (the
+    review list by id, every review id attached), byte for byte; layout 2's failures table is checked too."""
+    from tasks.explain.aggregate import read_for_summary
+    from tasks.inputs.config import load_config
+    from tasks.report.index import review_ids
+    from tasks.report.render import render_run_summary
+    from tasks.report.rerender import run_info
+    from tasks.report.summary import summary_counts
+
+    out, config_path, _ = published
+    manifest = _copy_run(out, tmp_path / "run")
+    data = json.loads(manifest.read_text())
+    assert data["outputs"]["summary.pdf"]["layout"] == 2
+
+    config = load_config(config_path)
+    old = render_run_summary(read_for_summary(out / "explanations.parquet"), summary_counts(data["counts"]),
+                             review_ids(data, out), config, run_info(data, out / "explanations.parquet"),
+                             tmp_path / "old-summary.pdf")
+    assert old.read_bytes() != (out / "summary.pdf").read_bytes()
+    shutil.copy(old, manifest.parent / "summary.pdf")
+    del data["outputs"]["summary.pdf"]["layout"]
+    data["outputs"]["summary.pdf"]["sha256"] = file_sha256(old)
+    manifest.write_text(json.dumps(data))
+    rerender(manifest, tmp_path / "again")
+    assert (tmp_path / "again" / "summary.pdf").read_bytes() == old.read_bytes()
+    data["outputs"]["summary.pdf"]["layout"] = 2
+    manifest.write_text(json.dumps(data))
+    (manifest.parent / "failures.parquet").write_bytes(b"not the run's")
+    with pytest.raises(InputError, match=r"run/failures.parquet: failures table SHA-256 changed since the run"):
+        rerender(manifest, tmp_path / "again2")
+
+
 def test_a_missing_report_index_is_one_line(published, tmp_path):
     out, _, _ = published
     manifest = _copy_run(out, tmp_path / "run")
