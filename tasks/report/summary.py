@@ -17,8 +17,10 @@ import pandas as pd
 from tasks.errors import InputError
 from tasks.explain.aggregate import REVIEW_REASONS, quality_summary
 from tasks.inputs.config import MATCHED_METHODS, Config, stream_samples
+from tasks.inputs.protected import review_gates
 from tasks.report.pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
 from tasks.report.pdf_structure import crlf_before_endstream
+from tasks.report.protected_section import figures_from_frame, protected_context
 from tasks.report.text import (
     audit_rows,
     clean_text,
@@ -77,6 +79,8 @@ def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: s
         return []
     if "role" in explanations.columns:  # the factors in an applicant's favour are not reasons
         explanations = explanations[explanations["role"] != "favourable"]
+    if "withheld" in explanations.columns:  # nor a protected feature: the "Prohibited bases" section has those
+        explanations = explanations[~explanations["withheld"].fillna(False).astype(bool)]
     table = explanations.groupby(["feature", "direction"])[id_column].nunique().unstack(fill_value=0)
     first = explanations[explanations["rank"] == 1].groupby("feature")[id_column].nunique()
     rows = []
@@ -178,17 +182,18 @@ def _samples_chart(firsts: pd.DataFrame, config: Config, ts: Mapping[str, str]) 
     }
 
 
-def _gates(firsts: pd.DataFrame, ts: Mapping[str, str]) -> list[dict[str, Any]]:
+def _gates(firsts: pd.DataFrame, ts: Mapping[str, str], gates: tuple[str, ...] = REVIEW_REASONS
+           ) -> list[dict[str, Any]]:
     """Decisions per review reason (a decision can fail several checks), with bar widths; [] without the column."""
     if "review_reasons" not in firsts.columns:
         return []
     reasons = [_split_reasons(v) for v in firsts["review_reasons"]]
-    counts = {r: sum(r in rs for rs in reasons) for r in REVIEW_REASONS}
+    counts = {r: sum(r in rs for rs in reasons) for r in gates}
     biggest = max(counts.values()) or 1
     return [{"reason": r, "label": ts["gate_" + r.replace("-", "_")], "count": f"{counts[r]:,}",
              "value": counts[r], "width": f"{counts[r] / biggest * 110:.2f}",
              "alt": fill(ts["gates_alt"], label=ts["gate_" + r.replace("-", "_")], count=f"{counts[r]:,}")}
-            for r in REVIEW_REASONS]
+            for r in gates]
 
 
 def _split_reasons(value: Any) -> list[str]:
@@ -251,9 +256,11 @@ def quality_settings(config: Config, method: str) -> dict[str, Any]:
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
-                     config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None) -> Path:
+                     config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None,
+                     protected: Mapping[str, Any] | None = None) -> Path:
     """The run summary PDF at ``out_path``. ``quality``: the table's :func:`quality_summary` when the caller has it
-    already (computed here otherwise)."""
+    already (computed here otherwise); ``protected``: the run's protected-feature figures, likewise (only in runs
+    with protected features: tasks/report/protected_section.py)."""
     id_column = config.data.id_column
     needed = [id_column, "rank", "feature", "direction", "fidelity"]
     missing = [c for c in needed if c not in explanations.columns]
@@ -262,7 +269,9 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
     if "review_reasons" not in explanations.columns:  # a table without the quality columns
         quality = None
     elif quality is None:
-        quality = quality_summary(explanations)
+        quality = quality_summary(explanations, review_gates(config, REVIEW_REASONS))
+    if protected is None:
+        protected = figures_from_frame(explanations, config)
     absent = [k for k in COUNT_KEYS if k not in counts]
     if absent:
         raise InputError(f"run summary counts: missing {', '.join(absent)} (expected {', '.join(COUNT_KEYS)})")
@@ -289,7 +298,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
                                    for r in reasons_by_id.get(str(i), []))}
              for i in review_ids[:limit]]
     samples = _samples_chart(firsts, config, ts)
-    gates = _gates(firsts, ts)
+    gates = _gates(firsts, ts, review_gates(config, REVIEW_REASONS))
     min_fid = threshold_text(run.min_fidelity)
     below = int((fidelity < run.min_fidelity).sum())
     lender = config.report.lender
@@ -325,6 +334,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         if gates and "needs_review" in firsts.columns else None,
         "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc, run.method)],
         "versions": versions_line(run),
+        "protected": protected_context(protected, ts),
     }
     kind = document_kind("run_summary", "summary.html")
     html = kind.template.render(**context)
@@ -340,6 +350,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "quality_settings": quality_settings(config, run.method),
         "samples_per_decision": samples["distribution"] if samples else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
+        **({"protected": dict(protected)} if protected else {}),  # runs with protected features only
     }
     part = PdfPart(
         title=f"{ts['title']} – {context['run_id']}",
