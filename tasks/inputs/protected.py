@@ -18,8 +18,9 @@ PROTECTED_GATE = "protected-basis"
 
 #: Prohibited basis -> words of a feature's name or label that suggest it (whole words, lower case).
 BASES: dict[str, tuple[str, ...]] = {
-    "marital status": ("marital", "married", "marriage", "spouse", "spousal", "divorced", "widowed"),
-    "sex or gender": ("sex", "gender", "female", "male"),
+    "marital status": ("marital", "married", "marriage", "spouse", "spousal", "divorced", "widowed",
+                       "personal status"),
+    "sex": ("sex", "gender", "female", "male"),
     "race": ("race", "racial", "ethnic", "ethnicity"),
     "colour": ("colour", "color", "skin"),
     "religion": ("religion", "religious", "faith", "creed"),
@@ -37,17 +38,17 @@ def _words(text: str) -> list[str]:
 
 
 def suggested_basis(name: str, label: str = "") -> str | None:
-    """The prohibited basis a feature's name or label suggests (the first that matches), or None."""
-    words = set(_words(name)) | set(_words(label))
-    for basis, cues in BASES.items():
-        if any(cue in words for cue in cues):
-            return basis
-    return None
+    """The prohibited bases a feature's name or label suggests, e.g. "marital status, sex", or None. A cue of two
+    words matches them in sequence (German credit's ``personal_status_and_sex`` is marital status and sex)."""
+    texts = [" ".join(_words(name)), " ".join(_words(label))]
+    found = [basis for basis, cues in BASES.items()
+             if any(f" {cue} " in f" {text} " for cue in cues for text in texts)]
+    return ", ".join(found) or None
 
 
 def suggested_mark(basis: str) -> str:
     """The TOML line that marks a feature of that basis: ``protected = "age"`` for age, else ``protected = true``."""
-    return 'protected = "age"' if basis == "age" else "protected = true"
+    return 'protected = "age"' if basis == "age" else "protected = true"  # age with another basis: never stated
 
 
 def unmarked_warnings(features: Sequence[FeatureConfig], source: object = "config") -> list[str]:

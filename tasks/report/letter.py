@@ -360,6 +360,7 @@ def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applican
         "fewer_note": (_withheld_note(tc, len(reasons)) if withheld_reason else
                        _fewer_note(tc, len(reasons), config.explain.top_k, shared.outcome_noun) if adverse else None),
         "tie_note": tc["reasons_tied"] if quality.get("tied") else None,
+        "withheld": withheld_reason,  # a protected feature would have been a reason (reviewed.py words the note)
         "favourable_intro": fill(tc["favourable_intro"], outcome=shared.outcome_noun),
         "chart": _chart(factors),
         "chart_alt": fill(tc["chart_alt"], outcome=shared.outcome_noun, items=items),

@@ -33,7 +33,7 @@ def make_config(age: dict | None = None, status: dict | None = None):
 
 
 @pytest.mark.parametrize(("name", "label", "basis"), [
-    ("age.in.years", "", "age"), ("personal.status.and.sex", "", "sex or gender"),
+    ("age.in.years", "", "age"), ("personal.status.and.sex", "", "marital status, sex"),
     ("foreign.worker", "", "national origin"), ("DateOfBirth", "", "age"), ("marital_status", "", "marital status"),
     ("x7", "Religion", "religion"), ("receives_welfare", "", "public assistance"), ("mortgage_balance", "", None),
     ("credit.amount", "Credit amount", None), ("usage_ratio", "", None),

@@ -78,3 +78,21 @@ def test_the_summary_shows_the_section_only_in_runs_with_protected_features(tmp_
     attached = json.loads(embedded_files(path)["run-summary.json"])
     assert "protected" not in attached and "protected-basis" not in attached["quality"]["review_reasons"]
     assert "Prohibited bases" not in flat(pdf_text(path))
+
+
+def test_an_accepted_letter_keeps_the_permitted_reasons_and_its_note_promises_nothing() -> None:
+    from tasks.report.letter import report_context, run_texts
+    from tasks.report.review import Resolution
+    from tasks.report.reviewed import revise
+
+    config = _config("en")
+    rows, applicants = _decision(config)
+    shared = run_texts(config, demo_run(config))
+    context, attachment = report_context("CUST-PROT-1", rows.to_dict("records"), None, shared)
+    assert [f["feature"] for f in context["reasons"]] == ["debt_to_income", "credit_utilization"]
+    assert "member of staff will review" in context["fewer_note"]
+    revise(context, attachment, Resolution("CUST-PROT-1", "accept", (), "", "r1", "2026-12-07T09:00:00Z"), {},
+           shared)
+    assert [f["feature"] for f in context["reasons"]] == ["debt_to_income", "credit_utilization"]
+    assert context["fewer_note"].startswith("Only 2 principal reason(s) are listed")
+    assert "review" not in context["fewer_note"]
