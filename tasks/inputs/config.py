@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
 from tasks.inputs.report_config import ReportConfig
@@ -292,7 +292,7 @@ class FeatureConfig(_Strict):
         " failures.parquet, and the model never receives NaN in this feature",
     )
 
-    protected: StrictBool | Literal["age"] | None = Field(
+    protected: bool | Literal["age"] | None = Field(
         default=None,
         description="a prohibited basis (ECOA / Regulation B: marital status, sex, race, colour, religion, national "
         "origin, public assistance): true: never stated on a letter, and a decision where it would rank among the "
