@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=300, help="decisions (0: all 1,000)")
     parser.add_argument("--devices", default="cpu:1")
     parser.add_argument("--look", type=Path, default=None, help="write page images here")
+    parser.add_argument("--run-out", type=Path, default=None,
+                        help="the run's output folder (default: a new one under --out); an unfinished one resumes")
     args = parser.parse_args()
 
     plain, marked = configs(args.out / "inputs", args.samples, args.shard_size)
@@ -141,7 +143,7 @@ def main() -> None:
     for line in flagged:
         print("  " + line.strip()[:160])
 
-    out = args.out / f"run-{int(time.time())}"
+    out = args.run_out or args.out / f"run-{int(time.time())}"
     command = ["run", str(marked), "--out", str(out), "--devices", args.devices,
                *(["--limit", str(args.limit)] if args.limit else [])]
     started = time.monotonic()
