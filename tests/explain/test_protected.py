@@ -117,3 +117,19 @@ def test_a_run_without_protected_features_marks_nothing() -> None:
     table = _table(config, x)
     assert not table["withheld"].any() and table["review_reasons"][0] == ""
     assert review_gates(config, ("low-fidelity",)) == ("low-fidelity",)
+
+
+def test_a_part_from_before_the_column_merges_with_withheld_null(tmp_path: Path) -> None:
+    """A run resumed across versions: its older part files lack ``withheld``; it merges as null (not stated: no)."""
+    import pyarrow.parquet as pq
+
+    from tasks.explain.aggregate import explanation_schema
+    from tasks.explain.worker import ShardResult, merge_parts
+
+    schema = explanation_schema("id")
+    old = schema.remove(schema.get_field_index("withheld"))
+    part = tmp_path / "p.parquet"
+    pq.write_table(pa.table({f.name: pa.array([None], f.type) for f in old}, schema=old), part)
+    result = ShardResult(0, 1, 1, str(part), "", (), 0.0, "cpu", "w", ids=("A",))
+    assert merge_parts([result], tmp_path / "merged.parquet", "id") == 1
+    assert pq.read_table(tmp_path / "merged.parquet").column("withheld").to_pylist() == [None]
