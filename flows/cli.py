@@ -273,7 +273,7 @@ def _validate(config_path: Path) -> tuple[Any, list[str]]:
 
     config = load_config(config_path)  # a config that does not parse is one problem: raised as such
     result = validate_all(config, check_model=True)
-    warnings: list[str] = result.row_warnings()
+    warnings: list[str] = [*result.warnings, *result.row_warnings()]
     if config.report.enabled:
         from tasks.report.pdf import require_fonts
         from tasks.report.text import load_notice, missing_catalog_entries

@@ -116,29 +116,45 @@ def merge_task(results: list[ShardResult], target: str, id_column: str, run: Run
 
 
 @task(name="explanation-quality", **IO, **NOT_CACHED)
-def quality_task(explanations: str) -> dict[str, Any]:
+def quality_task(explanations: str, config: Config) -> dict[str, Any]:
     """Stability, fidelity, deletion-check and review figures of the run, for the manifest."""
-    from tasks.explain.aggregate import quality_summary, read_for_summary
+    from tasks.explain.aggregate import REVIEW_REASONS, quality_summary, read_for_summary
+    from tasks.inputs.protected import review_gates
 
-    return quality_summary(read_for_summary(explanations))
+    return quality_summary(read_for_summary(explanations), review_gates(config, REVIEW_REASONS))
 
 
 @task(name="render-summary", **NOT_CACHED)
 def summary_task(
     explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str,
-    layout: int = 1, failures: str | None = None,
+    layout: int = 1, failures: str | None = None, protected: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render the run summary at ``target`` (``layout`` and ``failures``: tasks/report/summary_lists.py); return
-    the run's quality figures (read once, for the summary and the manifest: the same as :func:`quality_task`)."""
-    from tasks.explain.aggregate import quality_summary, read_for_summary
+    the run's quality figures (read once, for the summary and the manifest: the same as :func:`quality_task`).
+    ``protected``: the run's protected-feature figures, if any."""
+    from tasks.explain.aggregate import REVIEW_REASONS, quality_summary, read_for_summary
+    from tasks.inputs.protected import review_gates
     from tasks.report.render import render_run_summary
     from tasks.report.summary import summary_counts
 
     frame = read_for_summary(explanations)
-    quality = quality_summary(frame)
+    quality = quality_summary(frame, review_gates(config, REVIEW_REASONS))
     render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target), quality, layout,
-                       Path(failures) if failures else None)
+                       Path(failures) if failures else None, protected)
     return quality
+
+
+def protected_step(config: Config, explanations: Path, staging: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """A run with protected features: write ``protected.parquet`` (the decisions where one would have been a
+    principal reason) and return the figures for the summary and the manifest, and the file's manifest entry.
+    Nothing in a run without them (docs/reports.md, "Prohibited bases")."""
+    from tasks.explain.protected import PROTECTED_FILE, write_protected
+    from tasks.inputs.protected import protected_features
+
+    if not protected_features(config):
+        return None, {}
+    figures, rows = write_protected(explanations, config, staging / PROTECTED_FILE)
+    return figures, {PROTECTED_FILE: {**mf.describe_file(staging / PROTECTED_FILE), "rows": rows}}
 
 
 # --- tasks on the workers -----------------------------------------------------------------------

@@ -57,6 +57,7 @@ from flows.prefect_tasks import (
     load_config_task,
     merge_task,
     plan_task,
+    protected_step,
     quality_task,
     summary_task,
     validate_inputs,
@@ -330,6 +331,7 @@ class Rendered:
     names: list[str]
     outputs: dict[str, Any]
     quality: dict[str, Any] | None = None  # the run's quality figures, read with the summary (else: publish reads)
+    protected: dict[str, Any] | None = None  # a run with protected features: their figures (manifest "protected")
 
 
 def render(checked: Validated, planned: Planned, explained: Explained) -> Rendered:
@@ -340,11 +342,14 @@ def render(checked: Validated, planned: Planned, explained: Explained) -> Render
     keep_only_reports(staging, set(reports.column("file").to_pylist()))
     index_rows = report_index.write_index([reports], staging / mf.REPORT_INDEX)
     queue_rows = write_queue(explained.explanations, reports, checked.config.data.id_column, staging / QUEUE)
+    protected, protected_outputs = protected_step(checked.config, explained.explanations, staging)
     quality = summary_task(str(explained.explanations), explained.counts, [], checked.config, planned.run,
-                           str(staging / mf.SUMMARY), SUMMARY_LAYOUT, str(explained.failures_file))
+                           str(staging / mf.SUMMARY), SUMMARY_LAYOUT, str(explained.failures_file), protected)
     return Rendered(
-        names=[mf.REPORTS, mf.REPORT_INDEX, QUEUE, mf.SUMMARY],
+        names=[mf.REPORTS, mf.REPORT_INDEX, QUEUE, *protected_outputs, mf.SUMMARY],
+        protected=protected,
         outputs={
+            **protected_outputs,
             mf.SUMMARY: {**mf.describe_file(staging / mf.SUMMARY), "layout": SUMMARY_LAYOUT},
             mf.REPORT_INDEX: {**mf.describe_file(staging / mf.REPORT_INDEX), "rows": index_rows},
             QUEUE: {**mf.describe_file(staging / QUEUE), "rows": queue_rows},  # docs/review.md
@@ -392,7 +397,7 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
         ids_file_sha256=file_sha256(ids_file) if ids_file else None,
         shards_per_worker=dict(sorted(Counter(f"{r.worker} ({r.device})" for r in results).items())),
     )
-    quality = rendered.quality if rendered.quality is not None else quality_task(str(merged))
+    quality = rendered.quality if rendered.quality is not None else quality_task(str(merged), config)
     manifest = mf.build_manifest(
         config, run, finished=mf.utc_now(), execution=execution,
         counts={**explained.counts, "explanation_rows": explained.rows}, review_ids=explained.review_ids,
@@ -401,7 +406,8 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
             run_date=checked.run_date, started=checked.started, accounting=explained.accounting, failures=failures,
             not_reached=explained.not_reached, deadline=checked.deadline, best_effort=request.best_effort,
             outputs=explained.outputs, resumed=planned.resumed,
-        ), "quality": quality, "report_sources": _report_sources(config) if checked.render else None,
+        ), "quality": quality, **({"protected": rendered.protected} if rendered.protected else {}),
+        "report_sources": _report_sources(config) if checked.render else None,
         **({"pdf_finishing": PDF_FINISHING} if checked.render else {})},
     )
     mf.publish(staging, out, names, manifest, keep_staging=bool(explained.not_reached))

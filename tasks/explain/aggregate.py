@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.explain.protected import withheld
 from tasks.inputs.config import Config, FeatureConfig
+from tasks.inputs.protected import PROTECTED_GATE
 
 if TYPE_CHECKING:  # the engine imports torch; the flow process only needs the schema
     from tasks.engine import Explanations, ReferenceStats
@@ -49,6 +52,7 @@ def explanation_schema(id_column: str) -> pa.Schema:
             ("effective_samples", pa.float64()),
             ("fidelity_widest", pa.float64()),  # held-out fidelity at the grid's widest width (lime's 0.75)
             ("tied", pa.bool_()),  # k + 1 principal reasons named: the last two weigh about the same (null: lime's)
+            ("withheld", pa.bool_()),  # a protected feature the letter does not state (null: runs before it)
         ]
     )
 
@@ -113,9 +117,11 @@ def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, 
     rows: dict[str, list] = {name: [] for name in explanation_schema(id_column).names}
     for b, decision_id in enumerate(expl.ids):
         factors = factor_roles(expl.feature_index[b], expl.weights[b], is_adverse(expl.model_pred[b], config))
-        share = {role: shares(np.asarray([[w for _, w, r in factors if r == role]]))[0] for role in ROLES}
-        seen = dict.fromkeys(ROLES, 0)
-        for rank, (j, weight, role) in enumerate(factors, start=1):
+        hidden = [withheld(config.features[j], role, float(x[b, j])) for j, _, role in factors]
+        if any(h and role == "reason" for h, (_, _, role) in zip(hidden, factors, strict=True)):
+            reasons[b] = [*reasons[b], PROTECTED_GATE]
+        share = _role_shares(factors, hidden)
+        for rank, ((j, weight, role), hide) in enumerate(zip(factors, hidden, strict=True), start=1):
             feature = config.features[j]
             rows[id_column].append(decision_id)
             rows["rank"].append(rank)
@@ -125,8 +131,8 @@ def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, 
             rows["condition"].append(stats.features[j].condition(x[b, j]))
             rows["value"].append(format_value(feature, float(x[b, j])))
             rows["weight"].append(weight)
-            rows["share"].append(float(share[role][seen[role]]))  # within its role
-            seen[role] += 1
+            rows["share"].append(share[rank - 1])
+            rows["withheld"].append(hide)
             rows["direction"].append(direction_of(weight))
             rows["fidelity"].append(float(expl.fidelity[b]))
             rows["local_pred"].append(float(expl.local_pred[b]))
@@ -140,6 +146,17 @@ def explanation_table(expl: Explanations, x: np.ndarray, stats: ReferenceStats, 
             rows["kernel_width_sqrt_d"].append(None if width is None else round(width / root, 6))
             rows["prediction_gap"].append(float(gap[b]))
     return pa.Table.from_pydict(rows, schema=explanation_schema(id_column)).to_pandas()
+
+
+def _role_shares(factors: list[tuple[int, float, str]], hidden: list[bool]) -> list[float]:
+    """Each factor's share of its role's summed |weight|: a stated factor among the stated ones of its role (the
+    letter's shares add up to 100%), a withheld one among all of its role (what the model gave it)."""
+    out = []
+    for (_, weight, role), hide in zip(factors, hidden, strict=True):
+        pool = [abs(w) for (_, w, r), h in zip(factors, hidden, strict=True) if r == role and (hide or not h)]
+        total = sum(pool)
+        out.append(float(abs(weight) * 100.0 / total) if total > 0 else 0.0)
+    return out
 
 
 _QUALITY = ("stability", "order_agrees", "selection_z", "stable", "num_samples", "deletion_delta", "deletion_holds")
@@ -217,7 +234,7 @@ def _reasons_per_adverse_decision(table: pd.DataFrame) -> dict[str, int]:
 
 SUMMARY_COLUMNS = ("rank", "role", "feature", "direction", "fidelity", "needs_review", "review_reasons", "stable",
                    "order_agrees", "stability", "selection_z", "num_samples", "prediction_gap", "deletion_holds",
-                   "kernel_width_sqrt_d", "fidelity_widest", "tied")
+                   "kernel_width_sqrt_d", "fidelity_widest", "tied", "withheld")
 """The columns of ``explanations.parquet`` the run summary and :func:`quality_summary` read (after the id)."""
 
 
@@ -228,17 +245,18 @@ def read_for_summary(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path, columns=[names[0], *(c for c in SUMMARY_COLUMNS if c in names)])
 
 
-def review_reason_counts(reasons: pd.Series) -> dict[str, int]:
-    """Decisions per review reason (a decision can fail several), from the comma-separated ``review_reasons``:
+def review_reason_counts(reasons: pd.Series, gates: Sequence[str] = REVIEW_REASONS) -> dict[str, int]:
+    """Decisions per review gate (a decision can fail several), from the comma-separated ``review_reasons``:
     counted over the distinct values, which are few whatever the run's size, not decision by decision."""
     distinct = reasons.fillna("").astype(str).value_counts()
     return {reason: int(sum(n for value, n in distinct.items() if reason in value.split(",")))
-            for reason in REVIEW_REASONS}
+            for reason in gates}
 
 
-def quality_summary(table: pd.DataFrame) -> dict:
+def quality_summary(table: pd.DataFrame, gates: Sequence[str] = REVIEW_REASONS) -> dict:
     """Explanation quality of a run, from the explanations table (one entry per decision counted once): for the
-    manifest and the run summary. JSON-ready; ``None`` where a measure was not computed."""
+    manifest and the run summary. JSON-ready; ``None`` where a measure was not computed. ``gates``: the review
+    gates counted (tasks.inputs.protected.review_gates: the protected-basis gate in runs that have it)."""
     if "rank" in table.columns:  # the per-factor text columns are not copied: seconds at a million decisions
         per_factor = {table.columns[0], "role", "feature", "direction"}
         firsts = table.loc[(table["rank"] == 1).to_numpy(dtype=bool), [c for c in table.columns if c not in per_factor]]
@@ -246,7 +264,7 @@ def quality_summary(table: pd.DataFrame) -> dict:
         firsts = table
     decisions = len(firsts)
     reasons = firsts["review_reasons"] if "review_reasons" in firsts else pd.Series([], dtype=str)
-    counts = review_reason_counts(reasons)
+    counts = review_reason_counts(reasons, gates)
     samples = pd.to_numeric(firsts.get("num_samples", pd.Series([], dtype=float)), errors="coerce").dropna()
     return {
         "decisions": decisions,

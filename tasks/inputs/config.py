@@ -278,6 +278,10 @@ class RunConfig(_Strict):
     )
 
 
+DEFAULT_AGE_THRESHOLD = 62.0
+"""Regulation B's elderly applicant (12 CFR 1002.2(o)): 62 years or older."""
+
+
 class FeatureConfig(_Strict):
     """One block per model input, in the model's column order."""
 
@@ -297,6 +301,40 @@ class FeatureConfig(_Strict):
         " are sampled at their frequency and the model receives NaN); 'fail' sends a decision missing it to"
         " failures.parquet, and the model never receives NaN in this feature",
     )
+
+    protected: bool | Literal["age"] | None = Field(
+        default=None,
+        description="a prohibited basis (ECOA / Regulation B: marital status, sex, race, colour, religion, national "
+        "origin, public assistance): true: never stated on a letter, and a decision where it would rank among the "
+        "principal reasons goes to review (gate 'protected-basis'); 'age': the same only where it raises the "
+        "decline of an applicant aged age_threshold or more; false: checked, not protected (validate stops "
+        "flagging the name); unset: validate flags a name or label that suggests a prohibited basis",
+    )
+    age_threshold: float | None = Field(
+        default=None, gt=0,
+        description="protected = 'age': the age from which the feature may not count against an applicant "
+        "(Regulation B's elderly applicant: 62, the default)",
+    )
+
+    @field_validator("protected", mode="before")
+    @classmethod
+    def _true_false_or_age(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, bool) and value != "age":
+            raise ValueError('must be true, false or "age"')
+        return value
+
+    @property
+    def age_limit(self) -> float:
+        """The age from which a ``protected = "age"`` feature may not raise a decline (default 62)."""
+        return DEFAULT_AGE_THRESHOLD if self.age_threshold is None else self.age_threshold
+
+    @model_validator(mode="after")
+    def _age_rule(self) -> FeatureConfig:
+        if self.protected == "age" and self.kind != "numeric":
+            raise ValueError(f"feature {self.name!r}: protected = 'age' needs kind = 'numeric' (the age in years)")
+        if self.age_threshold is not None and self.protected != "age":
+            raise ValueError(f"feature {self.name!r}: age_threshold is for protected = 'age'")
+        return self
 
     @model_validator(mode="after")
     def _categories_match_kind(self) -> FeatureConfig:

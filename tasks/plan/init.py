@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from tasks.errors import InputError, LimelightError, ModelError
 from tasks.inputs.model_formats import PICKLE_REFUSED, infer_format, is_pickle
 from tasks.inputs.model_names import ModelFacts, read_model_facts
+from tasks.inputs.protected import suggested_basis, suggested_mark
 from tasks.inputs.sources import iter_tables, list_source_files, open_parquet, source_schema
 from tasks.io import toml_value, write_text_atomic
 
@@ -310,7 +311,25 @@ def config_text(*, folder: Path, model: Path, model_format: str, reference: Path
             lines.append(f"categories = {toml_value(list(feature.categories))}")
         else:
             lines.append(f"decimals = {feature.decimals}")
+        lines += protected_lines(feature)
     return "\n".join(lines) + "\n"
+
+
+def protected_lines(feature: FeatureDraft) -> list[str]:
+    """A feature whose name or label suggests a prohibited basis is written marked (a false mark sends letters to
+    review; a missing one lets a letter state a prohibited basis), with a comment saying how to undo it."""
+    basis = suggested_basis(feature.name, feature.label)
+    if basis is None:
+        return []
+    mark = suggested_mark(basis) if feature.kind == "numeric" else "protected = true"
+    return [f"{mark}   # the name suggests a prohibited basis ({basis}): never stated as a reason; "
+            "protected = false if it is not one"]
+
+
+def protected_notes(features: Sequence[FeatureDraft], config_path: Path) -> list[str]:
+    """One line per feature init marked protected, for the person who runs it."""
+    return [f"{config_path}: feature '{f.name}' marked {line.split('   #')[0]}: its name suggests a prohibited "
+            f"basis ({suggested_basis(f.name, f.label)}); check it" for f in features for line in protected_lines(f)]
 
 
 def catalog_text(features: list[FeatureDraft], explain: str, language: str = "en") -> str:
@@ -375,6 +394,7 @@ def plan_init(*, reference: Path, model: Path, out: Path, decisions: Path | None
         id_name = "customer_id"
         notes.append(f"no --decisions given: [data] decisions is the reference; set it and id_column "
                      f"(now '{id_name}') in {config_path}")
+    notes += protected_notes(features, config_path)
     text = config_text(folder=out, model=model, model_format=model_format, reference=reference, decisions=decisions,
                        id_column=id_name, date_column=date_name, classes=class_names, explain=explained,
                        features=features, names_from=facts.where if facts.features else "the reference's columns",

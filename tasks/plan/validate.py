@@ -15,6 +15,7 @@ import numpy as np
 from tasks.inputs.checks import ROW_PROBLEM_KINDS
 from tasks.inputs.config import Config
 from tasks.inputs.data import read_reference, scan_decisions
+from tasks.inputs.protected import unmarked_warnings
 from tasks.inputs.sources import SourceFile, list_source_files
 
 
@@ -31,6 +32,7 @@ class Validation:
     row_failures: dict[int, str] = field(default_factory=dict)  # global position -> the run's failure text
     row_kinds: dict[int, str] = field(default_factory=dict)  # global position -> RowProblem.kind
     sources: tuple[SourceFile, ...] = ()
+    warnings: list[str] = field(default_factory=list)  # config-level: e.g. a feature that may be a prohibited basis
 
     def summary(self) -> str:
         failing = len(self.row_failures)
@@ -65,12 +67,13 @@ class Validation:
 
 
 def validate_all(config: Config, *, check_model: bool = True) -> Validation:
-    """Check the report files, the decisions, the reference and (on the CPU) the model; collect every problem.
+    """Check the report files, the decisions, the reference and (on the CPU) the model; collect every problem,
+    and warn of features whose name or label suggests a prohibited basis and that are not marked ``protected``.
 
     The decisions are checked as a run checks them (:func:`scan_decisions` with ``row_failures``): a
     row-level problem (:func:`row_problems`) is not a problem here but a decision the run would fail alone.
     """
-    result = Validation()
+    result = Validation(warnings=unmarked_warnings(config.features, config.source or "config"))
     for key in ("reasons", "notices"):
         value = getattr(config.report, key)
         if value and not Path(value).is_file():

@@ -255,6 +255,18 @@ def _fewer_note(tc: Mapping[str, str], count: int, k: int, outcome: str) -> str 
     return fill(tc["reasons_none"] if count == 0 else tc["reasons_fewer"], count=count, outcome=outcome)
 
 
+def _is_withheld(row: Mapping[str, Any]) -> bool:
+    """A factor the letter does not state (``withheld``: a protected feature); tables before the column: none."""
+    value = row.get("withheld")
+    return not _is_missing(value) and bool(value)
+
+
+def _withheld_note(tc: Mapping[str, str], count: int) -> str:
+    """An adverse decision whose model leaned on a protected feature: it lists the permitted reasons only, and
+    says so."""
+    return fill(tc["reasons_withheld_none" if count == 0 else "reasons_withheld"], count=count)
+
+
 def _fidelity_meaning(tc: Mapping[str, str], method: str, target: str, fid: str) -> str:
     """What local fidelity means under the run's method (the per-bin method says on which scale it fits)."""
     percent = _fidelity_percent(fid)
@@ -303,11 +315,13 @@ def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applican
     intercept = _float(first["intercept"], "intercept", decision_id)
     needs_review = bool(first["needs_review"])
     quality = _quality(first)
-    every = [_factor(row, shared, decision_id) for row in rows]
+    stated = [row for row in rows if not _is_withheld(row)]  # a protected feature is never stated (docs/reports.md)
+    every = [{**_factor(row, shared, decision_id), "rank": rank} for rank, row in enumerate(stated, start=1)]
     reasons = [f for f in every if f["role"] != "favourable"]
     favourable = [f for f in every if f["role"] == "favourable"] if config.report.show_favourable else []
     factors = reasons + favourable
-    adverse = any(f["role"] != "factor" for f in every)  # rows come grouped by decision: never none
+    adverse = any(row.get("role") in ("reason", "favourable") for row in rows)  # grouped by decision: never none
+    withheld_reason = any(_is_withheld(row) and row.get("role") == "reason" for row in rows)
     min_fid = threshold_text(run.min_fidelity)
     fid = fidelity_text(fidelity, run.min_fidelity)
     fields = []
@@ -343,8 +357,10 @@ def report_context(decision_id: str, rows: Sequence[Mapping[str, Any]], applican
         "reasons": reasons,
         "favourable": favourable,
         "reasons_intro": fill(tc["reasons_intro_adverse" if adverse else "reasons_intro"], outcome=shared.outcome_noun),
-        "fewer_note": _fewer_note(tc, len(reasons), config.explain.top_k, shared.outcome_noun) if adverse else None,
+        "fewer_note": (_withheld_note(tc, len(reasons)) if withheld_reason else
+                       _fewer_note(tc, len(reasons), config.explain.top_k, shared.outcome_noun) if adverse else None),
         "tie_note": tc["reasons_tied"] if quality.get("tied") else None,
+        "withheld": withheld_reason,  # a protected feature would have been a reason (reviewed.py words the note)
         "favourable_intro": fill(tc["favourable_intro"], outcome=shared.outcome_noun),
         "chart": _chart(factors),
         "chart_alt": fill(tc["chart_alt"], outcome=shared.outcome_noun, items=items),

@@ -72,13 +72,14 @@ def queue_table(explanations: pa.Table, reports: pa.Table, id_column: str) -> pa
     """One row per reported decision whose explanation needs review, in the explanations' order.
 
     ``reports`` is the report index (id, file, sha256, ...). The proposed reasons are the factors shown as
-    reasons (``role`` reason, or factor for the other outcome), in rank order: what the letter states.
+    reasons (``role`` reason, or factor for the other outcome), in rank order: what the letter states (never a
+    ``withheld`` protected feature; its gate ``protected-basis`` is among the review reasons).
     """
     flagged = explanations.filter(pc.fill_null(explanations.column("needs_review"), False))
     letters = {i: (f, s) for i, f, s in zip(reports.column("id").to_pylist(), reports.column("file").to_pylist(),
                                             reports.column("sha256").to_pylist(), strict=True)}
     columns = [c for c in (id_column, "rank", "role", "feature", "label", "weight", "review_reasons", "fidelity",
-                           "stability", "model_pred", "prediction_gap") if c in flagged.column_names]
+                           "stability", "model_pred", "prediction_gap", "withheld") if c in flagged.column_names]
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in flagged.select(columns).to_pylist():
         groups.setdefault(str(row[id_column]), []).append(row)
@@ -87,7 +88,7 @@ def queue_table(explanations: pa.Table, reports: pa.Table, id_column: str) -> pa
         if decision_id not in letters:  # no letter (its render failed): it is in failures.parquet, not queued
             continue
         records.sort(key=lambda r: int(r["rank"]))
-        shown = [r for r in records if r.get("role") != "favourable"]
+        shown = [r for r in records if r.get("role") != "favourable" and not r.get("withheld")]  # never protected
         first = records[0]
         gates = str(first.get("review_reasons") or "")
         rows.append({
@@ -230,7 +231,7 @@ def check_decisions(rows: Sequence[Mapping[str, str]], source: str, *, queue: It
             unknown = [r for r in reasons if r not in features]
             if unknown:
                 problems.append(f"reason {unknown[0][:80]!r} is not an input feature of the model")
-            protected = [r for r in reasons if r in features and getattr(features[r], "protected", False)]
+            protected = [r for r in reasons if r in features and getattr(features[r], "protected", None)]
             if protected:
                 problems.append(f"reason {protected[0]!r} is a protected feature: never a stated reason")
             if len(set(reasons)) != len(reasons):

@@ -71,4 +71,6 @@ def revise(context: dict[str, Any], attachment: dict[str, Any], resolution: Reso
         context["reasons_intro"] = fill(tr["intro_adverse" if adverse else "intro"], outcome=shared.outcome_noun)
         record["reasons"] = [{"rank": r["rank"], "feature": r["feature"], "label": r["label"],
                               "value": r["raw_value"], "reason": r["sentence"]} for r in reasons]
+    if context.get("withheld") and not override:  # the statement is final now: the note no longer promises review
+        context["fewer_note"] = fill(tc["reasons_withheld_reviewed"], count=len(context["reasons"]))
     attachment["review"] = record

@@ -17,9 +17,11 @@ import pandas as pd
 from tasks.errors import InputError
 from tasks.explain.aggregate import REVIEW_REASONS, quality_summary, review_reason_counts
 from tasks.inputs.config import MATCHED_METHODS, Config, stream_samples
+from tasks.inputs.protected import review_gates
 from tasks.report.pdf import PdfPart, PdfSettings, document_kind, require_fonts, write
 from tasks.report.pdf import layout as lay_out
 from tasks.report.pdf_structure import crlf_before_endstream
+from tasks.report.protected_section import figures_from_frame, protected_context
 from tasks.report.summary_lists import failures_section, review_section
 from tasks.report.summary_stats import decision_codes, distinct_per_group, first_rows
 from tasks.report.text import (
@@ -84,6 +86,8 @@ def _reason_frequencies(explanations: pd.DataFrame, config: Config, id_column: s
     valid = np.array(ids.notna(), dtype=bool)
     if "role" in explanations.columns:  # the factors in an applicant's favour are not reasons
         valid &= (explanations["role"] != "favourable").fillna(True).to_numpy(dtype=bool)
+    if "withheld" in explanations.columns:  # nor a protected feature: the "Prohibited bases" section has those
+        valid &= ~explanations["withheld"].fillna(False).astype(bool).to_numpy(dtype=bool)
     factored = pd.factorize(explanations["feature"])  # once: hashing three million strings costs a second
     (features, directions), counts = distinct_per_group(codes, [factored, pd.factorize(explanations["direction"])],
                                                         valid)
@@ -195,16 +199,17 @@ def _samples_chart(firsts: pd.DataFrame, config: Config, ts: Mapping[str, str]) 
     }
 
 
-def _gates(firsts: pd.DataFrame, ts: Mapping[str, str]) -> list[dict[str, Any]]:
+def _gates(firsts: pd.DataFrame, ts: Mapping[str, str], gates: tuple[str, ...] = REVIEW_REASONS
+           ) -> list[dict[str, Any]]:
     """Decisions per review reason (a decision can fail several checks), with bar widths; [] without the column."""
     if "review_reasons" not in firsts.columns:
         return []
-    counts = review_reason_counts(firsts["review_reasons"])
+    counts = review_reason_counts(firsts["review_reasons"], gates)
     biggest = max(counts.values()) or 1
     return [{"reason": r, "label": ts["gate_" + r.replace("-", "_")], "count": f"{counts[r]:,}",
              "value": counts[r], "width": f"{counts[r] / biggest * 110:.2f}",
              "alt": fill(ts["gates_alt"], label=ts["gate_" + r.replace("-", "_")], count=f"{counts[r]:,}")}
-            for r in REVIEW_REASONS]
+            for r in gates]
 
 
 def _split_reasons(value: Any) -> list[str]:
@@ -284,12 +289,15 @@ def quality_settings(config: Config, method: str) -> dict[str, Any]:
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
                      config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None,
-                     layout: int = 1, failures: Path | None = None) -> Path:
+                     layout: int = 1, failures: Path | None = None,
+                     protected: Mapping[str, Any] | None = None) -> Path:
     """The run summary PDF at ``out_path``. ``quality``: the table's :func:`quality_summary` when the caller has it
     already (computed here otherwise). ``layout`` 2 (tasks/report/summary_lists.py) lists the most severe review
     decisions and the first of the run's ``failures`` (its failures.parquet) as short tables, whatever the run's
     size; ``review_ids`` are then only used for a table without the ``needs_review`` column. Layout 1 is the
-    summary of runs recorded before it (the review list up to ``review_list_limit`` ids, every id attached)."""
+    summary of runs recorded before it (the review list up to ``review_list_limit`` ids, every id attached).
+    ``protected``: the run's protected-feature figures, like ``quality`` (only in runs with protected features:
+    tasks/report/protected_section.py)."""
     id_column = config.data.id_column
     needed = [id_column, "rank", "feature", "direction", "fidelity"]
     missing = [c for c in needed if c not in explanations.columns]
@@ -298,7 +306,9 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
     if "review_reasons" not in explanations.columns:  # a table without the quality columns
         quality = None
     elif quality is None:
-        quality = quality_summary(explanations)
+        quality = quality_summary(explanations, review_gates(config, REVIEW_REASONS))
+    if protected is None:
+        protected = figures_from_frame(explanations, config)
     absent = [k for k in COUNT_KEYS if k not in counts]
     if absent:
         raise InputError(f"run summary counts: missing {', '.join(absent)} (expected {', '.join(COUNT_KEYS)})")
@@ -323,7 +333,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "failures": failures_section(failures, id_column, limit, texts)}
     shown = [] if lists else _review_list(per_decision, firsts, id_column, review_ids[:limit], run.min_fidelity, ts)
     samples = _samples_chart(firsts, config, ts)
-    gates = _gates(firsts, ts)
+    gates = _gates(firsts, ts, review_gates(config, REVIEW_REASONS))
     min_fid = threshold_text(run.min_fidelity)
     below = int((fidelity < run.min_fidelity).sum())
     lender = config.report.lender
@@ -360,6 +370,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         if gates and "needs_review" in firsts.columns else None,
         "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc, run.method)],
         "versions": versions_line(run),
+        "protected": protected_context(protected, ts),
     }
     kind = document_kind("run_summary", "summary.html")
     html = kind.template.render(**context)
@@ -376,6 +387,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "quality_settings": quality_settings(config, run.method),
         "samples_per_decision": samples["distribution"] if samples else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
+        **({"protected": dict(protected)} if protected else {}),  # runs with protected features only
     }
     part = PdfPart(
         title=f"{ts['title']} – {context['run_id']}",

@@ -116,7 +116,7 @@ def test_conform_orders_and_types_columns():
         "review_reasons": [""], "stability": [1.0], "order_agrees": [True], "selection_z": [3.0], "stable": [True],
         "num_samples": [10000], "prediction_gap": [0.1], "deletion_delta": [-0.2], "deletion_holds": [True],
         "role": ["reason"], "kernel_width": [0.7], "kernel_width_sqrt_d": [0.2], "effective_samples": [4000.0],
-        "fidelity_widest": [0.3], "tied": [False],
+        "fidelity_widest": [0.3], "tied": [False], "withheld": [False],
     })
     table = conform(frame, "id")
     assert table.schema.equals(explanation_schema("id"))

@@ -68,8 +68,16 @@ def test_xgboost_with_pandas_categories(german: Path, tmp_path: Path):
     assert by_name["credit_amount"].label == "Credit amount"
     assert config.model.format == "xgboost" and config.model.explain == "declined"
     check_model_features(config.model, config.features, config.source)  # the names check accepts it
+    # age is written marked (its name suggests a prohibited basis), with a note; validate has nothing to flag then
+    assert by_name["age_in_years"].protected == "age" and by_name["credit_amount"].protected is None
+    assert [n for n in result.notes if "prohibited basis" in n] == [
+        f"{tmp_path / 'cfg' / 'limelight.toml'}: feature 'age_in_years' marked protected = \"age\": its name "
+        "suggests a prohibited basis (age); check it"]
     result = validate_all(config)
-    assert result.problems == [] and result.decisions == 12
+    assert result.problems == [] and result.decisions == 12 and result.warnings == []
+    unmarked = config.model_copy(update={"features": [f.model_copy(update={"protected": None})
+                                                      for f in config.features]})
+    assert [w.split(" ")[3] for w in validate_all(unmarked, check_model=False).warnings] == ["'age_in_years'"]
 
 
 def test_catalog_skeleton_is_listed_by_validate_until_written(german: Path, tmp_path: Path):

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def published(prefect_api, small_demo, tmp_path_factory):
-    """The small demo's first 40 decisions, published with a fidelity gate most of them fail: a full queue."""
+    """The small demo's first 40 decisions, published with a fidelity gate most of them fail: a full queue. Two
+    features are marked protected (housing; credit history as the age rule, from 10 years), so the run withholds
+    them from its letters (issue 21 item 1)."""
     import tomllib
 
     from flows.pipeline import limelight_flow
@@ -36,6 +38,11 @@ def published(prefect_api, small_demo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("review")
     raw = tomllib.loads(small_demo.read_text(encoding="utf-8"))
     raw["review"]["min_fidelity"] = 0.97
+    for feature in raw["features"]:
+        if feature["name"] == "housing":
+            feature["protected"] = True
+        elif feature["name"] == "credit_history_years":
+            feature.update(protected="age", age_threshold=10)
     config = folder / "run.toml"
     config.write_text(dump_toml(raw), encoding="utf-8")
     out = folder / "out"
@@ -108,13 +115,54 @@ def test_the_run_publishes_its_review_queue(published):
     assert queue.column("id").to_pylist() == flagged and queue.num_rows == manifest["counts"]["needs_review"]
     index = {r["id"]: r for r in pq.read_table(published / "reports.parquet").to_pylist()}
     for entry in queue.to_pylist():
-        shown = sorted((r for r in rows if r["customer_id"] == entry["id"] and r["role"] != "favourable"),
-                       key=lambda r: r["rank"])
+        mine = [r for r in rows if r["customer_id"] == entry["id"]]
+        shown = sorted((r for r in mine if r["role"] != "favourable" and not r["withheld"]), key=lambda r: r["rank"])
         assert entry["features"] == [r["feature"] for r in shown]
         assert entry["weights"] == [r["weight"] for r in shown]
-        assert entry["review_reasons"] == shown[0]["review_reasons"].split(",")
+        assert entry["review_reasons"] == mine[0]["review_reasons"].split(",")
+        withheld = any(r["withheld"] and r["role"] == "reason" for r in mine)
+        assert ("protected-basis" in entry["review_reasons"]) == withheld
         assert (entry["file"], entry["sha256"]) == (index[entry["id"]]["file"], index[entry["id"]]["sha256"])
         assert file_sha256(published / entry["file"]) == entry["sha256"]
+
+
+def test_no_letter_states_a_protected_feature_and_the_figures_recompute(published):
+    """Issue 21 item 1's targets on the run: no letter states a protected feature as a reason; every decision where
+    one would have ranked is in review with its gate; the manifest's and the summary's figures equal a recomputation
+    from explanations.parquet; protected.parquet lists exactly those decisions."""
+    from render_support import embedded_files, flat, pdf_text
+
+    rows = pq.read_table(published / "explanations.parquet").to_pandas()
+    manifest = json.loads((published / "manifest.json").read_text())
+    index = {r["id"]: r for r in pq.read_table(published / "reports.parquet").to_pylist()}
+    would = rows[rows["withheld"] & (rows["role"] == "reason")]
+    assert len(would), "no protected feature ranked: the test shows nothing"
+    for decision_id, entry in index.items():
+        document = json.loads(embedded_files(published / entry["file"])["explanation.json"])
+        stated = {f["feature"] for f in document["factors"] if f["role"] == "reason"}
+        assert "housing" not in {f["feature"] for f in document["factors"]}
+        gated = decision_id in set(would["customer_id"])
+        assert ("credit_history_years" in stated) <= (not gated)
+        assert ("protected-basis" in document["quality"]["review_reasons"]) == gated
+        assert entry["needs_review"] or not gated
+    first = would["customer_id"].iloc[0]
+    text = flat(pdf_text(published / index[first]["file"], 1, 1))
+    assert "Housing status" not in text and "may not be given as a reason for a credit decision" in text
+    figures = {f["feature"]: f for f in manifest["protected"]["features"]}
+    for name in ("housing", "credit_history_years"):
+        mine = would[would["feature"] == name]
+        assert figures[name]["reason_decisions"] == mine["customer_id"].nunique()
+        assert figures[name]["mean_weight"] == (round(float(mine["weight"].mean()), 6) if len(mine) else None)
+        omitted = rows[rows["withheld"] & (rows["feature"] == name)]["customer_id"].nunique()
+        assert figures[name]["omitted_decisions"] == omitted
+    assert manifest["protected"]["review_decisions"] == would["customer_id"].nunique()
+    assert manifest["quality"]["review_reasons"]["protected-basis"] == would["customer_id"].nunique()
+    listed = pq.read_table(published / "protected.parquet").to_pandas()
+    assert sorted(zip(listed["id"], listed["feature"], strict=True)) == sorted(
+        zip(would["customer_id"], would["feature"], strict=True))
+    assert manifest["outputs"]["protected.parquet"]["sha256"] == file_sha256(published / "protected.parquet")
+    summary = json.loads(embedded_files(published / "summary.pdf")["run-summary.json"])
+    assert summary["protected"] == manifest["protected"]
 
 
 def test_accept_and_override_change_exactly_those_letters_and_rerender_reproduces_them(published, reviewed,
@@ -178,6 +226,8 @@ def test_bad_rows_get_one_line_each_and_nothing_is_applied(published, tmp_path):
         ({**good, "id": queue[5], "action": "override", "reasons": "a;b;c;d;e", "justification": "x"}, "at most 4"),
         ({**good, "id": queue[0]}, "the same id as row 2"),
         ({**good, "id": queue[6], "reviewer": ""}, "no reviewer id"),
+        ({**good, "id": queue[7], "action": "override", "reasons": "housing", "justification": "x"},
+         "'housing' is a protected feature"),
     ]
     cases = [(row, expected) for row, expected in cases if row["id"] is not None]
     rows = [{**good, "id": queue[0]}, *(row for row, _ in cases)]  # the first row is fine
