@@ -163,6 +163,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
                 ids_file=str(options["ids"]) if options.get("ids") else None,
                 deadline=options.get("deadline"), best_effort=bool(options.get("best_effort")),
                 trigger="cli", started_by=_user(), render_workers=options.get("render_workers"),
+                baseline=str(options["baseline"]) if options.get("baseline") else None,
             )}
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -238,6 +239,8 @@ def run(
         "--deadline", help="finish by this time (ISO 8601 with zone, e.g. 2026-11-23T09:00+01:00)")] = None,
     best_effort: Annotated[bool, typer.Option(
         "--best-effort", help="with --deadline: go on even if the estimate misses it; publish what is done")] = False,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="compare with this manifest's run (default: the last one under the output root)")] = None,
 ) -> None:
     """Explain the decisions and write explanations, one PDF per customer, the summary and the manifest.
 
@@ -246,7 +249,7 @@ def run(
     target = out or Path("out") / config.stem
     summary = _guard(lambda: _run_flow(config, target, "run", devices=devices, cluster=cluster, limit=limit,
                                        ids=ids, deadline=deadline, best_effort=best_effort,
-                                       render_workers=render_workers))
+                                       render_workers=render_workers, baseline=baseline))
     _print_summary(summary)
 
 

@@ -125,17 +125,18 @@ def quality_task(explanations: str) -> dict[str, Any]:
 
 @task(name="render-summary", **NOT_CACHED)
 def summary_task(
-    explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str
+    explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str,
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Render the run summary at ``target``; return the run's quality figures (read once, for the summary and the
-    manifest: the same as :func:`quality_task`)."""
+    """Render the run summary at ``target`` (``drift``: the comparison with the baseline, if any); return the run's
+    quality figures (read once, for the summary and the manifest: the same as :func:`quality_task`)."""
     from tasks.explain.aggregate import quality_summary, read_for_summary
     from tasks.report.render import render_run_summary
     from tasks.report.summary import summary_counts
 
     frame = read_for_summary(explanations)
     quality = quality_summary(frame)
-    render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target), quality)
+    render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target), quality, drift)
     return quality
 
 

@@ -261,7 +261,9 @@ def shared_html(shared: RunTexts, lead: int) -> str:
 
 
 def render_run_summary(explanations: pd.DataFrame, counts: dict[str, int], review_ids: list[str],
-                       config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None) -> Path:
+                       config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None,
+                       drift: Mapping[str, Any] | None = None) -> Path:
     """The run summary PDF (counts, fidelity histogram, reason frequencies, review list, parameters); ``quality``:
-    the table's ``quality_summary`` when the caller has it (computed otherwise)."""
-    return summary_document(explanations, counts, review_ids, config, run, Path(out_path), quality)
+    the table's ``quality_summary`` when the caller has it (computed otherwise); ``drift``: the comparison with the
+    run's baseline (a drift section; none without)."""
+    return summary_document(explanations, counts, review_ids, config, run, Path(out_path), quality, drift)

@@ -243,6 +243,7 @@ def _render_again(manifest: dict[str, Any], manifest_path: Path, out: Path, rows
         expected[mf.SUMMARY] = summary["sha256"]
         counts = summary_counts(manifest["counts"])
         review_list = report_index.review_ids(manifest, manifest_path.parent)
-        path = render_run_summary(rows, counts, review_list, config, run, out / mf.SUMMARY)
+        path = render_run_summary(rows, counts, review_list, config, run, out / mf.SUMMARY,
+                                  drift=manifest.get("drift"))  # only runs compared with a baseline have one
         rendered[mf.SUMMARY] = file_sha256(path)
     return expected, rendered

@@ -17,6 +17,7 @@ import pandas as pd
 from tasks.errors import InputError
 from tasks.explain.aggregate import REVIEW_REASONS, quality_summary
 from tasks.inputs.config import MATCHED_METHODS, Config, stream_samples
+from tasks.report.drift_page import drift_context
 from tasks.report.pdf import PdfPart, PdfSettings, document_kind, layout, require_fonts, write
 from tasks.report.pdf_structure import crlf_before_endstream
 from tasks.report.text import (
@@ -251,9 +252,11 @@ def quality_settings(config: Config, method: str) -> dict[str, Any]:
 
 
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
-                     config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None) -> Path:
+                     config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None,
+                     drift: Mapping[str, Any] | None = None) -> Path:
     """The run summary PDF at ``out_path``. ``quality``: the table's :func:`quality_summary` when the caller has it
-    already (computed here otherwise)."""
+    already (computed here otherwise). ``drift``: the run's comparison with its baseline (the manifest's
+    ``drift``): a drift section, and ``drift`` in the JSON attachment; none without one (older runs' bytes)."""
     id_column = config.data.id_column
     needed = [id_column, "rank", "feature", "direction", "fidelity"]
     missing = [c for c in needed if c not in explanations.columns]
@@ -325,6 +328,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         if gates and "needs_review" in firsts.columns else None,
         "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc, run.method)],
         "versions": versions_line(run),
+        "drift": drift_context(drift, config, ts),
     }
     kind = document_kind("run_summary", "summary.html")
     html = kind.template.render(**context)
@@ -340,6 +344,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "quality_settings": quality_settings(config, run.method),
         "samples_per_decision": samples["distribution"] if samples else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
+        **({"drift": dict(drift)} if drift else {}),
     }
     part = PdfPart(
         title=f"{ts['title']} – {context['run_id']}",
