@@ -134,6 +134,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     from datetime import UTC, datetime
 
     from flows.cluster import resolve_devices
+    from flows.drift import check_baseline
     from flows.output import probe_writable
     from flows.pipeline import limelight_flow
     from flows.runtime import message_hook
@@ -153,6 +154,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
         parse_deadline(options["deadline"], datetime.now(UTC))
     elif options.get("best_effort"):
         raise InputError("--best-effort: only with --deadline")
+    check_baseline(str(options["baseline"]) if options.get("baseline") else None)
     # A batch scheduler's SIGTERM unwinds like Ctrl-C: the workers and the temporary server are stopped.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
