@@ -260,6 +260,19 @@ def _fidelity(base: Mapping[str, Any], now: Mapping[str, Any], t: DriftConfig, e
             "quantiles": now["fidelity_quantiles"], "baseline_quantiles": base["fidelity_quantiles"]}, warnings
 
 
+def _driver(base: Mapping[str, Any], now: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """The reason whose rate per 100 decisions moved most with the decline rate (the feature behind the change):
+    its rise for more declines, its fall for fewer; '' without reasons."""
+    if not base.get("reasons") or not now.get("reasons") or not base["decisions"] or not now["decisions"]:
+        return ""
+    sign = 1 if now["declines"] / now["decisions"] >= base["declines"] / base["decisions"] else -1
+    moves = {f: 100 * (now["reasons"].get(f, 0) / now["decisions"] - base["reasons"].get(f, 0) / base["decisions"])
+             for f in set(base["reasons"]) | set(now["reasons"])}
+    feature = max(sorted(moves), key=lambda f: sign * moves[f])
+    name = f"{labels[feature]} ({feature})" if labels.get(feature, feature) != feature else feature
+    return f"; the reason that moved most: {name}, {moves[feature]:+.1f} declines naming it per 100 decisions"
+
+
 def compare(base: Mapping[str, Any], now: Mapping[str, Any], thresholds: DriftConfig,
             labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Tonight's profile ``now`` against the baseline's ``base``: figures, statuses and warning lines (JSON-ready,
@@ -284,7 +297,7 @@ def compare(base: Mapping[str, Any], now: Mapping[str, Any], thresholds: DriftCo
         decline_state = "act"
         if enough:
             warnings.append(f"decline drift: {decline_a:.1%} of decisions declined, {decline_b:.1%} at the baseline "
-                            f"(moved {t.decline_rate_change:.0%} or more)")
+                            f"(moved {t.decline_rate_change:.0%} or more){_driver(base, now, labels)}")
     fidelity, more = _fidelity(base, now, t, enough)
     return {
         "decisions": now["decisions"], "baseline_decisions": base["decisions"],

@@ -94,6 +94,7 @@ def test_review_share_and_decline_rate_warnings(tmp_path):
     result = compare(base, more_declines, t)
     assert result["decline_rate"] == {"rate": 0.4, "baseline_rate": 0.25, "change": 0.15, "status": "act"}
     assert [w.split(":")[0] for w in result["warnings"]] == ["decline drift"]
+    assert result["warnings"][0].endswith("moved most: util, +15.0 declines naming it per 100 decisions")
 
 
 def _publish(folder, config, run_date, finished, profile=None):
