@@ -1,6 +1,7 @@
 """Reason drift night over night on the demo: two nights of the same population, then a shifted night (one run).
 
     .venv/bin/python bench/bench_drift.py [--decisions 750] [--shift 0.35] [--devices cpu:2] [--pdfs] [--keep DIR]
+    .venv/bin/python bench/bench_drift.py --again DIR   # the comparisons again from DIR's manifests (no run)
 
 Three nights of demo applications (tasks/demo: the same generator and model as ``make demo``), each a fresh draw of
 ``--decisions`` applicants, in one hive-partitioned dataset (``decisions/decision_date=YYYY-MM-DD/``):
@@ -69,8 +70,8 @@ def write_inputs(folder: Path, n: int, shift: float, pdfs: bool) -> Path:
 
 def show(night: str, summary: dict, manifest: dict, seconds: float) -> None:
     drift = manifest.get("drift")
-    print(f"\n== night {night}: run {summary['run_id']}, {summary['counts']['decisions_in']} decisions, "
-          f"{seconds:.0f} s (busy shared machine)")
+    print(f"\n== night {night}: run {summary['run_id']}, {summary['counts']['decisions_in']} decisions"
+          + (f", {seconds:.0f} s (busy shared machine)" if seconds else ""))
     if drift is None:
         print("   no baseline: nothing compared")
         return
@@ -92,6 +93,25 @@ def show(night: str, summary: dict, manifest: dict, seconds: float) -> None:
         print(f"   - {warning}")
 
 
+def again(folder: Path) -> None:
+    """Each night of ``folder`` against the night before, from the profiles their manifests recorded, with the
+    thresholds and the comparison of this checkout (a change to either needs no new run)."""
+    import json
+
+    from tasks.inputs.config import load_config
+    from tasks.run.drift import baseline_record, compare
+
+    config = load_config(folder / "nightly.toml")
+    labels = {f.name: f.label or f.name for f in config.features}
+    paths = [folder / "out" / night / "manifest.json" for night in NIGHTS]
+    manifests = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    show(NIGHTS[0], manifests[0], {}, 0.0)
+    for i in range(1, len(NIGHTS)):
+        drift = {"baseline": baseline_record(manifests[i - 1], paths[i - 1], "previous run"),
+                 **compare(manifests[i - 1]["drift_profile"], manifests[i]["drift_profile"], config.drift, labels)}
+        show(NIGHTS[i], manifests[i], {"drift": drift}, 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=750, help="applicants per night (declines ~20%%)")
@@ -99,7 +119,11 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu:2")
     parser.add_argument("--pdfs", action="store_true", help="render letters and summaries too")
     parser.add_argument("--keep", type=Path, help="write here (kept) instead of a temporary folder")
+    parser.add_argument("--again", type=Path, help="compare the nights a --keep run left in DIR again, no run")
     args = parser.parse_args()
+    if args.again:
+        again(args.again)
+        return
 
     import json
 
