@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.prefect_tasks import IO, NOT_CACHED
-from tasks.errors import InputError
+from tasks.errors import InputError, one_line
 from tasks.inputs.config import Config
 from tasks.run import drift as rd
 
@@ -29,6 +29,7 @@ class Drift:
     profile: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    problem: str | None = None  # why there is no comparison although there is a baseline (a log warning)
 
 
 def check_baseline(baseline: str | None) -> None:
@@ -40,7 +41,18 @@ def check_baseline(baseline: str | None) -> None:
 @task(name="reason-drift", **IO, **NOT_CACHED)
 def drift_task(explanations: str, config: Config, out_template: str, out: str, started_at: str,
                run_date: str | None, baseline: str | None) -> Drift:
-    """The run's profile and, when there is a baseline, its comparison with it."""
+    """The run's profile and, when there is a baseline, its comparison with it. Drift never fails a run: anything
+    but a transient I/O error (retried) leaves the run without a comparison, and says why."""
+    try:
+        return _drift(explanations, config, out_template, out, started_at, run_date, baseline)
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a comparison must not cost the night its letters
+        return Drift(problem=f"drift: no comparison ({one_line(error)})")
+
+
+def _drift(explanations: str, config: Config, out_template: str, out: str, started_at: str, run_date: str | None,
+           baseline: str | None) -> Drift:
     profile = rd.run_profile(explanations)
     if not config.drift.enabled:
         return Drift(profile)
@@ -53,7 +65,7 @@ def drift_task(explanations: str, config: Config, out_template: str, out: str, s
     try:
         manifest, base = rd.baseline_profile(path)
     except InputError as error:
-        return Drift(profile, notes=[f"drift: baseline {path} not used ({error}); no comparison"])
+        return Drift(profile, problem=f"drift: baseline {path} not used ({error}); no comparison")
     labels = {f.name: f.label or f.name for f in config.features}
     comparison = {"baseline": rd.baseline_record(manifest, path.resolve(), "given" if baseline else "previous run"),
                   **rd.compare(base, profile, config.drift, labels)}
@@ -66,9 +78,11 @@ def report_drift(drift: Drift, run_id: str) -> list[str]:
     logger = get_run_logger()
     for note in drift.notes:
         logger.info(note)
+    if drift.problem:
+        logger.warning(drift.problem)
     comparison = drift.comparison
     if comparison is None:
-        return []
+        return [drift.problem] if drift.problem else []
     warnings = list(comparison["warnings"])
     for warning in warnings:
         logger.warning(warning)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
 from prefect import flow
 
-from flows.drift import Drift, check_baseline, drift_markdown, report_drift
+from flows.drift import Drift, check_baseline, drift_markdown, drift_task, report_drift
 from tasks.inputs.drift_config import DriftConfig
 from tasks.run.drift import compare
 
@@ -54,3 +55,25 @@ def test_a_bad_baseline_is_one_line(tmp_path):
     (tmp_path / "m.json").write_text("[]")
     with pytest.raises(InputError, match=r"--baseline .*m.json: not a limelight manifest"):
         check_baseline(str(tmp_path / "m.json"))
+
+
+def test_drift_never_fails_the_run(tmp_path, small_demo):
+    """No baseline: the profile and a note; a baseline that cannot be read, or anything unexpected: a problem line."""
+    from tasks.inputs.config import load_config
+
+    config = load_config(small_demo)
+    table = tmp_path / "night" / "explanations.parquet"
+    table.parent.mkdir()
+    pd.DataFrame({"customer_id": ["a"], "rank": [1], "role": ["reason"], "feature": ["debt_to_income"],
+                  "fidelity": [0.9], "needs_review": [False]}).to_parquet(table)
+    args = (str(tmp_path / "{date}"), str(table.parent), "2026-11-22T02:00:00Z", "2026-11-21")
+    alone = drift_task.fn(str(table), config, *args, None)
+    assert alone.profile["decisions"] == 1 and alone.comparison is None and alone.problem is None
+    assert alone.notes[0].startswith("drift: no earlier published run of")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text('{"run_id": "old", "outputs": {}}')  # no explanations beside
+    missing = drift_task.fn(str(table), config, *args, str(tmp_path / "old" / "manifest.json"))
+    assert missing.comparison is None and "explanations are missing" in missing.problem
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    broken = drift_task.fn(str(tmp_path / "broken.parquet"), config, *args, None)
+    assert broken.profile is None and broken.problem.startswith("drift: no comparison (")
