@@ -134,6 +134,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
     from datetime import UTC, datetime
 
     from flows.cluster import resolve_devices
+    from flows.drift import check_baseline
     from flows.output import probe_writable
     from flows.pipeline import limelight_flow
     from flows.runtime import message_hook
@@ -153,6 +154,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
         parse_deadline(options["deadline"], datetime.now(UTC))
     elif options.get("best_effort"):
         raise InputError("--best-effort: only with --deadline")
+    check_baseline(str(options["baseline"]) if options.get("baseline") else None)
     # A batch scheduler's SIGTERM unwinds like Ctrl-C: the workers and the temporary server are stopped.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -163,6 +165,7 @@ def _run_flow(config: Path, out: Path, mode: str, **options: Any) -> dict[str, A
                 ids_file=str(options["ids"]) if options.get("ids") else None,
                 deadline=options.get("deadline"), best_effort=bool(options.get("best_effort")),
                 trigger="cli", started_by=_user(), render_workers=options.get("render_workers"),
+                baseline=str(options["baseline"]) if options.get("baseline") else None,
             )}
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -238,6 +241,8 @@ def run(
         "--deadline", help="finish by this time (ISO 8601 with zone, e.g. 2026-11-23T09:00+01:00)")] = None,
     best_effort: Annotated[bool, typer.Option(
         "--best-effort", help="with --deadline: go on even if the estimate misses it; publish what is done")] = False,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="compare with this manifest's run (default: the last one under the output root)")] = None,
 ) -> None:
     """Explain the decisions and write explanations, one PDF per customer, the summary and the manifest.
 
@@ -246,7 +251,7 @@ def run(
     target = out or Path("out") / config.stem
     summary = _guard(lambda: _run_flow(config, target, "run", devices=devices, cluster=cluster, limit=limit,
                                        ids=ids, deadline=deadline, best_effort=best_effort,
-                                       render_workers=render_workers))
+                                       render_workers=render_workers, baseline=baseline))
     _print_summary(summary)
 
 

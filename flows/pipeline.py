@@ -33,7 +33,18 @@ from typing import Any
 from prefect import flow
 
 from flows.output import Mode
-from flows.steps import Planned, Request, explain, plan, publish, render, staging_guard, summarize, validate
+from flows.steps import (
+    Planned,
+    Request,
+    compare_with_baseline,
+    explain,
+    plan,
+    publish,
+    render,
+    staging_guard,
+    summarize,
+    validate,
+)
 
 
 @flow(name="limelight", persist_result=False, log_prints=False)
@@ -51,6 +62,7 @@ def limelight_flow(
     trigger: str = "cli",
     started_by: str | None = None,
     render_workers: int | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Explain the configured decisions and publish explanations, reports, summary, failures and manifest.
 
@@ -62,15 +74,18 @@ def limelight_flow(
     be missed, unless ``best_effort``; at the deadline the run stops and publishes what is finished.
     ``trigger`` and ``started_by`` are recorded in the manifest (the audit trail). ``render_workers`` sizes the
     render pool (default ``[run] render_workers``, else the cores the device workers leave; flows/cluster.py).
+    ``baseline`` (a manifest) is the run the drift comparison is against; without it, the previous published run of
+    the same config under the output root (flows/drift.py).
     """
     request = Request(config_path, out, devices, cluster, limit, ids_file, mode, run_date, deadline, best_effort,
-                      trigger, started_by, render_workers)
+                      trigger, started_by, render_workers, baseline)
     checked = validate(request)
     planned = plan(request, checked)
     if not isinstance(planned, Planned):
         return planned  # --out already holds this run, complete: nothing to do
     with staging_guard(planned):
         explained = explain(request, checked, planned)
-        rendered = render(checked, planned, explained)
-        published = publish(request, checked, planned, explained, rendered)
-    return summarize(checked, planned, explained, published)
+        drift = compare_with_baseline(request, checked, planned, explained)
+        rendered = render(checked, planned, explained, drift)
+        published = publish(request, checked, planned, explained, rendered, drift)
+    return summarize(checked, planned, explained, published, drift)

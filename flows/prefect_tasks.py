@@ -128,10 +128,12 @@ def quality_task(explanations: str, config: Config) -> dict[str, Any]:
 def summary_task(
     explanations: str, counts: dict[str, int], review_ids: list[str], config: Config, run: RunInfo, target: str,
     layout: int = 1, failures: str | None = None, protected: dict[str, Any] | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render the run summary at ``target`` (``layout`` and ``failures``: tasks/report/summary_lists.py); return
     the run's quality figures (read once, for the summary and the manifest: the same as :func:`quality_task`).
-    ``protected``: the run's protected-feature figures, if any."""
+    ``protected``: the run's protected-feature figures, if any; ``drift``: the comparison with the baseline, if
+    any."""
     from tasks.explain.aggregate import REVIEW_REASONS, quality_summary, read_for_summary
     from tasks.inputs.protected import review_gates
     from tasks.report.render import render_run_summary
@@ -140,7 +142,7 @@ def summary_task(
     frame = read_for_summary(explanations)
     quality = quality_summary(frame, review_gates(config, REVIEW_REASONS))
     render_run_summary(frame, summary_counts(counts), review_ids, config, run, Path(target), quality, layout,
-                       Path(failures) if failures else None, protected)
+                       Path(failures) if failures else None, protected, drift)
     return quality
 
 

@@ -38,6 +38,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.cluster import RENDER_RESOURCE, DevicePlan, check_cluster, resolve_devices, task_runner, with_render_pool
+from flows.drift import Drift, check_baseline, drift_task, report_drift
 from flows.output import (
     Mode,
     already_complete,
@@ -103,6 +104,7 @@ class Request:
     trigger: str
     started_by: str | None
     render_workers: int | None
+    baseline: str | None = None  # --baseline MANIFEST (flows/drift.py)
 
 
 # --- 1. validate ---------------------------------------------------------------------------------
@@ -136,6 +138,7 @@ def validate(request: Request) -> Validated:
         run_date = parse_run_date(run_date).isoformat()
         logger.info("run_date %s: explaining that day's decisions", run_date)
     deadline = parse_deadline(request.deadline, started) if request.deadline else None
+    check_baseline(request.baseline)
 
     config = load_config_task(request.config_path)
     devices = resolve_devices(request.devices or config.run.devices, request.cluster, config.run.torch_threads)
@@ -321,6 +324,14 @@ def _account(checked: Validated, planned: Planned, outputs: ShardOutputs) -> Exp
                      review_ids=review_ids, explanations=merged, failures_file=failed_path, rows=rows, counts=counts)
 
 
+def compare_with_baseline(request: Request, checked: Validated, planned: Planned, explained: Explained) -> Drift:
+    """The run's profile and its comparison with the baseline (flows/drift.py); nothing in ``explain`` mode."""
+    if request.mode != "run":
+        return Drift()
+    return drift_task(str(explained.explanations), checked.config, request.out, str(planned.out),
+                      mf.iso(checked.started), checked.run_date, request.baseline)
+
+
 # --- 4. render -----------------------------------------------------------------------------------
 
 
@@ -334,8 +345,9 @@ class Rendered:
     protected: dict[str, Any] | None = None  # a run with protected features: their figures (manifest "protected")
 
 
-def render(checked: Validated, planned: Planned, explained: Explained) -> Rendered:
-    """Keep only the finished reports (the workers rendered them), write the report index, render the summary."""
+def render(checked: Validated, planned: Planned, explained: Explained, drift: Drift) -> Rendered:
+    """Keep only the finished reports (the workers rendered them), write the report index, render the summary
+    (with the comparison with the baseline, when there is one: ``drift``)."""
     if not checked.render:
         return Rendered([], {})
     staging, reports = planned.staging, explained.outputs.reports
@@ -344,7 +356,8 @@ def render(checked: Validated, planned: Planned, explained: Explained) -> Render
     queue_rows = write_queue(explained.explanations, reports, checked.config.data.id_column, staging / QUEUE)
     protected, protected_outputs = protected_step(checked.config, explained.explanations, staging)
     quality = summary_task(str(explained.explanations), explained.counts, [], checked.config, planned.run,
-                           str(staging / mf.SUMMARY), SUMMARY_LAYOUT, str(explained.failures_file), protected)
+                           str(staging / mf.SUMMARY), SUMMARY_LAYOUT, str(explained.failures_file), protected,
+                           drift.comparison)
     return Rendered(
         names=[mf.REPORTS, mf.REPORT_INDEX, QUEUE, *protected_outputs, mf.SUMMARY],
         protected=protected,
@@ -369,7 +382,7 @@ def _report_sources(config: Config) -> dict[str, str]:
 
 
 def publish(request: Request, checked: Validated, planned: Planned, explained: Explained,
-            rendered: Rendered) -> dict[str, str]:
+            rendered: Rendered, drift: Drift) -> dict[str, str]:
     """Publish the staged outputs into ``--out``, the manifest last; returns name -> published path.
     ``explain`` mode publishes the explanations file (and its failures beside it, if any)."""
     config, run, staging, out = checked.config, planned.run, planned.staging, planned.out
@@ -408,14 +421,16 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
             outputs=explained.outputs, resumed=planned.resumed,
         ), "quality": quality, **({"protected": rendered.protected} if rendered.protected else {}),
         "report_sources": _report_sources(config) if checked.render else None,
-        **({"pdf_finishing": PDF_FINISHING} if checked.render else {})},
+        **({"pdf_finishing": PDF_FINISHING} if checked.render else {}),
+        "drift_profile": drift.profile, **({"drift": drift.comparison} if drift.comparison else {})},
     )
     mf.publish(staging, out, names, manifest, keep_staging=bool(explained.not_reached))
     return {name: str(out / name) for name in [*names, mf.MANIFEST]}
 
 
-def summarize(checked: Validated, planned: Planned, explained: Explained, published: dict[str, str]) -> dict[str, Any]:
-    """Once published: the run's Prefect artifacts, and the flow's return value."""
+def summarize(checked: Validated, planned: Planned, explained: Explained, published: dict[str, str],
+              drift: Drift) -> dict[str, Any]:
+    """Once published: the run's Prefect artifacts (the drift's too), and the flow's return value."""
     outputs, run, counts, devices = explained.outputs, planned.run, explained.counts, planned.devices
     results = outputs.results
     seconds = {
@@ -446,7 +461,7 @@ def summarize(checked: Validated, planned: Planned, explained: Explained, publis
         "decisions_per_second": round(explained_here / outputs.explain_seconds, 2) if outputs.explain_seconds
         else None,
         "workers": worker_table(results),
-        "warnings": planned.warnings,
+        "warnings": [*planned.warnings, *report_drift(drift, run.run_id)],
         "estimate": outputs.estimate,
         "stopped_at_deadline": outputs.stopped_at_deadline,
         "resumed": {"shards": outputs.reused_shards, "render_batches": outputs.reused_batches}

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
+from tasks.inputs.drift_config import DriftConfig
 from tasks.inputs.report_config import ReportConfig
 
 
@@ -357,6 +358,7 @@ class Config(_Strict):
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="when a decision goes to human review")
     run: RunConfig = Field(default_factory=RunConfig, description="devices, shards and the render pool")
     report: ReportConfig = Field(default_factory=ReportConfig, description="the PDF reports and the run summary")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="the comparison with the previous night")
     features: list[FeatureConfig] = Field(min_length=1, description="the model's inputs, in its column order")
 
     # Not from the TOML: where it came from, for hashing and error messages.
@@ -388,6 +390,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "review": ReviewConfig,
     "run": RunConfig,
     "report": ReportConfig,
+    "drift": DriftConfig,
     "features": FeatureConfig,
 }
 

@@ -263,10 +263,10 @@ def shared_html(shared: RunTexts, lead: int) -> str:
 def render_run_summary(explanations: pd.DataFrame, counts: dict[str, int], review_ids: list[str],
                        config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None,
                        layout: int = 1, failures: Path | None = None,
-                       protected: Mapping[str, Any] | None = None) -> Path:
+                       protected: Mapping[str, Any] | None = None, drift: Mapping[str, Any] | None = None) -> Path:
     """The run summary PDF (counts, fidelity histogram, reason frequencies, review list, parameters); ``quality``:
     the table's ``quality_summary`` when the caller has it (computed otherwise); ``layout`` and ``failures``: see
     :func:`tasks.report.summary.summary_document`; ``protected`` likewise, the protected-feature figures of a run
-    that has such features."""
+    that has such features; ``drift``: the comparison with the run's baseline (a drift section; none without)."""
     return summary_document(explanations, counts, review_ids, config, run, Path(out_path), quality, layout, failures,
-                            protected)
+                            protected, drift)

@@ -259,6 +259,7 @@ def _render_again(manifest: dict[str, Any], manifest_path: Path, out: Path, rows
         layout = summary_layout(manifest)
         review_list = report_index.review_ids(manifest, manifest_path.parent) if layout == 1 else []
         path = render_run_summary(rows, counts, review_list, config, run, out / mf.SUMMARY, layout=layout,
-                                  failures=_failures(manifest, manifest_path.parent) if layout > 1 else None)
+                                  failures=_failures(manifest, manifest_path.parent) if layout > 1 else None,
+                                  drift=manifest.get("drift"))  # only runs compared with a baseline have one
         rendered[mf.SUMMARY] = file_sha256(path)
     return expected, rendered

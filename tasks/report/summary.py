@@ -18,6 +18,7 @@ from tasks.errors import InputError
 from tasks.explain.aggregate import REVIEW_REASONS, quality_summary, review_reason_counts
 from tasks.inputs.config import MATCHED_METHODS, Config, stream_samples
 from tasks.inputs.protected import review_gates
+from tasks.report.drift_page import drift_context
 from tasks.report.pdf import PdfPart, PdfSettings, document_kind, require_fonts, write
 from tasks.report.pdf import layout as lay_out
 from tasks.report.pdf_structure import crlf_before_endstream
@@ -290,14 +291,15 @@ def quality_settings(config: Config, method: str) -> dict[str, Any]:
 def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], review_ids: list[str],
                      config: Config, run: RunInfo, out_path: Path, quality: Mapping[str, Any] | None = None,
                      layout: int = 1, failures: Path | None = None,
-                     protected: Mapping[str, Any] | None = None) -> Path:
+                     protected: Mapping[str, Any] | None = None, drift: Mapping[str, Any] | None = None) -> Path:
     """The run summary PDF at ``out_path``. ``quality``: the table's :func:`quality_summary` when the caller has it
     already (computed here otherwise). ``layout`` 2 (tasks/report/summary_lists.py) lists the most severe review
     decisions and the first of the run's ``failures`` (its failures.parquet) as short tables, whatever the run's
     size; ``review_ids`` are then only used for a table without the ``needs_review`` column. Layout 1 is the
     summary of runs recorded before it (the review list up to ``review_list_limit`` ids, every id attached).
     ``protected``: the run's protected-feature figures, like ``quality`` (only in runs with protected features:
-    tasks/report/protected_section.py)."""
+    tasks/report/protected_section.py). ``drift``: the run's comparison with its baseline (the manifest's
+    ``drift``): a drift section, and ``drift`` in the JSON attachment; none without one (older runs' bytes)."""
     id_column = config.data.id_column
     needed = [id_column, "rank", "feature", "direction", "fidelity"]
     missing = [c for c in needed if c not in explanations.columns]
@@ -371,6 +373,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "params": [*audit_rows(run, tc), *quality_settings_rows(config, tc, run.method)],
         "versions": versions_line(run),
         "protected": protected_context(protected, ts),
+        "drift": drift_context(drift, config, ts),
     }
     kind = document_kind("run_summary", "summary.html")
     html = kind.template.render(**context)
@@ -388,6 +391,7 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
         "samples_per_decision": samples["distribution"] if samples else None,
         "run": {k: v for k, v in sorted(run.to_dict().items())},
         **({"protected": dict(protected)} if protected else {}),  # runs with protected features only
+        **({"drift": dict(drift)} if drift else {}),
     }
     part = PdfPart(
         title=f"{ts['title']} – {context['run_id']}",

@@ -69,7 +69,8 @@ def effective_settings(config: Config) -> dict[str, Any]:
 
     settings = config.model_dump(mode="json", exclude={"run": {"devices", "torch_threads", "render_workers"},
                                                        "data": {"decisions", "reference"},
-                                                       "model": {"path", "files", "format"}})
+                                                       "model": {"path", "files", "format"},
+                                                       "drift": True})  # thresholds of a comparison, no result
     model_format, runtime = format_and_runtime(config.model)
     return {"settings": settings, "limelight": package_versions(["limelight"]).get("limelight", "unknown"),
             "model": {"format": model_format, "runtime": runtime.to_dict()}}

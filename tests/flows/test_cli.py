@@ -226,8 +226,9 @@ def test_exit_codes_of_a_finished_run():
         (["--deadline", "2020-01-01T09:00+01:00"], "--deadline '2020-01-01T09:00+01:00': already passed"),
         (["--deadline", "2030-01-01T09:00"], "give the time zone"),
         (["--best-effort"], "--best-effort: only with --deadline"),
+        (["--baseline", "/nonexistent/manifest.json"], "--baseline /nonexistent/manifest.json: not found"),
     ],
-    ids=["unwritable-out", "past-deadline", "naive-deadline", "best-effort-alone"],
+    ids=["unwritable-out", "past-deadline", "naive-deadline", "best-effort-alone", "missing-baseline"],
 )
 def test_run_refuses_bad_options_before_any_work(small_demo, tmp_path, args, expected):
     out = ["--out", str(tmp_path / "out")] if "--out" not in args else []

@@ -244,12 +244,37 @@ def test_render_batches_go_to_render_workers_and_shards_to_device_workers(prefec
 
 
 @pytest.mark.skipif(not renderer_available(), reason="the report step is not installed yet")
-def test_a_cluster_without_render_workers_renders_on_its_device_workers(prefect_api, small_demo, tmp_path):
+def test_a_cluster_without_render_workers_renders_on_its_device_workers(prefect_api, small_demo, full_run,
+                                                                        tmp_path):
+    """Also the next night: a run of the same config beside ``full_run`` (under the same output root) compares
+    itself with it (its drift in the manifest and the summary, which rerender reproduces); ``full_run`` had none."""
     from distributed import LocalCluster
+    from render_support import flat, pdf_text
 
+    from tasks.report.rerender import rerender
+    from tasks.run.drift import run_profile
+
+    out, first = full_run
+    night = out.parent / "night-2"
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       resources={"DEVICE": 1}, env={"CUDA_VISIBLE_DEVICES": ""}) as cluster:
-        summary = limelight_flow(config_path=str(small_demo), out=str(tmp_path / "out"),
+        summary = limelight_flow(config_path=str(small_demo), out=str(night),
                                  cluster=cluster.scheduler_address, limit=5)
     assert summary["counts"]["reports_made"] == 5 and summary["render_workers"] == 0
     assert any("no worker offers RENDER" in w for w in summary["warnings"])
+
+    earlier = json.loads((out / "manifest.json").read_text())
+    assert "drift" not in earlier and earlier["drift_profile"] == run_profile(out / "explanations.parquet")
+    manifest = json.loads((night / "manifest.json").read_text())
+    drift = manifest["drift"]
+    assert drift["baseline"]["run_id"] == first["run_id"] and drift["baseline"]["found"] == "previous run"
+    frame = pd.read_parquet(night / "explanations.parquet")
+    declines = frame.loc[frame["role"].isin(["reason", "favourable"]), "customer_id"].nunique()
+    assert (drift["decisions"], drift["declines"], drift["baseline_decisions"]) == (5, declines, TEST_DECISIONS)
+    named = frame[frame["role"] == "reason"].groupby("feature")["customer_id"].nunique()
+    assert manifest["drift_profile"]["reasons"] == {f: int(n) for f, n in named.items()}
+    assert drift["warnings"] == [] and not drift["judged"]["decisions"]  # 5 < [drift] min_decisions: no warning
+    text = flat(pdf_text(night / "summary.pdf"))
+    assert f"Compared with the previous run Baseline: run {first['run_id']}" in text
+    assert "Fewer than 100 decisions" in text and "Compared with" not in flat(pdf_text(out / "summary.pdf"))
+    assert rerender(night / "manifest.json", tmp_path / "again").summary  # byte for byte, drift section included

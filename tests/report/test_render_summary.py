@@ -64,6 +64,34 @@ def test_chinese_summary_and_empty_review(tmp_path: Path) -> None:
     assert "解释运行汇总" in text and "没有需要复核的决定" in text and "各理由出现的频率" in text
 
 
+def test_drift_section_only_with_a_comparison(tmp_path: Path) -> None:
+    """A run compared with a baseline gets the drift section (zh-CN here) and ``drift`` in the attachment; a run
+    without one neither."""
+    from tasks.inputs.drift_config import DriftConfig
+    from tasks.run.drift import baseline_record, compare, run_profile
+
+    config = demo_config("zh-CN")
+    run = demo_run(config)
+    rows, _ = synthetic_inputs(30, config, seed=6, review_share=0.0)
+    rows["role"] = "reason"
+    rows.to_parquet(tmp_path / "base.parquet")
+    shifted = rows.assign(feature=rows["feature"].where(rows["rank"] != 1, "credit_utilization"))
+    shifted.to_parquet(tmp_path / "now.parquet")
+    drift = {"baseline": baseline_record({"run_id": "night-1", "trigger": {"run_date": "2026-11-20"}},
+                                         tmp_path / "manifest.json", "previous run"),
+             **compare(run_profile(tmp_path / "base.parquet"), run_profile(tmp_path / "now.parquet"),
+                       DriftConfig(min_decisions=10))}
+    counts = {"decisions_in": 30, "reports_made": 30, "needs_review": 0, "failed": 0}
+    plain = render_run_summary(rows, counts, [], config, run, tmp_path / "plain.pdf")
+    assert "与上一次运行的比较" not in pdf_text(plain)
+    assert "drift" not in json.loads(embedded_files(plain)["run-summary.json"])
+    path = render_run_summary(rows, counts, [], config, run, tmp_path / "drift.pdf", drift=drift)
+    text = "".join(pdf_text(path).split())
+    assert "与上一次运行的比较" in text and "基准：运行night-1（2026-11-20当晚）" in text
+    assert "信用额度使用率" in text and "需处理" in text  # the shifted feature by its label, marked "act"
+    assert json.loads(embedded_files(path)["run-summary.json"])["drift"] == drift
+
+
 def test_summary_needs_the_count_keys(tmp_path: Path) -> None:
     config = demo_config("en")
     rows, _ = synthetic_inputs(2, config)
