@@ -70,6 +70,10 @@ def check_shared_folder(address: str, folder: Path, created: list[Path], timeout
     except DeviceError:
         cleanup(probe, created)
         raise
+    except ImportError as error:  # pickled by reference: the workers import limelight's flows package
+        cleanup(probe, created)
+        raise DeviceError(f"--cluster {address}: a worker cannot import limelight ({error}); install the project "
+                          "on every worker") from None
     except (OSError, TimeoutError) as error:
         cleanup(probe, created)
         raise DeviceError(f"--cluster {address}: cannot check that the workers share {folder} ({error})") from None
