@@ -64,6 +64,7 @@ from flows.prefect_tasks import (
     validate_inputs,
 )
 from flows.runtime import scheduled_run_date
+from flows.shared_disk import check_shared_folder
 from flows.work import ALLOWED_FAILURES, ShardOutputs, explain_shards
 from tasks.errors import LimelightError
 from tasks.explain.worker import Failure
@@ -223,6 +224,8 @@ def plan(request: Request, checked: Validated) -> Planned | dict[str, Any]:
     )
     out_path = Path(out.replace("{run_id}", run.run_id)).expanduser().resolve()
     folder, created = prepare_out(out_path, mode)
+    if devices.kind == "cluster":  # workers write into the staging folder: they must share it (flows/shared_disk.py)
+        check_shared_folder(devices.address, folder, created)  # type: ignore[arg-type]
     staging = found.staging or mf.staging_dir(folder, run.run_id)
     if found.staging is None:
         staging.mkdir()
@@ -461,6 +464,7 @@ def summarize(checked: Validated, planned: Planned, explained: Explained, publis
         "decisions_per_second": round(explained_here / outputs.explain_seconds, 2) if outputs.explain_seconds
         else None,
         "workers": worker_table(results),
+        "rendered_by": outputs.rendered_by,
         "warnings": [*planned.warnings, *report_drift(drift, run.run_id)],
         "estimate": outputs.estimate,
         "stopped_at_deadline": outputs.stopped_at_deadline,

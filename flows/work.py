@@ -66,6 +66,7 @@ class ShardOutputs:
     unrendered: list[str] = field(default_factory=list)  # explained, report not reached before the deadline
     reused_shards: int = 0
     reused_batches: int = 0
+    rendered_by: dict[str, int] = field(default_factory=dict)  # reports rendered here per worker (host:pid)
     estimate: str | None = None
     stopped_at_deadline: bool = False
     rates: dict[str, float | None] | None = None  # a deadline run: decisions/s estimated after calibration, achieved
@@ -183,6 +184,9 @@ class _Work:
             save_record(self.staging, f"render-{result.name}-{start}",
                         {"reports": batch["reports"], "failures": batch["failures"]})
         self.batches[(result.order, start)] = report_index.entries_table(batch["reports"])
+        if not reused and batch.get("worker"):
+            by = self.out.rendered_by
+            by[batch["worker"]] = by.get(batch["worker"], 0) + len(batch["reports"])
         self.out.render_failures += [tuple(f) for f in batch["failures"]]  # type: ignore[misc]
         self.ended(len(batch["reports"]) + len(batch["failures"]), reused)
 

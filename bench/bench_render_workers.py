@@ -1,0 +1,190 @@
+"""Render rate of a run on 1 and 2 render-only Dask workers, side by side (the explain work done once, before).
+
+    PYTHONPATH=. .venv/bin/python bench/bench_render_workers.py [--decisions 2000] [--workers 1,2] [--samples 300]
+
+A bank's cluster on loopback, every worker a process started as on another host: ``dask scheduler``, one device
+worker (``dask worker --nthreads 1 --resources DEVICE=1``) and N render-only workers (``dask worker --nthreads 1
+--resources RENDER=1``). The output folder is on the disk they all share (docs/operations.md).
+
+The explain work is done once: ``limelight run --cluster`` over a demo portfolio of ``--decisions`` decisions
+(plain LIME, ``--samples`` samples) is stopped with SIGKILL to its process group as soon as every shard's record
+is in its staging folder; its render records and PDFs are then deleted. Each measurement copies that output
+folder and resumes the run there (the flow, in this process, against one Prefect server) on a fresh cluster with
+N render workers: the shards come from their records, so what runs is the render stage: every customer report,
+then the summary and the publication. Printed per N: the reports, the flow's render span (from the shards taken
+from their records to the last report), reports/s over it, the whole resumed run's wall time, the reports each
+worker rendered, and the time relative to N=1 (target: 2 workers <= 0.55x on a 2-core machine). Other jobs on
+the machine slow both alike only when they last the whole script: the load average is printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def bench_config(n: int, folder: Path, samples: int, shard_size: int, layout: str = "flat") -> Path:
+    """The demo config over a demo portfolio of ``n`` decisions (cached in .cache/scale-N), plain LIME."""
+    from tasks.demo import build_demo
+    from tasks.io import dump_toml
+
+    artifacts = build_demo(REPO / ".cache" / f"scale-{n}", n_decisions=n)
+    raw = tomllib.loads((REPO / "config" / "demo.toml").read_text(encoding="utf-8"))
+    raw["data"].update({"decisions": str(artifacts.decisions), "reference": str(artifacts.reference)})
+    raw["model"]["path"] = str(artifacts.model)
+    raw["explain"].update({"num_samples": samples, "method": "lime", "stability_runs": 1, "adaptive": False})
+    raw["run"]["shard_size"] = shard_size
+    raw["report"]["layout"] = layout
+    target = folder / f"bench-{n}.toml"
+    target.write_text(dump_toml(raw), encoding="utf-8")
+    return target
+
+
+def _dask(*args: str) -> list[str]:
+    executable = Path(sys.executable).with_name("dask")
+    return [str(executable), *args] if executable.exists() else [sys.executable, "-m", "dask", *args]
+
+
+@contextmanager
+def dask_cluster(folder: Path, render_workers: int, port: int) -> Iterator[str]:
+    """``dask scheduler`` + one DEVICE worker + ``render_workers`` RENDER-only workers, as subprocesses."""
+    from distributed import Client
+
+    address = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    env.update({"CUDA_VISIBLE_DEVICES": "", "DASK_LOGGING__DISTRIBUTED": "warning", "PYTHONPATH": str(REPO),
+                "PREFECT_HOME": str(folder / "worker-home")})
+    workers = {"device-0": "DEVICE=1", **{f"render-{i}": "RENDER=1" for i in range(render_workers)}}
+    log = open(folder / f"cluster-{port}.log", "wb")  # noqa: SIM115
+    processes = [subprocess.Popen(_dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"),
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)]
+    try:
+        time.sleep(1.0)
+        for name, resource in workers.items():
+            processes.append(subprocess.Popen(
+                _dask("worker", address, "--nthreads", "1", "--resources", resource, "--name", name,
+                      "--no-dashboard", "--host", "127.0.0.1"),
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(len(workers), timeout=180)
+        yield address
+    finally:
+        for process in reversed(processes):  # only what this function started, by id
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        log.close()
+
+
+def run_until(command: list[str], stop: Callable[[], bool], log: Path, poll: float = 0.5) -> float:
+    """Start ``command`` in its own process group; SIGKILL the group once ``stop()`` holds (or it ends by itself).
+    Returns the seconds it ran."""
+    clock = time.perf_counter()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            while process.poll() is None:
+                if stop():
+                    os.killpg(process.pid, signal.SIGKILL)
+                    break
+                time.sleep(poll)
+        finally:
+            process.wait()
+    return time.perf_counter() - clock
+
+
+def records(out: Path, kind: str) -> list[Path]:
+    """The staging folder's records of ``kind`` (explain / render) under ``out``."""
+    return sorted(out.glob(f".limelight-staging-*/records/{kind}-*.json"))
+
+
+def prime(config: Path, out: Path, address: str, shards: int, folder: Path) -> float:
+    """Explain every shard through the CLI on the cluster, kill the run, drop what it rendered. Returns seconds."""
+    command = [sys.executable, "-m", "flows.cli", "run", str(config), "--out", str(out), "--cluster", address]
+    seconds = run_until(command, lambda: len(records(out, "explain")) >= shards, folder / "prime.log")
+    if len(records(out, "explain")) < shards:
+        raise SystemExit(f"the priming run ended before explaining {shards} shards: see {folder / 'prime.log'}")
+    for record in records(out, "render"):
+        record.unlink()
+    for staging in out.glob(".limelight-staging-*"):
+        shutil.rmtree(staging / "reports", ignore_errors=True)
+    return seconds
+
+
+def measure(config: Path, primed: Path, folder: Path, n: int, port: int) -> dict[str, object]:
+    """Resume a copy of the primed run on a fresh cluster with ``n`` render workers; the flow's own timings."""
+    from flows.pipeline import limelight_flow
+
+    out = folder / f"out-{n}"
+    shutil.copytree(primed, out, symlinks=True)
+    load = os.getloadavg()[0]
+    with dask_cluster(folder, n, port) as address:
+        clock = time.perf_counter()
+        summary = limelight_flow(config_path=str(config), out=str(out), cluster=address)
+        wall = time.perf_counter() - clock
+    resumed = summary["resumed"] or {}
+    made = summary["counts"]["reports_made"]
+    span = summary["seconds"]["explain"] + summary["seconds"]["render"]  # explain: shards taken from records
+    return {"render workers": n, "reports": made, "shards reused": resumed.get("shards"),
+            "render s": round(span, 1), "reports/s": round(made / span, 2), "resumed run s": round(wall, 1),
+            "per worker": " ".join(str(v) for v in sorted(summary["rendered_by"].values(), reverse=True)),
+            "load before": round(load, 1), "load after": round(os.getloadavg()[0], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=2000)
+    parser.add_argument("--workers", default="1,2", help="render-only worker counts, side by side")
+    parser.add_argument("--samples", type=int, default=300, help="LIME samples per decision (explain is not timed)")
+    parser.add_argument("--shard-size", type=int, default=250)
+    args = parser.parse_args()
+
+    from flows.server import apply_quiet_env, free_port
+
+    apply_quiet_env()
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "ERROR")
+    import pandas as pd
+
+    from flows.server import prefect_server
+
+    counts = [int(n) for n in args.workers.split(",") if n.strip()]
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.decisions} decisions, render-only "
+          f"workers {counts} beside one device worker", flush=True)
+    with tempfile.TemporaryDirectory(prefix="limelight-render-workers-") as tmp, prefect_server():
+        folder = Path(tmp)
+        config = bench_config(args.decisions, folder, args.samples, args.shard_size)
+        primed = folder / "primed"
+        with dask_cluster(folder, 1, free_port()) as address:
+            seconds = prime(config, primed, address, math.ceil(args.decisions / args.shard_size), folder)
+        print(f"explained once in {seconds:.0f} s (run killed, its reports dropped)", flush=True)
+        rows = [measure(config, primed, folder, n, free_port()) for n in counts]
+    frame = pd.DataFrame(rows).set_index("render workers")
+    print(frame.to_string())
+    base = rows[0]["render s"]
+    for row in rows[1:]:
+        print(f"{row['render workers']} render workers: {row['render s'] / base:.2f}x the render time of "  # type: ignore[operator]
+              f"{rows[0]['render workers']} (target <= 0.55x for 2 vs 1)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (other jobs on the machine inflate wall times)")
+
+
+if __name__ == "__main__":
+    main()
