@@ -173,7 +173,7 @@ def child(d: int, folder: Path, decisions: int, seeds: int, samples: int, budget
         "gap_median": float(np.median(np.abs(first.local_pred - first.model_pred))),
         "review": float(np.mean([bool(r) for r in gates])),
         "review_by_gate": dict(Counter(g for r in gates for g in r)),
-        "same_reasons": float(np.mean([a == b for a, b in zip(sets[0], sets[-1], strict=True)])),
+        "same_reasons": float(np.mean([a == b for a, b in zip(sets[0], sets[-1], strict=True)])) if seeds > 1 else None,
         "declines_with_favourable_reason": f"{bad}/{adverse}",
         "samples": float(np.mean(first.num_samples)), "indicators": engine.num_columns,
         "columns": engine.design_columns,
@@ -181,6 +181,39 @@ def child(d: int, folder: Path, decisions: int, seeds: int, samples: int, budget
         "rss_loaded_mb": loaded_rss, "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "budget_mb": budget,
     }
+
+
+def interleaved_timing(widths: list[int], folder: Path, decisions: int, rounds: int, samples: int, budget: int
+                       ) -> dict[int, float]:
+    """Seconds per decision of the default engine for each width, measured in ``rounds`` interleaved rounds of
+    ``decisions`` decisions each (d = 50, 150, 300, 50, 150, ...), one thread, in one process: a load that
+    changes during the run then falls on every width alike, and the ratios between widths hold."""
+    import torch
+
+    torch.set_num_threads(1)
+    from tasks.engine import fit_reference
+    from tasks.engine.perbin import PerBinLime
+    from tasks.inputs.config import ModelConfig
+    from tasks.inputs.model import load_model
+
+    engines, data = {}, {}
+    for d in widths:
+        features = [FeatureConfig(**f) for f in json.loads((folder / f"features-{d}.json").read_text())]
+        stats = fit_reference(np.load(folder / f"reference-{d}.npy"), features)
+        model = load_model(ModelConfig(path=folder / f"bureau-{d}.ubj", classes=["good", "bad"], explain="bad"), d)
+        engines[d] = PerBinLime(stats=stats, model=model, explain_index=1, num_samples=samples, stability_runs=2,
+                                adaptive=True, adverse_threshold=0.3, memory_budget_mb=budget)
+        data[d] = np.load(folder / f"decisions-{d}.npy")
+        engines[d].explain(data[d][-2:], ["warm-a", "warm-b"])
+    spent = dict.fromkeys(widths, 0.0)
+    for r in range(rounds):
+        rows = slice(r * decisions, (r + 1) * decisions)
+        for d in widths:
+            x = data[d][rows]
+            start = time.perf_counter()
+            engines[d].explain(x, [f"T-{r}-{i}" for i in range(len(x))])
+            spent[d] += time.perf_counter() - start
+    return {d: spent[d] / (rounds * decisions) for d in widths}
 
 
 def main() -> None:
@@ -191,9 +224,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--rows", type=int, default=20000, help="portfolio size (70%% reference, 30%% decisions)")
     parser.add_argument("--budget", type=int, default=1024, help="memory_budget_mb (the CPU default: 1024)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="then time every width in this many interleaved rounds of 10 decisions, in one process")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.timing:
+        print(json.dumps(interleaved_timing(args.widths, args.folder, 10, args.rounds, args.samples, args.budget)))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.folder, args.decisions, args.seeds, args.samples, args.budget)))
         return
@@ -212,13 +251,23 @@ def main() -> None:
             times = ", ".join(f"{s:.2f}" for s in r["s_per_decision"])
             print(f"  time per decision {times} s (plain engine {r['plain_s_per_decision']:.3f} s) | fidelity >= 0.5 "
                   f"{r['fidelity_ge_05']:.1%}, median {r['fidelity_median']:.3f} | gap median {r['gap_median']:.3f} | "
-                  f"review {r['review']:.1%} {r['review_by_gate']} | same reasons 2 seeds {r['same_reasons']:.1%} | "
+                  f"review {r['review']:.1%} {r['review_by_gate']} | same reasons 2 seeds "
+                  f"{'-' if r['same_reasons'] is None else format(r['same_reasons'], '.1%')} | "
                   f"declines with a "
                   f"favourable reason {r['declines_with_favourable_reason']}")
             print(f"  samples {r['samples']:,.0f} | indicators {r['indicators']}, columns per decision {r['columns']}, "
                   f"features with per-value columns {r['expanded_features'] or 'all'} | RSS loaded "
                   f"{r['rss_loaded_mb']:.0f} MB, peak {r['rss_peak_mb']:.0f} MB, budget {r['budget_mb']} MB",
                   flush=True)
+        if args.rounds:
+            out = subprocess.run([sys.executable, __file__, "--timing", "--folder", str(folder), "--rounds",
+                                  str(args.rounds), "--samples", str(args.samples), "--budget", str(args.budget),
+                                  "--widths", *map(str, args.widths)], check=True, stdout=subprocess.PIPE, text=True)
+            timing = {int(d): t for d, t in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+            first = args.widths[0]
+            print(f"interleaved, {args.rounds} rounds of 10 decisions: " + ", ".join(
+                f"d = {d}: {t:.2f} s per decision ({t / timing[first]:.2f}x d = {first}, d {d / first:.0f}x)"
+                for d, t in timing.items()))
 
 
 if __name__ == "__main__":
