@@ -28,30 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def bench_config(n: int, folder: Path, samples: int, shard_size: int, layout: str = "flat") -> Path:
-    """The demo config over a demo portfolio of ``n`` decisions (cached in .cache/scale-N), plain LIME."""
-    from tasks.demo import build_demo
-    from tasks.io import dump_toml
-
-    artifacts = build_demo(REPO / ".cache" / f"scale-{n}", n_decisions=n)
-    raw = tomllib.loads((REPO / "config" / "demo.toml").read_text(encoding="utf-8"))
-    raw["data"].update({"decisions": str(artifacts.decisions), "reference": str(artifacts.reference)})
-    raw["model"]["path"] = str(artifacts.model)
-    raw["explain"].update({"num_samples": samples, "method": "lime", "stability_runs": 1, "adaptive": False})
-    raw["run"]["shard_size"] = shard_size
-    raw["report"]["layout"] = layout
-    target = folder / f"bench-{n}.toml"
-    target.write_text(dump_toml(raw), encoding="utf-8")
-    return target
+from bench_scale import scale_config  # noqa: E402
 
 
 def _dask(*args: str) -> list[str]:
@@ -171,7 +156,7 @@ def main() -> None:
           f"workers {counts} beside one device worker", flush=True)
     with tempfile.TemporaryDirectory(prefix="limelight-render-workers-") as tmp, prefect_server():
         folder = Path(tmp)
-        config = bench_config(args.decisions, folder, args.samples, args.shard_size)
+        config = scale_config(args.decisions, folder, args.samples, args.shard_size, layout="flat")
         primed = folder / "primed"
         with dask_cluster(folder, 1, free_port()) as address:
             seconds = prime(config, primed, address, math.ceil(args.decisions / args.shard_size), folder)

@@ -28,8 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def scale_config(n: int, folder: Path, samples: int, shard_size: int) -> Path:
-    """The demo config over a portfolio of ``n`` decisions, plain engine, absolute paths."""
+def scale_config(n: int, folder: Path, samples: int, shard_size: int, layout: str | None = None) -> Path:
+    """The demo config over a portfolio of ``n`` decisions, plain engine, absolute paths; ``layout``: the reports'
+    folder layout (default: the config's)."""
     from tasks.demo import build_demo
     from tasks.io import dump_toml
 
@@ -39,6 +40,8 @@ def scale_config(n: int, folder: Path, samples: int, shard_size: int) -> Path:
     raw["model"]["path"] = str(artifacts.model)
     raw["explain"].update({"num_samples": samples, "method": "lime", "stability_runs": 1, "adaptive": False})
     raw["run"]["shard_size"] = shard_size
+    if layout is not None:
+        raw["report"]["layout"] = layout
     target = folder / f"scale-{n}.toml"
     target.write_text(dump_toml(raw), encoding="utf-8")
     return target
