@@ -63,7 +63,7 @@ from flows.prefect_tasks import (
     validate_inputs,
 )
 from flows.runtime import scheduled_run_date
-from flows.work import ALLOWED_FAILURES, ShardOutputs, explain_shards
+from flows.work import ALLOWED_FAILURES, ShardOutputs, explain_shards, hand_over
 from tasks.errors import LimelightError
 from tasks.explain.worker import Failure
 from tasks.inputs.config import Config
@@ -274,8 +274,8 @@ def explain(request: Request, checked: Validated, planned: Planned) -> Explained
     runner = task_runner(devices, config.run.torch_threads)
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
         outputs = explain_shards.with_options(task_runner=runner)(
-            config, selection.shards, planned.run, str(planned.staging), checked.render, max(devices.workers, 1),
-            checked.deadline, request.best_effort,
+            config, hand_over(selection.shards), planned.run, str(planned.staging), checked.render,
+            max(devices.workers, 1), checked.deadline, request.best_effort,
             render_resource=devices.kind != "cluster" or devices.render_workers > 0,
             render_batch=selection.sizes.render_batch, render_workers=devices.render_workers,
             devices_render=devices.kind != "cluster")

@@ -12,8 +12,10 @@ returns :class:`ShardOutputs` to the flow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,6 +76,20 @@ class ShardOutputs:
     render_seconds: float = 0.0  # from then to the last report rendered
 
 
+#: The shards of a run, handed from the flow to its explain subflow in this process (:func:`hand_over`). As a
+#: subflow parameter the list would be serialised into every task's Prefect context (the flow run's parameters,
+#: twice: as objects and as the API's JSON), which the Dask scheduler in this process deserialises and holds
+#: while the task is in flight: O(shards) per task, O(N) per window of tasks in flight.
+_PLANS: dict[str, list[Shard]] = {}
+
+
+def hand_over(shards: list[Shard]) -> str:
+    """Keep ``shards`` for :func:`explain_shards` (its ``plan`` parameter), which takes them back once."""
+    key = uuid.uuid4().hex
+    _PLANS[key] = shards
+    return key
+
+
 def _wait_any(futures: Sequence[Any], timeout: float) -> list[Any]:
     """The futures that are done, waiting up to ``timeout`` seconds for the first one (polling: cheap, and
     independent of which Dask client made them)."""
@@ -109,7 +125,8 @@ class _Work:
         self.finished = 0  # decisions at their end (reported or failed), all
         self.finished_here = 0  # ... of them by this process (not taken from records)
         self.reused_decisions = 0
-        self.pacer = Pacer(workers, render_workers, devices_render or not render_resource, render_batch, render)
+        self.pacer = Pacer(workers, render_workers, devices_render or not render_resource, render_batch, render,
+                           keep=deadline is not None)  # without a deadline the times are only logged
         self.held_back = False  # a deadline run stopped explaining to render what is explained
         self.clock = time.perf_counter()
         self.explain_done_at: float | None = None
@@ -172,8 +189,9 @@ class _Work:
         # One RENDER each: the render pool (and device workers with a free thread) takes a batch as soon as
         # its shard is explained. Without RENDER workers (a cluster that offers none): any worker.
         resources = {RENDER_RESOURCE: 1} if self.render_resource else {}
+        slim = dataclasses.replace(result, ids=(), review_ids=(), failures=())  # the task reads its part files
         with dask.annotate(resources=resources):
-            future = render_task.submit(self.config, self.run, result, reports_dir, start, stop)
+            future = render_task.submit(self.config, self.run, slim, reports_dir, start, stop)
         self.rendering[future] = (result, start, stop)
         self.pacer.submit(future)
 
@@ -357,11 +375,12 @@ class _Work:
 
 @flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
 def explain_shards(
-    config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int,
+    config: Config, plan: str, run: RunInfo, staging: str, render: bool, workers: int,
     deadline: datetime | None, best_effort: bool, render_resource: bool, render_batch: int,
     render_workers: int = 0, devices_render: bool = True,
 ) -> ShardOutputs:
-    """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
+    """Explain the shards (``plan``: :func:`hand_over`'s key) on the workers (one DEVICE each, in order), and
+    render each shard's reports.
 
     At most two shards per worker are in flight, so the selection's order (an ids file's urgency) is
     kept and a deadline stops with little work lost. A shard whose task fails (its worker died twice)
@@ -369,6 +388,7 @@ def explain_shards(
     """
     logger = get_run_logger()
     clock = time.perf_counter()
+    shards = _PLANS.pop(plan)
     cut = None if deadline is None else deadline.timestamp() - PUBLISH_MARGIN_S
     if cut is not None and time.time() >= cut:  # no time left to start workers and load the model
         logger.warning("deadline: the cut passed before the workers started; publishing that nothing was reached")
