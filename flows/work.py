@@ -50,6 +50,10 @@ ALLOWED_FAILURES = 1
 #: A deadline run renders in batches of at most this many reports (within the run's bound on batches), so
 #: reports follow explanations closely, the render rate is timed early and a batch cut at the deadline loses little.
 DEADLINE_RENDER_BATCH = 8
+#: Render batches in flight at most (per worker, at least RENDER_WINDOW in all): while more wait for a worker,
+#: no shard is started, so a run whose rendering is slower than its explaining does not hold a spec per batch of
+#: the whole run in the Dask scheduler (in the flow process). Idle device workers render meanwhile.
+RENDER_WINDOW = 256
 #: Render batches carry no poison of their own (the shard was explained); one that shared a worker with a
 #: task that killed it twice gets KilledWorker and is submitted again, up to this many attempts in all.
 RENDER_ATTEMPTS = 3
@@ -115,6 +119,7 @@ class _Work:
             render_batch = min(render_batch, max(DEADLINE_RENDER_BATCH, math.ceil(self.total / MAX_RENDER_BATCHES)))
         self.render_resource, self.render_batch = render_resource, render_batch
         self.window = max(2, 2 * workers)
+        self.render_window = max(RENDER_WINDOW, 4 * (workers + render_workers))
         self.workers = workers
         self.deadline, self.best_effort = deadline, best_effort
         self.explaining: dict[Any, Shard] = {}
@@ -136,7 +141,8 @@ class _Work:
 
     # -- explain --
     def fill(self) -> None:
-        while self.queue and len(self.explaining) < min(self.window, self.shards_allowed()):
+        while (self.queue and len(self.explaining) < min(self.window, self.shards_allowed())
+               and len(self.rendering) < self.render_window):  # (the deadline's reserve first, as before)
             shard = self.queue.popleft()
             record = load_record(self.staging, f"explain-{shard.name}")
             if record is not None:
