@@ -94,6 +94,14 @@ def hand_over(shards: list[Shard]) -> str:
     return key
 
 
+def _release(future: Any) -> None:
+    """Let the Dask scheduler forget a task whose result the flow holds now. Left to garbage collection, a future
+    in a reference cycle lives until a full collection, and meanwhile the scheduler (in the flow process with a
+    local cluster) keeps the task's deserialised spec: the Config, the RunInfo and Prefect's context, per task."""
+    with contextlib.suppress(Exception):
+        future.wrapped_future.release()
+
+
 def _wait_any(futures: Sequence[Any], timeout: float) -> list[Any]:
     """The futures that are done, waiting up to ``timeout`` seconds for the first one (polling: cheap, and
     independent of which Dask client made them)."""
@@ -357,6 +365,12 @@ class _Work:
                 f"{calibration.achieved:.2f} achieved since")
 
     def handle(self, future: Any, now: float) -> None:
+        try:
+            self._handle(future, now)
+        finally:
+            _release(future)
+
+    def _handle(self, future: Any, now: float) -> None:
         if future in self.explaining:
             shard = self.explaining.pop(future)
             try:
@@ -405,7 +419,9 @@ def explain_shards(
     cluster_seconds = time.perf_counter() - clock
     if shards and (cut is None or time.time() < cut):  # a model that does not load stops the run here
         with dask.annotate(resources={RESOURCE: 1}):
-            logger.info("model ready: %s", prepare_task.submit(config, run).result())
+            ready = prepare_task.submit(config, run)
+        logger.info("model ready: %s", ready.result())
+        _release(ready)
     work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource,
                  render_batch, render_workers, devices_render)
     work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
