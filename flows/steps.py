@@ -63,7 +63,7 @@ from flows.prefect_tasks import (
     validate_inputs,
 )
 from flows.runtime import scheduled_run_date
-from flows.work import ALLOWED_FAILURES, ShardOutputs, explain_shards, hand_over
+from flows.work import ALLOWED_FAILURES, DASK_LOG_LENGTH, ShardOutputs, explain_shards, hand_over
 from tasks.errors import LimelightError
 from tasks.explain.worker import Failure
 from tasks.inputs.config import Config
@@ -272,7 +272,8 @@ def explain(request: Request, checked: Validated, planned: Planned) -> Explained
     account for every decision, write ``failures.parquet`` and merge the explanations, staged."""
     config, devices, selection = checked.config, planned.devices, planned.selection
     runner = task_runner(devices, config.run.torch_threads)
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                          "distributed.admin.low-level-log-length": DASK_LOG_LENGTH}):
         outputs = explain_shards.with_options(task_runner=runner)(
             config, hand_over(selection.shards), planned.run, str(planned.staging), checked.render,
             max(devices.workers, 1), checked.deadline, request.best_effort,

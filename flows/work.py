@@ -47,6 +47,11 @@ from tasks.run.state import load_record, save_record
 
 #: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
 ALLOWED_FAILURES = 1
+#: Dask's logs for developers (``distributed.admin.low-level-log-length``, 1,000 by default): each batched
+#: stream keeps its last messages, and the local scheduler's stream to a worker holds every ``compute-task``
+#: with its task's deserialised spec (the Config, the RunInfo, Prefect's context): up to 1,000 specs in the flow
+#: process, so its memory grew with the shards explained until then. Kept short.
+DASK_LOG_LENGTH = 32
 #: A deadline run renders in batches of at most this many reports (within the run's bound on batches), so
 #: reports follow explanations closely, the render rate is timed early and a batch cut at the deadline loses little.
 DEADLINE_RENDER_BATCH = 8
