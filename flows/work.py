@@ -49,8 +49,8 @@ from tasks.run.state import load_record, save_record
 ALLOWED_FAILURES = 1
 #: Dask's logs for developers (``distributed.admin.low-level-log-length``, 1,000 by default): each batched
 #: stream keeps its last messages, and the local scheduler's stream to a worker holds every ``compute-task``
-#: with its task's deserialised spec (the Config, the RunInfo, Prefect's context): up to 1,000 specs in the flow
-#: process, so its memory grew with the shards explained until then. Kept short.
+#: with its task's deserialised spec (the Config, the RunInfo, Prefect's context), so the flow process held specs
+#: of tasks long done. Kept short (docs/performance.md: part of the growth; another holder remains).
 DASK_LOG_LENGTH = 32
 #: A deadline run renders in batches of at most this many reports (within the run's bound on batches), so
 #: reports follow explanations closely, the render rate is timed early and a batch cut at the deadline loses little.
