@@ -221,7 +221,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         raise _fail(f"run {summary['run_id']}: decisions unaccounted for ({accounting.get('problem')})", EXIT_CRASH)
     if counts.get("failed") or counts.get("not_reached"):  # a result, not an error: published, exit 3
         where = summary["outputs"].get("failures.parquet", "the failures table")
-        cut = " before the deadline (manifest.json: not_reached_ids)" if summary.get("stopped_at_deadline") else ""
+        unreached = summary["outputs"].get("not-reached.parquet", "not-reached.parquet")
+        cut = f" before the deadline (see {unreached})" if summary.get("stopped_at_deadline") else ""
         console.print(f"[yellow]run {escape(summary['run_id'])}: {counts['reported']} of {counts['decisions_in']} "
                       f"decisions reported; {counts['failed']} failed (see {escape(where)}), "
                       f"{counts['not_reached']} not reached{escape(cut)}[/]", soft_wrap=True, highlight=False)

@@ -2,7 +2,8 @@
 
 - the output folder: :func:`probe_writable` (before any work), :func:`prepare_out` (the folder that receives
   the staging folder), :func:`keep_only_reports` (only finished reports are published), :func:`cleanup`;
-- ``failures.parquet`` (:func:`failures_table`) and the manifest's audit trail (:func:`audit_trail`);
+- ``failures.parquet`` (:func:`failures_table`), ``not-reached.parquet`` (:func:`not_reached_table`) and the
+  manifest's audit trail (:func:`audit_trail`);
 - the Prefect artifacts' content (:func:`run_markdown`, :func:`worker_table`);
 - the summary of a run the output folder already holds, complete (:func:`already_complete`).
 
@@ -147,6 +148,11 @@ def failures_table(failures: Sequence[Failure], id_column: str, selected_ids: pa
     })
 
 
+def not_reached_table(ids: Sequence[str], id_column: str) -> pa.Table:
+    """``not-reached.parquet``: one row per decision a deadline left unreached (already in selection order)."""
+    return pa.table({id_column: pa.array(ids, pa.string())})
+
+
 def already_complete(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     """The summary of a run this output folder already holds, complete, for the same inputs."""
     counts = manifest.get("counts", {})
@@ -176,7 +182,7 @@ def keep_only_reports(staging: Path, files: set[str]) -> None:
 
 
 def audit_trail(*, identity: str, trigger: str, started_by: str | None, run_date: str | None, started: datetime,
-           accounting: dict[str, Any], failures: Sequence[Failure], not_reached: Sequence[str],
+           accounting: dict[str, Any], failures: Sequence[Failure], not_reached: int,
            deadline: datetime | None, best_effort: bool, outputs: ShardOutputs, resumed: bool) -> dict[str, Any]:
     """The manifest's audit trail: who or what started the run, its identity, what ended how."""
     return {
@@ -186,7 +192,7 @@ def audit_trail(*, identity: str, trigger: str, started_by: str | None, run_date
         "accounting": accounting,
         "failures": {"file": mf.FAILURES, "count": len(failures),
                      "by_stage": dict(sorted(Counter(f[1] for f in failures).items()))},
-        "not_reached_ids": list(not_reached),
+        "not_reached": {"file": mf.NOT_REACHED, "count": not_reached},  # the ids: in the file (manifest 3)
         "deadline": None if deadline is None else {
             "deadline": deadline.isoformat(), "best_effort": best_effort, "estimate": outputs.estimate,
             "stopped_at_deadline": outputs.stopped_at_deadline, "rates": outputs.rates,

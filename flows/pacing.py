@@ -53,9 +53,10 @@ class Pacer:
     """Task times per worker, the stages' rates, the calibration."""
 
     def __init__(self, device_workers: int, render_workers: int, devices_render: bool, batch: int,
-                 render: bool) -> None:
+                 render: bool, keep: bool = True) -> None:
         self.device_workers, self.render_workers = device_workers, render_workers
         self.devices_render, self.batch, self.render = devices_render, batch, render
+        self.keep = keep  # keep the task times (a deadline run's rates); else they are only logged
         self.submitted: dict[Any, float] = {}
         self.worker_free: dict[str, float] = {}
         self.explain: list[TaskTime] = []
@@ -83,8 +84,10 @@ class Pacer:
 
     def explained(self, future: Any, worker: str, decisions: int, done: float) -> None:
         held = self._held(future, worker, done)
-        self.explain.append(TaskTime(worker, decisions, held, start=done - held))
-        log.info("explained %s", self.explain[-1])
+        task = TaskTime(worker, decisions, held, start=done - held)
+        if self.keep:
+            self.explain.append(task)
+        log.info("explained %s", task)
 
     def rendered(self, future: Any, batch: dict[str, Any], done: float) -> None:
         """A render batch's time, less the warm-up its worker timed apart (``warmup_s`` for ``warmup_items``)."""
@@ -92,9 +95,11 @@ class Pacer:
         held = self._held(future, worker, done)
         items = len(batch["reports"]) + len(batch["failures"]) - int(batch.get("warmup_items", 0))
         warmup = float(batch.get("warmup_s", 0.0))
-        self.rendering.append(TaskTime(worker, items, max(held - warmup, 0.0), warmed=bool(batch.get("warm", False)),
-                                       start=done - held + warmup))
-        log.info("rendered %s (warm-up %.2f s)", self.rendering[-1], float(batch.get("warmup_s", 0.0)))
+        task = TaskTime(worker, items, max(held - warmup, 0.0), warmed=bool(batch.get("warm", False)),
+                        start=done - held + warmup)
+        if self.keep:
+            self.rendering.append(task)
+        log.info("rendered %s (warm-up %.2f s)", task, float(batch.get("warmup_s", 0.0)))
 
     def explain_calibrated(self, explaining_left: bool) -> bool:
         """Every device worker is past its warm-up (has explained a shard) and a shard started since then, so the

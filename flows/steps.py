@@ -47,6 +47,7 @@ from flows.output import (
     failures_table,
     in_order,
     keep_only_reports,
+    not_reached_table,
     prepare_out,
     probe_writable,
     run_markdown,
@@ -65,7 +66,7 @@ from flows.prefect_tasks import (
 )
 from flows.runtime import scheduled_run_date
 from flows.shared_disk import check_shared_folder
-from flows.work import ALLOWED_FAILURES, ShardOutputs, explain_shards
+from flows.work import ALLOWED_FAILURES, DASK_LOG_LENGTH, ShardOutputs, explain_shards, hand_over
 from tasks.errors import LimelightError
 from tasks.explain.worker import Failure
 from tasks.inputs.config import Config
@@ -268,6 +269,7 @@ class Explained:
     review_ids: list[str]
     explanations: Path  # merged, in the staging folder
     failures_file: Path  # failures.parquet, in the staging folder
+    not_reached_file: Path  # not-reached.parquet, in the staging folder
     rows: int  # explanation rows
     counts: dict[str, int]  # the run summary's count keys (tasks/report/summary.py) and the execution's
 
@@ -277,10 +279,11 @@ def explain(request: Request, checked: Validated, planned: Planned) -> Explained
     account for every decision, write ``failures.parquet`` and merge the explanations, staged."""
     config, devices, selection = checked.config, planned.devices, planned.selection
     runner = task_runner(devices, config.run.torch_threads)
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                          "distributed.admin.low-level-log-length": DASK_LOG_LENGTH}):
         outputs = explain_shards.with_options(task_runner=runner)(
-            config, selection.shards, planned.run, str(planned.staging), checked.render, max(devices.workers, 1),
-            checked.deadline, request.best_effort,
+            config, hand_over(selection.shards), planned.run, str(planned.staging), checked.render,
+            max(devices.workers, 1), checked.deadline, request.best_effort,
             render_resource=devices.kind != "cluster" or devices.render_workers > 0,
             render_batch=selection.sizes.render_batch, render_workers=devices.render_workers,
             devices_render=devices.kind != "cluster")
@@ -313,6 +316,8 @@ def _account(checked: Validated, planned: Planned, outputs: ShardOutputs) -> Exp
     rows = merge_task(results, str(merged), config.data.id_column, planned.run, exclude)
     failed_path = planned.staging / mf.FAILURES
     write_table_atomic(failures_table(failures, config.data.id_column, selected_ids), failed_path)
+    unreached_path = planned.staging / mf.NOT_REACHED
+    write_table_atomic(not_reached_table(not_reached, config.data.id_column), unreached_path)
     counts = {
         "decisions_in": len(selection.selected),
         "reported": accounting["reported"],
@@ -324,7 +329,8 @@ def _account(checked: Validated, planned: Planned, outputs: ShardOutputs) -> Exp
         "workers": planned.devices.workers,
     }
     return Explained(outputs=outputs, failures=failures, not_reached=not_reached, accounting=accounting,
-                     review_ids=review_ids, explanations=merged, failures_file=failed_path, rows=rows, counts=counts)
+                     review_ids=review_ids, explanations=merged, failures_file=failed_path,
+                     not_reached_file=unreached_path, rows=rows, counts=counts)
 
 
 def compare_with_baseline(request: Request, checked: Validated, planned: Planned, explained: Explained) -> Drift:
@@ -393,15 +399,19 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
     if request.mode == "explain":
         merged.replace(out)
         published = {mf.EXPLANATIONS: str(out)}
-        if failures:
-            target = out.with_name(f"{out.stem}.failures.parquet")
-            explained.failures_file.replace(target)
-            published[mf.FAILURES] = str(target)
+        for name, staged, count in ((mf.FAILURES, explained.failures_file, len(failures)),
+                                    (mf.NOT_REACHED, explained.not_reached_file, len(explained.not_reached))):
+            if count:  # beside the explanations file: OUT.failures.parquet, OUT.not-reached.parquet
+                target = out.with_name(f"{out.stem}.{name}")
+                staged.replace(target)
+                published[name] = str(target)
         cleanup(staging, [])
         return published
-    names = [mf.EXPLANATIONS, mf.FAILURES, *rendered.names]
+    names = [mf.EXPLANATIONS, mf.FAILURES, mf.NOT_REACHED, *rendered.names]
     described: dict[str, Any] = {mf.EXPLANATIONS: {**mf.describe_file(merged), "rows": explained.rows},
                                  mf.FAILURES: {**mf.describe_file(explained.failures_file), "rows": len(failures)},
+                                 mf.NOT_REACHED: {**mf.describe_file(explained.not_reached_file),
+                                                  "rows": len(explained.not_reached)},
                                  **rendered.outputs}
     ids_file, devices, sizes = request.ids_file, planned.devices, planned.selection.sizes
     execution = mf.Execution(
@@ -420,7 +430,7 @@ def publish(request: Request, checked: Validated, planned: Planned, explained: E
         review_source=mf.EXPLANATIONS, outputs=described, extra={**audit_trail(
             identity=planned.identity, trigger=request.trigger, started_by=request.started_by,
             run_date=checked.run_date, started=checked.started, accounting=explained.accounting, failures=failures,
-            not_reached=explained.not_reached, deadline=checked.deadline, best_effort=request.best_effort,
+            not_reached=len(explained.not_reached), deadline=checked.deadline, best_effort=request.best_effort,
             outputs=explained.outputs, resumed=planned.resumed,
         ), "quality": quality, **({"protected": rendered.protected} if rendered.protected else {}),
         "report_sources": _report_sources(config) if checked.render else None,

@@ -12,8 +12,10 @@ returns :class:`ShardOutputs` to the flow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,9 +47,18 @@ from tasks.run.state import load_record, save_record
 
 #: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
 ALLOWED_FAILURES = 1
+#: Dask's logs for developers (``distributed.admin.low-level-log-length``, 1,000 by default): each batched
+#: stream keeps its last messages, and the local scheduler's stream to a worker holds every ``compute-task``
+#: with its task's deserialised spec (the Config, the RunInfo, Prefect's context), so the flow process held specs
+#: of tasks long done. Kept short (docs/performance.md: part of the growth; another holder remains).
+DASK_LOG_LENGTH = 32
 #: A deadline run renders in batches of at most this many reports (within the run's bound on batches), so
 #: reports follow explanations closely, the render rate is timed early and a batch cut at the deadline loses little.
 DEADLINE_RENDER_BATCH = 8
+#: Render batches in flight at most (per worker, at least RENDER_WINDOW in all): while more wait for a worker,
+#: no shard is started, so a run whose rendering is slower than its explaining does not hold a spec per batch of
+#: the whole run in the Dask scheduler (in the flow process). Idle device workers render meanwhile.
+RENDER_WINDOW = 256
 #: Render batches carry no poison of their own (the shard was explained); one that shared a worker with a
 #: task that killed it twice gets KilledWorker and is submitted again, up to this many attempts in all.
 RENDER_ATTEMPTS = 3
@@ -75,6 +86,28 @@ class ShardOutputs:
     render_seconds: float = 0.0  # from then to the last report rendered
 
 
+#: The shards of a run, handed from the flow to its explain subflow in this process (:func:`hand_over`). As a
+#: subflow parameter the list would be serialised into every task's Prefect context (the flow run's parameters,
+#: twice: as objects and as the API's JSON), which the Dask scheduler in this process deserialises and holds
+#: while the task is in flight: O(shards) per task, O(N) per window of tasks in flight.
+_PLANS: dict[str, list[Shard]] = {}
+
+
+def hand_over(shards: list[Shard]) -> str:
+    """Keep ``shards`` for :func:`explain_shards` (its ``plan`` parameter), which takes them back once."""
+    key = uuid.uuid4().hex
+    _PLANS[key] = shards
+    return key
+
+
+def _release(future: Any) -> None:
+    """Let the Dask scheduler forget a task whose result the flow holds now. Left to garbage collection, a future
+    in a reference cycle lives until a full collection, and meanwhile the scheduler (in the flow process with a
+    local cluster) keeps the task's deserialised spec: the Config, the RunInfo and Prefect's context, per task."""
+    with contextlib.suppress(Exception):
+        future.wrapped_future.release()
+
+
 def _wait_any(futures: Sequence[Any], timeout: float) -> list[Any]:
     """The futures that are done, waiting up to ``timeout`` seconds for the first one (polling: cheap, and
     independent of which Dask client made them)."""
@@ -100,6 +133,7 @@ class _Work:
             render_batch = min(render_batch, max(DEADLINE_RENDER_BATCH, math.ceil(self.total / MAX_RENDER_BATCHES)))
         self.render_resource, self.render_batch = render_resource, render_batch
         self.window = max(2, 2 * workers)
+        self.render_window = max(RENDER_WINDOW, 4 * (workers + render_workers))
         self.workers = workers
         self.deadline, self.best_effort = deadline, best_effort
         self.explaining: dict[Any, Shard] = {}
@@ -110,7 +144,8 @@ class _Work:
         self.finished = 0  # decisions at their end (reported or failed), all
         self.finished_here = 0  # ... of them by this process (not taken from records)
         self.reused_decisions = 0
-        self.pacer = Pacer(workers, render_workers, devices_render or not render_resource, render_batch, render)
+        self.pacer = Pacer(workers, render_workers, devices_render or not render_resource, render_batch, render,
+                           keep=deadline is not None)  # without a deadline the times are only logged
         self.held_back = False  # a deadline run stopped explaining to render what is explained
         self.clock = time.perf_counter()
         self.explain_done_at: float | None = None
@@ -120,7 +155,8 @@ class _Work:
 
     # -- explain --
     def fill(self) -> None:
-        while self.queue and len(self.explaining) < min(self.window, self.shards_allowed()):
+        while (self.queue and len(self.explaining) < min(self.window, self.shards_allowed())
+               and len(self.rendering) < self.render_window):  # (the deadline's reserve first, as before)
             shard = self.queue.popleft()
             record = load_record(self.staging, f"explain-{shard.name}")
             if record is not None:
@@ -173,8 +209,9 @@ class _Work:
         # One RENDER each: the render pool (and device workers with a free thread) takes a batch as soon as
         # its shard is explained. Without RENDER workers (a cluster that offers none): any worker.
         resources = {RENDER_RESOURCE: 1} if self.render_resource else {}
+        slim = dataclasses.replace(result, ids=(), review_ids=(), failures=())  # the task reads its part files
         with dask.annotate(resources=resources):
-            future = render_task.submit(self.config, self.run, result, reports_dir, start, stop)
+            future = render_task.submit(self.config, self.run, slim, reports_dir, start, stop)
         self.rendering[future] = (result, start, stop)
         self.pacer.submit(future)
 
@@ -337,6 +374,12 @@ class _Work:
                 f"{calibration.achieved:.2f} achieved since")
 
     def handle(self, future: Any, now: float) -> None:
+        try:
+            self._handle(future, now)
+        finally:
+            _release(future)
+
+    def _handle(self, future: Any, now: float) -> None:
         if future in self.explaining:
             shard = self.explaining.pop(future)
             try:
@@ -361,11 +404,12 @@ class _Work:
 
 @flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
 def explain_shards(
-    config: Config, shards: list[Shard], run: RunInfo, staging: str, render: bool, workers: int,
+    config: Config, plan: str, run: RunInfo, staging: str, render: bool, workers: int,
     deadline: datetime | None, best_effort: bool, render_resource: bool, render_batch: int,
     render_workers: int = 0, devices_render: bool = True,
 ) -> ShardOutputs:
-    """Explain the shards on the workers (one DEVICE each, in order), and render each shard's reports.
+    """Explain the shards (``plan``: :func:`hand_over`'s key) on the workers (one DEVICE each, in order), and
+    render each shard's reports.
 
     At most two shards per worker are in flight, so the selection's order (an ids file's urgency) is
     kept and a deadline stops with little work lost. A shard whose task fails (its worker died twice)
@@ -373,6 +417,7 @@ def explain_shards(
     """
     logger = get_run_logger()
     clock = time.perf_counter()
+    shards = _PLANS.pop(plan)
     cut = None if deadline is None else deadline.timestamp() - PUBLISH_MARGIN_S
     if cut is not None and time.time() >= cut:  # no time left to start workers and load the model
         logger.warning("deadline: the cut passed before the workers started; publishing that nothing was reached")
@@ -383,7 +428,9 @@ def explain_shards(
     cluster_seconds = time.perf_counter() - clock
     if shards and (cut is None or time.time() < cut):  # a model that does not load stops the run here
         with dask.annotate(resources={RESOURCE: 1}):
-            logger.info("model ready: %s", prepare_task.submit(config, run).result())
+            ready = prepare_task.submit(config, run)
+        logger.info("model ready: %s", ready.result())
+        _release(ready)
     work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource,
                  render_batch, render_workers, devices_render)
     work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",

@@ -211,6 +211,9 @@ def rerender(manifest_path: str | Path, out: str | Path) -> Rerendered:
     rows = pd.read_parquet(explanations)
     id_column = config.data.id_column
     resolutions = _reviews(manifest, manifest_path.parent)
+    unreached = manifest["outputs"].get(mf.NOT_REACHED)  # manifest 3 on; before, the ids were inline
+    if isinstance(unreached, dict) and "sha256" in unreached:
+        check_sha256(manifest_path.parent / mf.NOT_REACHED, str(unreached["sha256"]), "not-reached list")
     if summary_layout(manifest) > 1:  # its summary lists the failures: checked before anything is rendered
         _failures(manifest, manifest_path.parent)
     people = applicants(config, set(rows[id_column].astype(str)), review.override_features(resolutions))

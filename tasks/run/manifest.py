@@ -23,12 +23,14 @@ from tasks.io import file_sha256, replace_dir, tree_sha256, write_json_atomic
 from tasks.run.info import RunInfo
 
 #: 2: the reports are listed in REPORT_INDEX (tasks/report/index.py), the review ids in the explanations.
-MANIFEST_VERSION = 2
+#: 3: the decisions not reached are listed in NOT_REACHED (before: inline, ``not_reached_ids``).
+MANIFEST_VERSION = 3
 EXPLANATIONS = "explanations.parquet"
 REPORTS = "reports"
 REPORT_INDEX = "reports.parquet"
 SUMMARY = "summary.pdf"
 FAILURES = "failures.parquet"
+NOT_REACHED = "not-reached.parquet"
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".limelight-staging-"
 
@@ -205,6 +207,21 @@ def accounting(selected: Sequence[str], reported: Sequence[str], failed: Sequenc
     if problem is None and counts["decisions_in"] != counts["reported"] + counts["failed"] + counts["not_reached"]:
         problem = "in != reported + failed + not_reached"
     return {**counts, "holds": problem is None, "problem": problem}
+
+
+def not_reached_ids(manifest: Mapping[str, Any], folder: Path) -> list[str]:
+    """The decisions a published run did not reach, in selection order: inline in manifests before version 3
+    (``not_reached_ids``), else the id column of :data:`NOT_REACHED` beside the manifest."""
+    if "not_reached_ids" in manifest:
+        return [str(i) for i in manifest["not_reached_ids"]]
+    import pyarrow.parquet as pq
+
+    id_column = str(manifest["inputs"]["id_column"])
+    path = Path(folder) / NOT_REACHED
+    try:
+        return [str(i) for i in pq.read_table(path, columns=[id_column]).column(id_column).to_pylist()]
+    except (OSError, ValueError) as error:  # missing, unreadable, or without the id column
+        raise InputError(f"{path}: cannot read column '{id_column}' ({error})") from None
 
 
 def staging_dir(out: Path, run_id: str) -> Path:

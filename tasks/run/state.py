@@ -32,6 +32,7 @@ from tasks.run.manifest import (
     EXPLANATIONS,
     FAILURES,
     MANIFEST,
+    NOT_REACHED,
     REPORT_INDEX,
     REPORTS,
     STAGING_PREFIX,
@@ -42,7 +43,7 @@ from tasks.run.manifest import (
 STATE = "state.json"
 RECORDS = "records"
 #: What a run publishes into its output folder (tasks/run/manifest.py names them too).
-PUBLISHED = (EXPLANATIONS, REPORTS, REPORT_INDEX, SUMMARY, FAILURES, MANIFEST)
+PUBLISHED = (EXPLANATIONS, REPORTS, REPORT_INDEX, SUMMARY, FAILURES, NOT_REACHED, MANIFEST)
 
 
 def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarray,

@@ -75,7 +75,7 @@ def test_outputs_follow_the_contract(full_run, small_demo):
     review = frame.loc[frame.needs_review, "customer_id"].drop_duplicates().tolist()
     assert manifest["review"] == {"min_fidelity": 0.3, "count": len(review), "source": "explanations.parquet"}
     assert review == summary["review_ids"]
-    assert manifest["manifest_version"] == 2
+    assert manifest["manifest_version"] == 3
     assert manifest["versions"]["torch"] and manifest["started_at"].endswith("Z")
     quality = manifest["quality"]
     assert quality["decisions"] == TEST_DECISIONS and quality["needs_review"] == len(review)

@@ -23,7 +23,9 @@ from tasks.demo import FEATURE_NAMES
 from tasks.inputs.config import load_config
 from tasks.inputs.data import read_rows
 from tasks.inputs.sources import SourceFile
+from tasks.io import file_sha256
 from tasks.run.deadline import DeadlineMissed
+from tasks.run.manifest import not_reached_ids
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parents[1]  # tests/, where faulty_model.py lives
@@ -93,7 +95,8 @@ def test_bad_rows_failing_decisions_and_killed_workers_are_all_accounted_for(pre
     assert len(list((out / "reports").glob("*.pdf"))) == 7
     assert manifest["failures"]["by_stage"] == {"explain": 3, "input": 1, "worker": 1}
     assert manifest["trigger"]["trigger"] == "test" and manifest["trigger"]["started_by"] == "pytest"
-    assert manifest["accounting"]["holds"] and manifest["not_reached_ids"] == []
+    assert manifest["accounting"]["holds"] and manifest["not_reached"] == {"file": "not-reached.parquet", "count": 0}
+    assert not_reached_ids(manifest, out) == [] and manifest["outputs"]["not-reached.parquet"]["rows"] == 0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
@@ -150,7 +153,11 @@ def test_at_the_deadline_a_best_effort_run_publishes_what_is_finished(prefect_ap
     first = pq.read_table(small_demo.parent / "decisions.parquet").column("customer_id").to_pylist()[:24]
     assert reported == [i for i in first if i in set(reported)]  # in order
     assert reported[:2] == first[:2]  # the most urgent first
-    assert manifest["not_reached_ids"] == [i for i in first if i not in set(reported)]
+    unreached = [i for i in first if i not in set(reported)]
+    assert not_reached_ids(manifest, out) == unreached and "not_reached_ids" not in manifest  # O(1) manifest
+    described = manifest["outputs"]["not-reached.parquet"]
+    assert described["rows"] == manifest["not_reached"]["count"] == len(unreached)
+    assert described["sha256"] == file_sha256(out / "not-reached.parquet")
     assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(
         Path(r["file"]).name for r in index)
     assert pd.read_parquet(out / "explanations.parquet").customer_id.drop_duplicates().tolist() == reported
@@ -179,7 +186,8 @@ def test_the_end_of_a_best_effort_run_is_a_result_not_an_error(prefect_api, smal
     assert manifest["deadline"]["stopped_at_deadline"] and counts["not_reached"] > 0
     ending = result.stdout.strip().splitlines()[-1]
     assert ending.startswith(f"run {manifest['run_id']}: {counts['reported']} of 24 decisions reported"), ending
-    assert ending.endswith(f"{counts['not_reached']} not reached before the deadline (manifest.json: not_reached_ids)")
+    assert ending.endswith(f"{counts['not_reached']} not reached before the deadline (see {out}/not-reached.parquet)")
+    assert len(not_reached_ids(manifest, out)) == counts["not_reached"]
     (log,) = (tmp_path / "state" / "limelight" / "logs").glob("*.log")
     assert str(log) in result.stdout and "deadline" in log.read_text()
 

@@ -12,6 +12,7 @@ import pytest
 from tasks.errors import InputError
 from tasks.io import file_sha256
 from tasks.report.rerender import RerenderMismatch, load_manifest, rerender
+from tasks.run.manifest import not_reached_ids
 
 REPO = Path(__file__).resolve().parents[2]
 REPORTS = 6  # decisions in the published run: each report costs ~0.4 s to render again
@@ -155,10 +156,14 @@ def test_a_manifest_with_inline_reports_still_rerenders(published, tmp_path):
     data["review"] = {"min_fidelity": data["review"]["min_fidelity"],
                       "ids": [r["id"] for r in data["outputs"]["reports"] if r["needs_review"]]}
     data["manifest_version"] = 1
+    del data["outputs"]["not-reached.parquet"], data["not_reached"]  # before manifest 3: the ids inline
+    data["not_reached_ids"] = []
     manifest.write_text(json.dumps(data))
     index.unlink()
+    (manifest.parent / "not-reached.parquet").unlink()
     result = rerender(manifest, tmp_path / "again")
     assert result.reports == REPORTS and result.summary
+    assert not_reached_ids(data, manifest.parent) == []
     assert (tmp_path / "again" / "summary.pdf").read_bytes() == (out / "summary.pdf").read_bytes()
 
 
@@ -198,6 +203,14 @@ def test_a_summary_recorded_before_the_top_n_tables_keeps_its_layout(published, 
 def test_a_missing_report_index_is_one_line(published, tmp_path):
     out, _, _ = published
     manifest = _copy_run(out, tmp_path / "run")
+    data = json.loads(manifest.read_text())
+    assert data["not_reached"]["count"] == data["outputs"]["not-reached.parquet"]["rows"] == 0
+    assert not_reached_ids(data, out) == [] and "not_reached_ids" not in data
+    kept = (manifest.parent / "not-reached.parquet").read_bytes()
+    (manifest.parent / "not-reached.parquet").write_bytes(b"not the run's")
+    with pytest.raises(InputError, match=r"run/not-reached.parquet: not-reached list SHA-256 changed since the run"):
+        rerender(manifest, tmp_path / "again")
+    (manifest.parent / "not-reached.parquet").write_bytes(kept)
     (manifest.parent / "reports.parquet").unlink()
     with pytest.raises(InputError, match=r"run/reports.parquet: report index not found"):
         rerender(manifest, tmp_path / "again")

@@ -169,6 +169,24 @@ def test_accounting_holds_only_when_each_decision_ends_once():
     assert not accounting(["a"], ["a", "z"], [], [])["holds"]
 
 
+def test_the_not_reached_list_is_read_from_its_file_or_an_older_manifest(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.errors import InputError
+    from tasks.run.manifest import NOT_REACHED, not_reached_ids
+
+    assert not_reached_ids({"not_reached_ids": ["b", 7]}, tmp_path) == ["b", "7"]  # before manifest 3: inline
+    manifest = {"inputs": {"id_column": "loan"}, "not_reached": {"file": NOT_REACHED, "count": 2}}
+    with pytest.raises(InputError, match=rf"{NOT_REACHED}: cannot read column 'loan'"):
+        not_reached_ids(manifest, tmp_path)
+    pq.write_table(pa.table({"loan": ["z", "a"]}), tmp_path / NOT_REACHED)
+    assert not_reached_ids(manifest, tmp_path) == ["z", "a"]  # in the file's (the selection's) order
+    pq.write_table(pa.table({"id": ["z"]}), tmp_path / NOT_REACHED)
+    with pytest.raises(InputError, match="cannot read column 'loan'"):
+        not_reached_ids(manifest, tmp_path)
+
+
 def test_publish_can_keep_the_staging_folder(tmp_path):
     from tasks.run.manifest import publish
 
