@@ -81,10 +81,12 @@ class BatchedLime:
     design: str = "sobol"  # where the uniforms come from: "sobol" (shifted Sobol sequence) or "random" (lime's)
     _sampler: QuartileSampler = field(init=False, repr=False)
     _chunk: int = field(init=False, repr=False)
+    _budget: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.device = self.model.device
         self._build_kernels()
+        self._budget = self._measured_budget()
         self._chunk = self.decisions_per_chunk()
 
     def _build_kernels(self) -> None:
@@ -98,6 +100,11 @@ class BatchedLime:
         return max(1, rows // (samples or self.num_samples))
 
     def budget_bytes(self) -> int:
+        """The memory budget, taken once when the engine is built: every chunk is sized against the same figure
+        (on CUDA, free memory read mid-run would count the allocator's own cache against later chunks)."""
+        return self._budget
+
+    def _measured_budget(self) -> int:
         if self.memory_budget_mb is not None:
             return self.memory_budget_mb * 2**20
         if self.device.type == "cuda":
