@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flows.cluster import DevicePlan
 from flows.work import ShardOutputs
@@ -125,19 +126,45 @@ def worker_table(results: list[ShardResult]) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda row: row["worker"])
 
 
-def _selection_order(ids: pa.Array, selected_ids: pa.Array) -> np.ndarray:
-    """The permutation that puts ``ids`` in the order of the selection (stable among equal ids)."""
-    return np.argsort(pc.index_in(ids, value_set=selected_ids).to_numpy(zero_copy_only=False), kind="stable")
+def _selection_order(ids: pa.Array, selected_ids: pa.Array | None) -> np.ndarray:
+    """The permutation that puts ``ids`` in the order of the selection (stable among equal ids; ids not in the
+    selection last). The hash table is built over ``ids``, the few, not over the selection: a million selected
+    decisions are scanned once, never hashed."""
+    if not len(ids) or selected_ids is None:
+        return np.arange(len(ids))
+    found = pc.index_in(selected_ids, value_set=ids).to_numpy(zero_copy_only=False)  # NaN: not one of ``ids``
+    hit = np.flatnonzero(~np.isnan(found))
+    position = np.full(len(ids), len(selected_ids), np.int64)  # an id's first place in the selection
+    codes = found[hit].astype(np.int64)
+    first = np.unique(codes, return_index=True)
+    position[first[0]] = hit[first[1]]
+    distinct = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False)  # repeats share their first's place
+    return np.argsort(position[distinct.astype(np.int64)], kind="stable")
 
 
-def in_order(ids: Sequence[str], selected_ids: pa.Array) -> list[str]:
+def in_order(ids: Sequence[str], selected_ids: pa.Array | None) -> list[str]:
     """``ids`` in the order of the selection."""
     if not ids:
         return []
     return [ids[i] for i in _selection_order(pa.array(ids, pa.string()), selected_ids)]
 
 
-def failures_table(failures: Sequence[Failure], id_column: str, selected_ids: pa.Array) -> pa.Table:
+def top_first_reasons(explanations: str, count: int = 5) -> list[tuple[str, int]]:
+    """The ``count`` features most often the first reason in an explanations file, with how often (ties: the
+    first seen first). Read as dictionary codes and counted in NumPy: a million rows hold no Python string each."""
+    table = pq.read_table(explanations, columns=["feature"], filters=[("rank", "=", 1)],
+                          read_dictionary=["feature"]).unify_dictionaries()
+    chunks = table.column("feature").chunks
+    if not chunks or not table.num_rows:
+        return []
+    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in chunks])
+    values, first, counts = np.unique(codes, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))[:count]
+    names = chunks[0].dictionary
+    return [(str(names[int(values[i])].as_py()), int(counts[i])) for i in order]
+
+
+def failures_table(failures: Sequence[Failure], id_column: str, selected_ids: pa.Array | None) -> pa.Table:
     """``failures.parquet``: one row per failed decision (id, stage, error), in the selection's order."""
     ids = pa.array([f[0] for f in failures], pa.string())
     order = _selection_order(ids, selected_ids)

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -51,6 +51,7 @@ from flows.output import (
     prepare_out,
     probe_writable,
     run_markdown,
+    top_first_reasons,
     worker_table,
 )
 from flows.prefect_tasks import (
@@ -66,7 +67,7 @@ from flows.prefect_tasks import (
 )
 from flows.runtime import scheduled_run_date
 from flows.shared_disk import check_shared_folder
-from flows.work import ALLOWED_FAILURES, DASK_LOG_LENGTH, ShardOutputs, explain_shards, hand_over
+from flows.work import ALLOWED_FAILURES, DASK_LOG_LENGTH, Plan, ShardOutputs, explain_shards, hand_over
 from tasks.errors import LimelightError
 from tasks.explain.worker import Failure
 from tasks.inputs.config import Config
@@ -81,6 +82,7 @@ from tasks.report.summary_lists import SUMMARY_LAYOUT
 from tasks.run import manifest as mf
 from tasks.run.deadline import parse_deadline
 from tasks.run.info import RunInfo
+from tasks.run.ledger import Ledger
 from tasks.run.state import Found, effective_settings, find_run, run_identity, write_state
 
 
@@ -279,38 +281,45 @@ def explain(request: Request, checked: Validated, planned: Planned) -> Explained
     account for every decision, write ``failures.parquet`` and merge the explanations, staged."""
     config, devices, selection = checked.config, planned.devices, planned.selection
     runner = task_runner(devices, config.run.torch_threads)
+    ledger = Ledger(len(selection.selected), len(selection.input_failures), len(selection.planned))
+    index, positions = checked.index, selection.planned
+    work_plan = Plan(selection.shards, lambda shard: _planned_ids(index, positions, shard), ledger)
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.admin.low-level-log-length": DASK_LOG_LENGTH}):
         outputs = explain_shards.with_options(task_runner=runner)(
-            config, hand_over(selection.shards), planned.run, str(planned.staging), checked.render,
+            config, hand_over(work_plan), planned.run, str(planned.staging), checked.render,
             max(devices.workers, 1), checked.deadline, request.best_effort,
             render_resource=devices.kind != "cluster" or devices.render_workers > 0,
             render_batch=selection.sizes.render_batch, render_workers=devices.render_workers,
             devices_render=devices.kind != "cluster")
-    return _account(checked, planned, outputs)
+    return _account(checked, planned, outputs, ledger.close())
 
 
-def _account(checked: Validated, planned: Planned, outputs: ShardOutputs) -> Explained:
-    config, index, selection, render = checked.config, checked.index, planned.selection, checked.render
+def _planned_ids(index: DecisionsIndex, positions: np.ndarray, shard: Shard) -> list[str]:
+    """The ids of a shard's decisions (its slice of the planned selection), in order."""
+    rows = positions[shard.first : shard.first + shard.size]
+    return [str(i) for i in index.ids.take(pa.array(rows, pa.int64())).to_pylist()]
+
+
+def _account(checked: Validated, planned: Planned, outputs: ShardOutputs, accounting: dict[str, Any]) -> Explained:
+    """The failures and not-reached files, the merged explanations and the counts. ``accounting`` was kept as
+    the work ended (tasks/run/ledger.py): no list or set of every decision id is built here."""
+    config, index, selection = checked.config, checked.index, planned.selection
     results = outputs.results
-    selected_ids = index.ids.take(pa.array(selection.selected, pa.int64())).combine_chunks()
-
-    def shard_ids(shard: Shard) -> list[str]:
-        rows = selection.planned[shard.first : shard.first + shard.size]
-        return [str(i) for i in index.ids.take(pa.array(rows, pa.int64())).to_pylist()]
-
+    if not accounting["holds"]:
+        get_run_logger().error("accounting does not hold: %s", accounting["problem"])
     id_at = {p: str(index.ids[p].as_py()) for p in selection.input_failures}
     failures: list[Failure] = [(id_at[p], "input", reason) for p, reason in selection.input_failures.items()]
     failures += [f for r in results for f in r.failures]
     failures += outputs.render_failures
-    failures += [(shard_ids(s)[0], "worker", error) for s, error in outputs.worker_failed]
-    not_reached = in_order([i for s in outputs.unexplained for i in shard_ids(s)] + outputs.unrendered, selected_ids)
-    explained = [i for r in results for i in r.ids]
-    reported = outputs.reports.column("id").to_pylist() if render else explained
-    exclude = set(explained) - set(reported) if render else set()
-    accounting = mf.accounting(selected_ids.to_pylist(), reported, [f[0] for f in failures], not_reached)
-    if not accounting["holds"]:
-        get_run_logger().error("accounting does not hold: %s", accounting["problem"])
+    failures += [(_planned_ids(index, selection.planned, s)[0], "worker", error) for s, error in outputs.worker_failed]
+    unreached = [i for s in outputs.unexplained for i in _planned_ids(index, selection.planned, s)]
+    unreached += outputs.unrendered
+    selected_ids = None  # the selection's ids in order: only to order the (few) failures and not-reached ids
+    if failures or unreached:
+        selected_ids = index.ids.take(pa.array(selection.selected, pa.int64())).combine_chunks()
+    not_reached = in_order(unreached, selected_ids) if selected_ids is not None else []
+    exclude = {f[0] for f in outputs.render_failures} | set(outputs.unrendered)  # explained, not reported
     review_ids = [i for r in results for i in r.review_ids if i not in exclude]
     merged = planned.staging / mf.EXPLANATIONS
     rows = merge_task(results, str(merged), config.data.id_column, planned.run, exclude)
@@ -452,8 +461,7 @@ def summarize(checked: Validated, planned: Planned, explained: Explained, publis
         "render": outputs.render_seconds,
         "total": time.perf_counter() - checked.clock,
     }
-    firsts = pq.read_table(published[mf.EXPLANATIONS], columns=["feature"], filters=[("rank", "=", 1)])
-    top = Counter(firsts.column("feature").to_pylist()).most_common(5)
+    top = top_first_reasons(published[mf.EXPLANATIONS])
     create_markdown_artifact(
         key="limelight-run",
         markdown=run_markdown(run, counts, devices, seconds, published, explained.review_ids, top),

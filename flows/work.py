@@ -17,7 +17,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ from tasks.report import index as report_index
 from tasks.run import manifest as mf
 from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, shards_that_fit
 from tasks.run.info import RunInfo
+from tasks.run.ledger import Ledger
 from tasks.run.state import load_record, save_record
 
 #: Dask reruns a task whose worker died once more elsewhere; a shard that kills a second worker is split.
@@ -69,7 +70,7 @@ class ShardOutputs:
     """What the subflow returns: the shards' results and report index rows (in selection order), what failed
     or was not reached, what a resumed run reused, the deadline estimate, and the timings."""
 
-    results: list[ShardResult]
+    results: list[ShardResult]  # without their ids: the ledger counted them (tasks/run/ledger.py)
     reports: pa.Table = field(default_factory=report_index.SCHEMA.empty_table)  # in selection order
     render_failures: list[Failure] = field(default_factory=list)
     worker_failed: list[tuple[Shard, str]] = field(default_factory=list)  # one-decision shards whose task died
@@ -86,17 +87,27 @@ class ShardOutputs:
     render_seconds: float = 0.0  # from then to the last report rendered
 
 
-#: The shards of a run, handed from the flow to its explain subflow in this process (:func:`hand_over`). As a
-#: subflow parameter the list would be serialised into every task's Prefect context (the flow run's parameters,
-#: twice: as objects and as the API's JSON), which the Dask scheduler in this process deserialises and holds
-#: while the task is in flight: O(shards) per task, O(N) per window of tasks in flight.
-_PLANS: dict[str, list[Shard]] = {}
+@dataclass
+class Plan:
+    """The subflow's work and its books: the shards, each shard's planned decision ids (looked up when the
+    shard comes back, so no id is held while it runs) and the :class:`Ledger` every ending is counted in."""
+
+    shards: list[Shard]
+    planned_ids: Callable[[Shard], list[str]]
+    ledger: Ledger
 
 
-def hand_over(shards: list[Shard]) -> str:
-    """Keep ``shards`` for :func:`explain_shards` (its ``plan`` parameter), which takes them back once."""
+#: The plans of runs, handed from the flow to its explain subflow in this process (:func:`hand_over`). As a
+#: subflow parameter the shard list would be serialised into every task's Prefect context (the flow run's
+#: parameters, twice: as objects and as the API's JSON), which the Dask scheduler in this process deserialises
+#: and holds while the task is in flight: O(shards) per task, O(N) per window of tasks in flight.
+_PLANS: dict[str, Plan] = {}
+
+
+def hand_over(plan: Plan) -> str:
+    """Keep ``plan`` for :func:`explain_shards` (its ``plan`` parameter), which takes it back once."""
     key = uuid.uuid4().hex
-    _PLANS[key] = shards
+    _PLANS[key] = plan
     return key
 
 
@@ -123,12 +134,13 @@ class _Work:
     """The subflow's bookkeeping: a window of shards in flight (in selection order), their render batches,
     records of finished work (resume), bisection of shards whose task fails, the deadline."""
 
-    def __init__(self, config: Config, shards: list[Shard], run: RunInfo, staging: Path, render: bool,
+    def __init__(self, config: Config, plan: Plan, run: RunInfo, staging: Path, render: bool,
                  workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool,
                  render_batch: int, render_workers: int = 0, devices_render: bool = True) -> None:
         self.config, self.run, self.staging, self.render = config, run, staging, render
-        self.queue: deque[Shard] = deque(shards)
-        self.total = sum(s.size for s in shards)
+        self.planned_ids, self.ledger = plan.planned_ids, plan.ledger
+        self.queue: deque[Shard] = deque(plan.shards)
+        self.total = sum(s.size for s in plan.shards)
         if deadline is not None:
             render_batch = min(render_batch, max(DEADLINE_RENDER_BATCH, math.ceil(self.total / MAX_RENDER_BATCHES)))
         self.render_resource, self.render_batch = render_resource, render_batch
@@ -163,15 +175,19 @@ class _Work:
                 result = ShardResult.from_dict(record)
                 if Path(result.part).is_file() and Path(result.applicants).is_file():
                     self.out.reused_shards += 1
-                    self.explained_ok(result, reused=True)
+                    self.explained_ok(shard, result, reused=True)
                     continue
             with dask.annotate(resources={RESOURCE: 1}):
                 future = explain_task.submit(self.config, shard, self.run, str(self.staging))
             self.explaining[future] = shard
             self.pacer.submit(future)
 
-    def explained_ok(self, result: ShardResult, reused: bool = False) -> None:
-        self.out.results.append(result)
+    def explained_ok(self, shard: Shard, result: ShardResult, reused: bool = False) -> None:
+        """Count the shard in the ledger against its planned ids; keep its result without its ids (the render
+        batches in flight hold them until they end): the flow process holds no id per decision explained."""
+        self.ledger.explained(result.name, shard.first, self.planned_ids(shard), result.ids,
+                              [f[0] for f in result.failures], self.render)
+        self.out.results.append(dataclasses.replace(result, ids=()))
         if not reused:
             save_record(self.staging, f"explain-{result.name}", result.to_dict())
         self.explained += result.decisions + len(result.failures)
@@ -188,6 +204,7 @@ class _Work:
             raise error
         if shard.size == 1:
             self.out.worker_failed.append((shard, one_line(error)))
+            self.ledger.worker_failed(shard.first)
             self.explained += 1
             self.ended(1, False)
             return
@@ -203,7 +220,7 @@ class _Work:
         if (record is not None and len(record["reports"]) + len(record["failures"]) == stop - start  # same batch
                 and all((self.staging / r["file"]).is_file() for r in record["reports"])):
             self.out.reused_batches += 1
-            self.rendered_ok(result, start, record, reused=True)
+            self.rendered_ok(result, start, stop, record, reused=True)
             return
         reports_dir = str(self.staging / mf.REPORTS)
         # One RENDER each: the render pool (and device workers with a free thread) takes a batch as soon as
@@ -215,8 +232,10 @@ class _Work:
         self.rendering[future] = (result, start, stop)
         self.pacer.submit(future)
 
-    def rendered_ok(self, result: ShardResult, start: int, batch: dict[str, Any], reused: bool = False,
+    def rendered_ok(self, result: ShardResult, start: int, stop: int, batch: dict[str, Any], reused: bool = False,
                     record: bool = True) -> None:
+        self.ledger.rendered(f"{result.name} reports {start}-{stop - 1}", result.ids[start:stop],
+                             [r["id"] for r in batch["reports"]], [f[0] for f in batch["failures"]])
         if record and not reused:
             save_record(self.staging, f"render-{result.name}-{start}",
                         {"reports": batch["reports"], "failures": batch["failures"]})
@@ -239,7 +258,7 @@ class _Work:
             self.submit_render(result, start, stop)
             return
         failures = [(i, "render", one_line(error)) for i in result.ids[start:stop]]
-        self.rendered_ok(result, start, {"reports": [], "failures": failures}, record=False)  # a rerun retries
+        self.rendered_ok(result, start, stop, {"reports": [], "failures": failures}, record=False)  # a rerun retries
 
     # -- progress, deadline --
     def ended(self, count: int, reused: bool) -> None:
@@ -333,6 +352,9 @@ class _Work:
         self.out.stopped_at_deadline = True
         self.out.unexplained = sorted([*self.queue, *self.explaining.values()], key=lambda s: s.order)
         self.out.unrendered = [i for result, start, stop in self.rendering.values() for i in result.ids[start:stop]]
+        for shard in self.out.unexplained:
+            self.ledger.unexplained(shard.first, shard.size)
+        self.ledger.unrendered(len(self.out.unrendered))
         self.queue.clear()
         self.explaining.clear()
         self.rendering.clear()
@@ -389,7 +411,7 @@ class _Work:
                 self.explained_failed(shard, error)
             else:
                 self.pacer.explained(future, result.worker, result.decisions + len(result.failures), now)
-                self.explained_ok(result)
+                self.explained_ok(shard, result)
             return
         result, start, stop = self.rendering.pop(future)
         try:
@@ -399,7 +421,7 @@ class _Work:
             self.render_failed(result, start, stop, error)
         else:
             self.pacer.rendered(future, batch, now)
-            self.rendered_ok(result, start, batch)
+            self.rendered_ok(result, start, stop, batch)
 
 
 @flow(name="limelight-explain-shards", persist_result=False, log_prints=False)
@@ -417,10 +439,13 @@ def explain_shards(
     """
     logger = get_run_logger()
     clock = time.perf_counter()
-    shards = _PLANS.pop(plan)
+    work_plan = _PLANS.pop(plan)
+    shards = work_plan.shards
     cut = None if deadline is None else deadline.timestamp() - PUBLISH_MARGIN_S
     if cut is not None and time.time() >= cut:  # no time left to start workers and load the model
         logger.warning("deadline: the cut passed before the workers started; publishing that nothing was reached")
+        for shard in shards:
+            work_plan.ledger.unexplained(shard.first, shard.size)
         return ShardOutputs(results=[], unexplained=sorted(shards, key=lambda s: s.order), stopped_at_deadline=True)
     runner = FlowRunContext.get().task_runner  # type: ignore[union-attr]
     if hasattr(runner, "client"):
@@ -431,7 +456,7 @@ def explain_shards(
             ready = prepare_task.submit(config, run)
         logger.info("model ready: %s", ready.result())
         _release(ready)
-    work = _Work(config, shards, run, Path(staging), render, workers, deadline, best_effort, render_resource,
+    work = _Work(config, work_plan, run, Path(staging), render, workers, deadline, best_effort, render_resource,
                  render_batch, render_workers, devices_render)
     work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
                                              description="decisions finished")

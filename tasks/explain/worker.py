@@ -310,12 +310,12 @@ def merge_parts(results: Sequence[ShardResult], target: Path, id_column: str,
     if metadata:
         schema = schema.with_metadata(metadata)
     total = 0
+    excluded = pa.array(sorted(exclude), pa.string()) if exclude else None
     with atomic_path(target) as temp, pq.ParquetWriter(temp, schema) as writer:
         for result in sorted(results, key=lambda r: r.order):
             table = _newer_columns_as_null(pq.read_table(result.part), schema).cast(schema)
-            if exclude and exclude.intersection(result.ids):
-                keep = pc.invert(pc.is_in(table.column(id_column), value_set=pa.array(sorted(exclude), pa.string())))
-                table = table.filter(keep)
+            if excluded is not None:  # results the flow holds carry no ids (tasks/run/ledger.py): filter each part
+                table = table.filter(pc.invert(pc.is_in(table.column(id_column), value_set=excluded)))
             writer.write_table(table)
             total += table.num_rows
     return total

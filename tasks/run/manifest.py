@@ -187,28 +187,6 @@ def build_manifest(
     }
 
 
-def accounting(selected: Sequence[str], reported: Sequence[str], failed: Sequence[str],
-               not_reached: Sequence[str]) -> dict[str, Any]:
-    """Counts and whether every selected decision ends in exactly one of reported / failed / not reached.
-
-    ``holds`` is false when the three lists overlap, repeat an id, or do not cover the selection;
-    ``problem`` then says how (one line).
-    """
-    counts = {"decisions_in": len(selected), "reported": len(reported), "failed": len(failed),
-              "not_reached": len(not_reached)}
-    ends = [*reported, *failed, *not_reached]
-    problem = None
-    if len(ends) != len(set(ends)):
-        problem = "a decision is counted twice"
-    elif set(ends) != set(selected) or len(set(selected)) != len(selected):
-        missing = len(set(selected) - set(ends))
-        unknown = len(set(ends) - set(selected))
-        problem = f"{missing} decision(s) unaccounted for, {unknown} unknown"
-    if problem is None and counts["decisions_in"] != counts["reported"] + counts["failed"] + counts["not_reached"]:
-        problem = "in != reported + failed + not_reached"
-    return {**counts, "holds": problem is None, "problem": problem}
-
-
 def not_reached_ids(manifest: Mapping[str, Any], folder: Path) -> list[str]:
     """The decisions a published run did not reach, in selection order: inline in manifests before version 3
     (``not_reached_ids``), else the id column of :data:`NOT_REACHED` beside the manifest."""

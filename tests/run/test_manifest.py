@@ -159,16 +159,6 @@ def test_dump_toml_round_trips_a_config():
     assert tomllib.loads(dump_toml(raw)) == raw
 
 
-def test_accounting_holds_only_when_each_decision_ends_once():
-    from tasks.run.manifest import accounting
-
-    ok = accounting(["a", "b", "c", "d"], ["a", "c"], ["b"], ["d"])
-    assert ok["holds"] and (ok["decisions_in"], ok["reported"], ok["failed"], ok["not_reached"]) == (4, 2, 1, 1)
-    assert accounting(["a", "b"], ["a", "b"], ["b"], [])["problem"] == "a decision is counted twice"
-    assert accounting(["a", "b"], ["a"], [], [])["problem"] == "1 decision(s) unaccounted for, 0 unknown"
-    assert not accounting(["a"], ["a", "z"], [], [])["holds"]
-
-
 def test_the_not_reached_list_is_read_from_its_file_or_an_older_manifest(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
