@@ -151,17 +151,14 @@ def in_order(ids: Sequence[str], selected_ids: pa.Array | None) -> list[str]:
 
 def top_first_reasons(explanations: str, count: int = 5) -> list[tuple[str, int]]:
     """The ``count`` features most often the first reason in an explanations file, with how often (ties: the
-    first seen first). Read as dictionary codes and counted in NumPy: a million rows hold no Python string each."""
-    table = pq.read_table(explanations, columns=["feature"], filters=[("rank", "=", 1)],
-                          read_dictionary=["feature"]).unify_dictionaries()
-    chunks = table.column("feature").chunks
-    if not chunks or not table.num_rows:
-        return []
-    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in chunks])
-    values, first, counts = np.unique(codes, return_index=True, return_counts=True)
-    order = np.lexsort((first, -counts))[:count]
-    names = chunks[0].dictionary
-    return [(str(names[int(values[i])].as_py()), int(counts[i])) for i in order]
+    first seen first). Streamed by batch: memory holds one batch, whatever the number of decisions."""
+    counts: dict[str, int] = {}
+    handle = pq.ParquetFile(explanations)
+    for batch in handle.iter_batches(batch_size=65_536, columns=["feature", "rank"], use_threads=False):
+        firsts = pc.filter(batch.column("feature"), pc.equal(batch.column("rank"), 1))
+        for item in pc.value_counts(firsts).to_pylist():  # in the order first seen
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return sorted(counts.items(), key=lambda item: -item[1])[:count]  # stable: ties stay first seen first
 
 
 def failures_table(failures: Sequence[Failure], id_column: str, selected_ids: pa.Array | None) -> pa.Table:

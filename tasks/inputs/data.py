@@ -45,6 +45,7 @@ from tasks.inputs.sources import (
     physical_columns,
     with_partition,
 )
+from tasks.io import release_unused_memory
 
 
 @dataclass
@@ -140,9 +141,14 @@ def scan_decisions(
             else:
                 check_feature_values(table, features, broken, source.path, offset, ids, id_column, sink)
             id_chunks.append(ids)
+            release_unused_memory()  # the batch just checked
     if problems is not None and len(problems) > start:
         return None
-    index = DecisionsIndex(tuple(files), pa.chunked_array(id_chunks, type=pa.string()))
+    # One contiguous copy: the batches' id slices kept the allocator's pages of whole batches in use.
+    ids = pa.chunked_array(id_chunks, type=pa.string()).combine_chunks()
+    id_chunks.clear()
+    release_unused_memory()
+    index = DecisionsIndex(tuple(files), pa.chunked_array([ids], type=pa.string()))
     if index.num_rows == 0:
         sink.add(f"{config.data.decisions}: no decisions (0 rows)")
         return None
