@@ -86,7 +86,8 @@ def cleanup(staging: Path, created: list[Path]) -> None:
 
 
 def run_markdown(run: RunInfo, counts: dict[str, int], plan: DevicePlan, seconds: dict[str, float],
-              outputs: dict[str, str], review: list[str], top: list[tuple[str, int]]) -> str:
+              outputs: dict[str, str], review: pa.Array, top: list[tuple[str, int]]) -> str:
+    """The ``limelight-run`` artifact: counts, timings, outputs, the top first reasons, the first review ids."""
     rate = counts["reported"] / seconds["explain"] if seconds["explain"] > 0 else 0.0
     lines = [
         f"# limelight run `{run.run_id}`",
@@ -104,8 +105,8 @@ def run_markdown(run: RunInfo, counts: dict[str, int], plan: DevicePlan, seconds
         "## Most frequent top factor",
         *[f"- {feature}: {count}" for feature, count in top],
     ]
-    if review:
-        shown = ", ".join(f"`{i}`" for i in review[:20])
+    if len(review):
+        shown = ", ".join(f"`{i}`" for i in review.slice(0, 20).to_pylist())
         more = f" and {len(review) - 20} more" if len(review) > 20 else ""
         lines += ["", "## Review list", shown + more]
     return "\n".join(lines) + "\n"
@@ -182,13 +183,25 @@ def already_complete(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     counts = manifest.get("counts", {})
     names = [n for n in (*manifest.get("outputs", {}), mf.MANIFEST) if (out / n).exists()]
     return {
-        "run_id": manifest["run_id"], "counts": counts, "review_ids": report_index.review_ids(manifest, out),
+        "run_id": manifest["run_id"], "counts": counts, **returned_review(report_index.review_ids(manifest, out)),
         "outputs": {name: str(out / name) for name in names}, "devices": "none (already complete)",
         "seconds": {"workers_start": 0.0, "explain": 0.0, "render": 0.0, "total": 0.0},
         "decisions_per_second": None, "workers": [], "accounting": manifest.get("accounting", {}),
         "already_complete": True,
         "warnings": [f"run {manifest['run_id']} of these inputs is already complete in {out}: nothing to do"],
     }
+
+
+#: Review ids the flow returns at most (the first, in selection order); ``review_count`` counts them all. A million
+#: decisions with 11% in review returned 114,410 ids, which Prefect copies on return: 15 MB at the end of the run.
+RETURNED_REVIEW_IDS = 1_000
+
+
+def returned_review(ids: pa.Array | list[str]) -> dict[str, Any]:
+    """The flow's ``review_ids`` (the first :data:`RETURNED_REVIEW_IDS`) and ``review_count`` (all of them: the
+    explanations file and the review queue hold the rest)."""
+    first = ids.slice(0, RETURNED_REVIEW_IDS).to_pylist() if isinstance(ids, pa.Array) else ids[:RETURNED_REVIEW_IDS]
+    return {"review_ids": first, "review_count": len(ids)}
 
 
 def keep_only_reports(staging: Path, files: set[str]) -> None:

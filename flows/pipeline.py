@@ -76,6 +76,9 @@ def limelight_flow(
     render pool (default ``[run] render_workers``, else the cores the device workers leave; flows/cluster.py).
     ``baseline`` (a manifest) is the run the drift comparison is against; without it, the previous published run of
     the same config under the output root (flows/drift.py).
+
+    Returns the run's summary: counts, accounting, outputs, timings, and the first ``RETURNED_REVIEW_IDS``
+    (flows/output.py) decisions in review with ``review_count`` (all of them are in the explanations file).
     """
     request = Request(config_path, out, devices, cluster, limit, ids_file, mode, run_date, deadline, best_effort,
                       trigger, started_by, render_workers, baseline)

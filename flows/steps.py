@@ -34,6 +34,7 @@ from typing import Any
 import dask
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -50,6 +51,7 @@ from flows.output import (
     not_reached_table,
     prepare_out,
     probe_writable,
+    returned_review,
     run_markdown,
     top_first_reasons,
     worker_table,
@@ -268,7 +270,7 @@ class Explained:
     failures: list[Failure]
     not_reached: list[str]  # in selection order
     accounting: dict[str, Any]  # in = reported + failed + not_reached (tasks/run/manifest.py)
-    review_ids: list[str]
+    review_ids: pa.Array  # in selection order (the flow returns them as a list)
     explanations: Path  # merged, in the staging folder
     failures_file: Path  # failures.parquet, in the staging folder
     not_reached_file: Path  # not-reached.parquet, in the staging folder
@@ -320,7 +322,10 @@ def _account(checked: Validated, planned: Planned, outputs: ShardOutputs, accoun
         selected_ids = index.ids.take(pa.array(selection.selected, pa.int64())).combine_chunks()
     not_reached = in_order(unreached, selected_ids) if selected_ids is not None else []
     exclude = {f[0] for f in outputs.render_failures} | set(outputs.unrendered)  # explained, not reported
-    review_ids = [i for r in results for i in r.review_ids if i not in exclude]
+    review_ids = outputs.review_ids
+    if exclude and len(review_ids):
+        kept = pc.invert(pc.is_in(review_ids, value_set=pa.array(sorted(exclude), pa.string())))
+        review_ids = review_ids.filter(kept)
     merged = planned.staging / mf.EXPLANATIONS
     rows = merge_task(results, str(merged), config.data.id_column, planned.run, exclude)
     failed_path = planned.staging / mf.FAILURES
@@ -474,7 +479,7 @@ def summarize(checked: Validated, planned: Planned, explained: Explained, publis
         "run_id": run.run_id,
         "counts": counts,
         "accounting": explained.accounting,
-        "review_ids": explained.review_ids,
+        **returned_review(explained.review_ids),
         "outputs": published,
         "devices": devices.describe(),
         "render_workers": devices.render_workers,

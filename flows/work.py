@@ -71,6 +71,7 @@ class ShardOutputs:
     or was not reached, what a resumed run reused, the deadline estimate, and the timings."""
 
     results: list[ShardResult]  # without their ids: the ledger counted them (tasks/run/ledger.py)
+    review_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # in selection order
     reports: pa.Table = field(default_factory=report_index.SCHEMA.empty_table)  # in selection order
     render_failures: list[Failure] = field(default_factory=list)
     worker_failed: list[tuple[Shard, str]] = field(default_factory=list)  # one-decision shards whose task died
@@ -151,6 +152,7 @@ class _Work:
         self.explaining: dict[Any, Shard] = {}
         self.rendering: dict[Any, tuple[ShardResult, int, int]] = {}
         self.out = ShardOutputs(results=[])
+        self.review: dict[tuple[Any, ...], pa.Array] = {}  # per shard, compact: 114,410 ids of 1M took 1.4 MB
         self.batches: dict[tuple[Any, ...], pa.Table] = {}  # compact: a million reports stay a few hundred MB
         self.explained = 0  # decisions explained or failed (progress)
         self.finished = 0  # decisions at their end (reported or failed), all
@@ -187,7 +189,8 @@ class _Work:
         batches in flight hold them until they end): the flow process holds no id per decision explained."""
         self.ledger.explained(result.name, shard.first, self.planned_ids(shard), result.ids,
                               [f[0] for f in result.failures], self.render)
-        self.out.results.append(dataclasses.replace(result, ids=()))
+        self.review[result.order] = pa.array(result.review_ids, pa.string())
+        self.out.results.append(dataclasses.replace(result, ids=(), review_ids=()))
         if not reused:
             save_record(self.staging, f"explain-{result.name}", result.to_dict())
         self.explained += result.decisions + len(result.failures)
@@ -465,6 +468,8 @@ def explain_shards(
     explain_end = work.explain_done_at or end
     out = work.out
     out.results.sort(key=lambda r: r.order)
+    if work.review:
+        out.review_ids = pa.concat_arrays([work.review[key] for key in sorted(work.review)])
     if work.batches:
         out.reports = pa.concat_tables([work.batches[key] for key in sorted(work.batches)])
     out.cluster_seconds, out.explain_seconds = cluster_seconds, explain_end - work.clock

@@ -74,7 +74,7 @@ def test_outputs_follow_the_contract(full_run, small_demo):
     assert manifest["outputs"]["explanations.parquet"]["sha256"] == file_sha256(out / "explanations.parquet")
     review = frame.loc[frame.needs_review, "customer_id"].drop_duplicates().tolist()
     assert manifest["review"] == {"min_fidelity": 0.3, "count": len(review), "source": "explanations.parquet"}
-    assert review == summary["review_ids"]
+    assert review == summary["review_ids"] and summary["review_count"] == len(review)
     assert manifest["manifest_version"] == 3
     assert manifest["versions"]["torch"] and manifest["started_at"].endswith("Z")
     quality = manifest["quality"]

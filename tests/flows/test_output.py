@@ -31,3 +31,13 @@ def test_top_first_reasons_count_rank_one_rows_across_row_groups(tmp_path):
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"feature": pa.array([], pa.string()), "rank": pa.array([], pa.int64())}), empty)
     assert top_first_reasons(str(empty)) == []
+
+
+def test_the_flow_returns_the_first_review_ids_and_counts_them_all():
+    from flows.output import RETURNED_REVIEW_IDS, returned_review
+
+    ids = [f"C-{i:06d}" for i in range(RETURNED_REVIEW_IDS + 5)]
+    for given in (ids, pa.array(ids)):
+        returned = returned_review(given)
+        assert returned["review_ids"] == ids[:RETURNED_REVIEW_IDS] and returned["review_count"] == len(ids)
+    assert returned_review(pa.array([], pa.string())) == {"review_ids": [], "review_count": 0}
