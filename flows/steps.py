@@ -269,8 +269,8 @@ class Explained:
     outputs: ShardOutputs
     failures: list[Failure]
     not_reached: list[str]  # in selection order
-    accounting: dict[str, Any]  # in = reported + failed + not_reached (tasks/run/manifest.py)
-    review_ids: pa.Array  # in selection order (the flow returns them as a list)
+    accounting: dict[str, Any]  # in = reported + failed + not_reached (tasks/run/ledger.py)
+    review_ids: pa.Array  # in selection order (the flow returns the first RETURNED_REVIEW_IDS: flows/output.py)
     explanations: Path  # merged, in the staging folder
     failures_file: Path  # failures.parquet, in the staging folder
     not_reached_file: Path  # not-reached.parquet, in the staging folder
