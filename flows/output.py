@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -127,20 +126,17 @@ def worker_table(results: list[ShardResult]) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda row: row["worker"])
 
 
-def _selection_order(ids: pa.Array, selected_ids: pa.Array | None) -> np.ndarray:
-    """The permutation that puts ``ids`` in the order of the selection (stable among equal ids; ids not in the
-    selection last). The hash table is built over ``ids``, the few, not over the selection: a million selected
-    decisions are scanned once, never hashed."""
-    if not len(ids) or selected_ids is None:
-        return np.arange(len(ids))
-    found = pc.index_in(selected_ids, value_set=ids).to_numpy(zero_copy_only=False)  # NaN: not one of ``ids``
-    hit = np.flatnonzero(~np.isnan(found))
-    position = np.full(len(ids), len(selected_ids), np.int64)  # an id's first place in the selection
-    codes = found[hit].astype(np.int64)
-    first = np.unique(codes, return_index=True)
-    position[first[0]] = hit[first[1]]
-    distinct = pc.index_in(ids, value_set=ids).to_numpy(zero_copy_only=False)  # repeats share their first's place
-    return np.argsort(position[distinct.astype(np.int64)], kind="stable")
+def _selection_order(ids: pa.Array, selected_ids: pa.Array | None) -> list[int]:
+    """The permutation that puts ``ids`` in the order of the selection (stable: repeats together, ids not in the
+    selection last). The lookup is built over ``ids``, the few: a million selected decisions are scanned once."""
+    if selected_ids is None:
+        return list(range(len(ids)))
+    hits = pc.indices_nonzero(pc.is_in(selected_ids, value_set=ids))
+    place: dict[str, int] = {}  # id -> its first position in the selection
+    for position, value in zip(hits.to_pylist(), selected_ids.take(hits).to_pylist(), strict=True):
+        place.setdefault(value, position)
+    values, unplaced = ids.to_pylist(), len(selected_ids)
+    return sorted(range(len(values)), key=lambda i: place.get(values[i], unplaced))
 
 
 def in_order(ids: Sequence[str], selected_ids: pa.Array | None) -> list[str]:
