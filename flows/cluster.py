@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from tasks.errors import LimelightError
 from tasks.explain.worker import DEVICE_ENV
+from tasks.run.deadline import render_prior
 
 #: The resource every worker advertises once; each explain task needs one.
 RESOURCE = "DEVICE"
@@ -69,6 +70,17 @@ class DevicePlan:
     @property
     def workers(self) -> int:
         return len(self.devices)
+
+    def device_cores(self, torch_threads: int = 1) -> int:
+        """Cores the device workers use: a CPU worker its ``torch_threads``, a GPU worker one (it feeds its GPU)."""
+        return self.workers * (max(1, torch_threads) if self.kind == "cpu" else 1)
+
+    def render_prior_s(self, torch_threads: int = 1) -> float:
+        """A deadline run's render rate until it has timed a batch (tasks/run/deadline.py: :func:`render_prior`):
+        workers started here share this host's cores; a cluster's workers are taken to have a core each."""
+        if self.kind == "cluster":
+            return render_prior(0, None)
+        return render_prior(self.device_cores(torch_threads) + self.render_workers, cpu_slots())
 
     def describe(self) -> str:
         pool = f" + {self.render_workers} render worker{'s' if self.render_workers != 1 else ''}" \
@@ -163,8 +175,7 @@ def render_pool_size(plan: DevicePlan, requested: int | None, torch_threads: int
         if requested < 0:
             raise DeviceError(f"--render-workers {requested}: expected 0 or more")
         return requested
-    used = plan.workers * (max(1, torch_threads) if plan.kind == "cpu" else 1)
-    return max(1, (cpu_slots() if slots is None else slots) - used)
+    return max(1, (cpu_slots() if slots is None else slots) - plan.device_cores(torch_threads))
 
 
 def with_render_pool(plan: DevicePlan, requested: int | None, torch_threads: int = 1) -> DevicePlan:
@@ -204,6 +215,11 @@ def worker_env(plan: DevicePlan, device: str | None, torch_threads: int) -> dict
     return env
 
 
+#: Imported by each render worker as it starts (WeasyPrint and the report step: 1.6 s on a quiet core), while the
+#: device workers load the model; the render pool is idle until the first shard is explained.
+RENDER_PRELOAD = "tasks.report.render"
+
+
 def cluster_kwargs(plan: DevicePlan, torch_threads: int = 1) -> dict[str, Any]:
     """SpecCluster arguments: a loopback scheduler without dashboard, one Nanny per device (resources DEVICE
     and RENDER), and the render pool's Nannies (RENDER only, no GPU, one thread)."""
@@ -214,16 +230,17 @@ def cluster_kwargs(plan: DevicePlan, torch_threads: int = 1) -> dict[str, Any]:
         raise ValueError("an existing cluster is not started here")
     memory = max(1, MEMORY_LIMIT // max(1, plan.workers + plan.render_workers))
 
-    def nanny(resources: dict[str, int], env: dict[str, str]) -> dict[str, Any]:
+    def nanny(resources: dict[str, int], env: dict[str, str], preload: list[str]) -> dict[str, Any]:
         return {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "env": env, "memory_limit": memory,
-                                          "host": "127.0.0.1", "silence_logs": logging.WARNING}}
+                                          "host": "127.0.0.1", "silence_logs": logging.WARNING, "preload": preload}}
 
     workers = {
-        f"limelight-{plan.kind}-{i}": nanny({RESOURCE: 1, RENDER_RESOURCE: 1}, worker_env(plan, device, torch_threads))
+        f"limelight-{plan.kind}-{i}": nanny({RESOURCE: 1, RENDER_RESOURCE: 1}, worker_env(plan, device, torch_threads),
+                                            [])
         for i, device in enumerate(plan.devices)
     }
-    workers.update({
-        f"limelight-render-{i}": nanny({RENDER_RESOURCE: 1}, worker_env(plan, None, 1))
+    workers.update({  # a render worker imports WeasyPrint as it starts, not on the night's first report
+        f"limelight-render-{i}": nanny({RENDER_RESOURCE: 1}, worker_env(plan, None, 1), [RENDER_PRELOAD])
         for i in range(plan.render_workers)
     })
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "dashboard": False, "host": "127.0.0.1"}}

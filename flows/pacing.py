@@ -53,8 +53,9 @@ class Pacer:
     """Task times per worker, the stages' rates, the calibration."""
 
     def __init__(self, device_workers: int, render_workers: int, devices_render: bool, batch: int,
-                 render: bool, keep: bool = True) -> None:
+                 render: bool, keep: bool = True, render_prior_s: float = PRIOR_RENDER_S) -> None:
         self.device_workers, self.render_workers = device_workers, render_workers
+        self.render_prior_s = render_prior_s  # seconds per report until a batch is timed (flows/cluster.py)
         self.devices_render, self.batch, self.render = devices_render, batch, render
         self.keep = keep  # keep the task times (a deadline run's rates); else they are only logged
         self.submitted: dict[Any, float] = {}
@@ -128,14 +129,14 @@ class Pacer:
 
     def pipeline(self, render_floor: float = 0.0) -> tuple[Pipeline, bool] | None:
         """The rates measured so far (None before any shard is explained), and whether they are steady. Until a
-        render batch is timed, the render rate is :data:`PRIOR_RENDER_S` or ``render_floor`` if slower."""
+        render batch is timed, the render rate is the prior (``render_prior_s``) or ``render_floor`` if slower."""
         explain = stage_rate(self.explain, RECENT * self.device_workers, self.warm_at)
         if explain is None:
             return None
         renderers = self.render_workers + (self.device_workers if self.devices_render else 0)
         render = stage_rate(self.rendering, RECENT * max(renderers, 1), self.warm_at) if self.render else None
         render_s = 0.0 if not self.render else (render.seconds_per_item if render
-                                                else max(PRIOR_RENDER_S, render_floor))
+                                                else max(self.render_prior_s, render_floor))
         steady = explain.steady and (not self.render or (render is not None and render.steady))
         return Pipeline(explain.seconds_per_item, render_s, self.device_workers, self.render_workers,
                         self.devices_render, self.batch), steady

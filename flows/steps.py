@@ -293,7 +293,7 @@ def explain(request: Request, checked: Validated, planned: Planned) -> Explained
             max(devices.workers, 1), checked.deadline, request.best_effort,
             render_resource=devices.kind != "cluster" or devices.render_workers > 0,
             render_batch=selection.sizes.render_batch, render_workers=devices.render_workers,
-            devices_render=devices.kind != "cluster")
+            devices_render=devices.kind != "cluster", render_prior_s=devices.render_prior_s(config.run.torch_threads))
     return _account(checked, planned, outputs, ledger.close())
 
 

@@ -41,7 +41,7 @@ from tasks.plan.shards import Shard, split_shard
 from tasks.plan.sizing import MAX_RENDER_BATCHES
 from tasks.report import index as report_index
 from tasks.run import manifest as mf
-from tasks.run.deadline import PUBLISH_MARGIN_S, DeadlineMissed, estimate, shards_that_fit
+from tasks.run.deadline import PRIOR_RENDER_S, PUBLISH_MARGIN_S, DeadlineMissed, estimate, shards_that_fit
 from tasks.run.info import RunInfo
 from tasks.run.ledger import Ledger
 from tasks.run.state import load_record, save_record
@@ -137,7 +137,8 @@ class _Work:
 
     def __init__(self, config: Config, plan: Plan, run: RunInfo, staging: Path, render: bool,
                  workers: int, deadline: datetime | None, best_effort: bool, render_resource: bool,
-                 render_batch: int, render_workers: int = 0, devices_render: bool = True) -> None:
+                 render_batch: int, render_workers: int = 0, devices_render: bool = True,
+                 render_prior_s: float = PRIOR_RENDER_S) -> None:
         self.config, self.run, self.staging, self.render = config, run, staging, render
         self.planned_ids, self.ledger = plan.planned_ids, plan.ledger
         self.queue: deque[Shard] = deque(plan.shards)
@@ -145,7 +146,9 @@ class _Work:
         if deadline is not None:
             render_batch = min(render_batch, max(DEADLINE_RENDER_BATCH, math.ceil(self.total / MAX_RENDER_BATCHES)))
         self.render_resource, self.render_batch = render_resource, render_batch
-        self.window = max(2, 2 * workers)
+        # A deadline run keeps one shard per device worker in flight, so the render reserve decides before each
+        # next shard starts (a shard queued on its worker starts the moment the one before ends).
+        self.window = workers if deadline is not None else max(2, 2 * workers)
         self.render_window = max(RENDER_WINDOW, 4 * (workers + render_workers))
         self.workers = workers
         self.deadline, self.best_effort = deadline, best_effort
@@ -159,7 +162,7 @@ class _Work:
         self.finished_here = 0  # ... of them by this process (not taken from records)
         self.reused_decisions = 0
         self.pacer = Pacer(workers, render_workers, devices_render or not render_resource, render_batch, render,
-                           keep=deadline is not None)  # without a deadline the times are only logged
+                           keep=deadline is not None, render_prior_s=render_prior_s)  # else only logged
         self.held_back = False  # a deadline run stopped explaining to render what is explained
         self.clock = time.perf_counter()
         self.explain_done_at: float | None = None
@@ -431,13 +434,13 @@ class _Work:
 def explain_shards(
     config: Config, plan: str, run: RunInfo, staging: str, render: bool, workers: int,
     deadline: datetime | None, best_effort: bool, render_resource: bool, render_batch: int,
-    render_workers: int = 0, devices_render: bool = True,
+    render_workers: int = 0, devices_render: bool = True, render_prior_s: float = PRIOR_RENDER_S,
 ) -> ShardOutputs:
     """Explain the shards (``plan``: :func:`hand_over`'s key) on the workers (one DEVICE each, in order), and
     render each shard's reports.
 
-    At most two shards per worker are in flight, so the selection's order (an ids file's urgency) is
-    kept and a deadline stops with little work lost. A shard whose task fails (its worker died twice)
+    At most two shards per worker are in flight (one with a deadline), so the selection's order (an ids file's
+    urgency) is kept and a deadline stops with little work lost. A shard whose task fails (its worker died twice)
     is split in halves down to the decision that fails.
     """
     logger = get_run_logger()
@@ -460,7 +463,7 @@ def explain_shards(
         logger.info("model ready: %s", ready.result())
         _release(ready)
     work = _Work(config, work_plan, run, Path(staging), render, workers, deadline, best_effort, render_resource,
-                 render_batch, render_workers, devices_render)
+                 render_batch, render_workers, devices_render, render_prior_s)
     work.artifact = create_progress_artifact(progress=0.0, key="limelight-progress",
                                              description="decisions finished")
     work.run_all()

@@ -30,6 +30,16 @@ PUBLISH_MARGIN_S = 10.0
 PRIOR_RENDER_S = 0.3
 
 
+def render_prior(cores_wanted: float, cores: int | None) -> float:
+    """One render worker's seconds per report until a batch is timed: a quiet core's (:data:`PRIOR_RENDER_S`),
+    stretched by how far the run's workers want more cores than the host they share has (``cores``; None: each
+    worker is taken to have its own core, as on a cluster). On 2 cores, 2 device workers explaining and 1 render
+    worker want 3: a report takes 1.5 times as long, and the render reserve starts no shard it cannot render."""
+    if not cores:
+        return PRIOR_RENDER_S
+    return PRIOR_RENDER_S * max(1.0, cores_wanted / cores)
+
+
 def parse_deadline(text: str, now: datetime) -> datetime:
     """``2026-11-23T09:00+01:00`` -> an aware datetime; it must name its time zone and lie in the future."""
     try:

@@ -22,6 +22,7 @@ from flows.cluster import (
     with_render_pool,
 )
 from tasks.explain.worker import DEVICE_ENV
+from tasks.run.deadline import PRIOR_RENDER_S, render_prior
 
 SMI = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)
@@ -124,6 +125,15 @@ def test_render_pool_fills_the_cores_the_device_workers_leave():
     assert with_render_pool(gpu, 2).describe() == "1 GPU worker (CUDA devices 0) + 2 render workers"
 
 
+def test_a_deadline_run_s_render_prior_counts_the_cores_its_workers_share(monkeypatch):
+    monkeypatch.setattr("flows.cluster.cpu_slots", lambda: 2)
+    cpu = DevicePlan("cpu", ("cpu0", "cpu1"), render_workers=1)
+    assert cpu.device_cores() == 2 and cpu.device_cores(torch_threads=2) == 4
+    assert cpu.render_prior_s() == render_prior(3, 2) > PRIOR_RENDER_S  # 3 workers on 2 cores
+    assert DevicePlan("cuda", ("0",), render_workers=1).render_prior_s() == PRIOR_RENDER_S  # 2 on 2
+    assert DevicePlan("cluster", address="tcp://h:1", render_workers=8).render_prior_s() == PRIOR_RENDER_S
+
+
 def test_render_workers_render_only_and_see_no_gpu():
     """The render pool's processes advertise RENDER alone (no shard goes there), one thread, no GPU."""
     from distributed import Client, SpecCluster
@@ -132,10 +142,14 @@ def test_render_workers_render_only_and_see_no_gpu():
     with SpecCluster(**cluster_kwargs(plan, torch_threads=2)) as cluster, Client(cluster) as client:
         seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ[DEVICE_ENV],
                                    os.environ["OMP_NUM_THREADS"]))
-        info = client.scheduler_info()["workers"].values()
-        resources = {w["name"]: w["resources"] for w in info}
-        threads = {w["name"]: w["nthreads"] for w in info}
+        workers = client.scheduler_info()["workers"]
+        resources = {w["name"]: w["resources"] for w in workers.values()}
+        threads = {w["name"]: w["nthreads"] for w in workers.values()}
+        names = {address: w["name"] for address, w in workers.items()}
+        preloaded = {names[a]: ok for a, ok in client.run(lambda: "weasyprint" in sys.modules).items()}
     assert sorted(seen.values()) == [("", "cpu", "1"), ("", "cpu", "1"), ("3", "cuda", "2")]
+    # the render pool imported WeasyPrint as it started; the device worker imports it when it first renders
+    assert preloaded == {"limelight-cuda-0": False, "limelight-render-0": True, "limelight-render-1": True}
     assert resources == {"limelight-cuda-0": {RESOURCE: 1, RENDER_RESOURCE: 1},
                          "limelight-render-0": {RENDER_RESOURCE: 1}, "limelight-render-1": {RENDER_RESOURCE: 1}}
     assert set(threads.values()) == {1}

@@ -60,3 +60,11 @@ def test_before_a_render_batch_is_timed_the_oldest_in_flight_is_a_floor():
     pacer.submitted["batch"] -= 32.0  # in flight for 32 s with 16 reports: at least 2 s per report
     assert pacer.render_floor({"batch": 16}) == pytest.approx(2.0, abs=0.1)
     assert pacer.pipeline(2.0)[0].render_s == 2.0  # type: ignore[index]
+
+
+def test_until_a_render_batch_is_timed_the_rate_is_the_run_s_prior():
+    pacer = Pacer(device_workers=2, render_workers=1, devices_render=True, batch=8, render=True, render_prior_s=0.45)
+    pacer.submitted["shard"] = 0.0
+    pacer.explained("shard", "a", 10, 5.0)
+    assert pacer.pipeline()[0].render_s == 0.45  # type: ignore[index]
+    assert pacer.pipeline(render_floor=1.2)[0].render_s == 1.2  # type: ignore[index]  # a batch in flight is slower

@@ -9,11 +9,13 @@ import pytest
 
 from tasks.errors import InputError
 from tasks.run.deadline import (
+    PRIOR_RENDER_S,
     Pipeline,
     TaskTime,
     estimate,
     held_seconds,
     parse_deadline,
+    render_prior,
     shards_that_fit,
     stage_rate,
 )
@@ -165,3 +167,21 @@ def test_the_render_reserve_stops_explaining_when_what_is_explained_needs_the_ti
     assert shards_that_fit(pipeline, left_s=5.0, backlog=0, sizes=[]) == 0
     explain_only = Pipeline(explain_s=0.2, render_s=0.0, device_workers=2, render_workers=0)
     assert shards_that_fit(explain_only, left_s=10.0, backlog=500, sizes=shards) == 2  # 5 s per shard
+
+
+def test_the_render_prior_stretches_with_the_cores_the_workers_want_beyond_the_host_s():
+    assert render_prior(3, 2) == pytest.approx(1.5 * PRIOR_RENDER_S)  # 2 device workers + 1 render worker, 2 cores
+    assert render_prior(16, 16) == render_prior(4, 16) == PRIOR_RENDER_S  # a core each
+    assert render_prior(40, None) == PRIOR_RENDER_S  # a cluster's workers: taken to have a core each
+
+
+def test_on_shared_cores_the_reserve_starts_no_shard_it_cannot_render():
+    """The demo with a 60 s deadline on 2 cores (measured 2026-12-07): the first shard of 50 explained, 18.7 s
+    left, 50 decisions in flight. A core per worker (the bare prior) lets one more shard start; counting the 3
+    workers on 2 cores, none does, and the workers render what is explained."""
+    def fit(render_s: float) -> int:
+        pipeline = Pipeline(explain_s=0.1, render_s=render_s, device_workers=2, render_workers=1, batch=8)
+        return shards_that_fit(pipeline, left_s=18.7, backlog=50, sizes=[50] * 7)
+
+    assert fit(PRIOR_RENDER_S) == 2
+    assert fit(render_prior(3, 2)) == 1  # the shard in flight only
