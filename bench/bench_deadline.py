@@ -87,7 +87,7 @@ def explained_before(log: Path, cut: datetime, seconds: float) -> int:
     for line in log.read_text(errors="replace").splitlines():
         match = EXPLAINED.match(line)
         if match:
-            when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+            when = datetime.strptime(f"{match.group(1)}.{match.group(2)}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
             if when <= cut - timedelta(seconds=seconds):
                 count += int(match.group(3))
     return count
