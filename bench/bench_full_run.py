@@ -15,7 +15,8 @@ published files.
 of its reports are recorded, then reruns the same command, which resumes from the staging folder. Printed: the
 batches recorded at the kill, the PDFs on disk then, how many of those the resumed run rendered again (their
 file changed: work lost; a batch's record is written after its PDFs, so at most the batches in flight on the
-render workers, one each, are lost), and the manifest's counts checked again.
+render workers, one each, are lost), and the manifest's counts checked again. Both halves print their steady
+PDFs/s and peak RSS too: the killed run is an uninterrupted run up to half of N, the resumed one does its end.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ class Watch:
         self.flow_rss, self.worker_rss = max(self.flow_rss, flow), max(self.worker_rss, worker)
         return done
 
-    def rate(self, total: int) -> float | None:
-        """Reports/s between 10% and 90% of ``total`` recorded."""
-        low = next(((t, n) for t, n in self.progress if n >= 0.1 * total), None)
-        high = next(((t, n) for t, n in self.progress if n >= 0.9 * total), None)
+    def rate(self, total: int, start: int = 0, low_at: float = 0.1, high_at: float = 0.9) -> float | None:
+        """Reports/s between ``low_at`` and ``high_at`` of the ``total - start`` reports recorded after ``start``
+        (a resumed run starts with the killed one's)."""
+        left = total - start
+        low = next(((t, n) for t, n in self.progress if n >= start + low_at * left), None)
+        high = next(((t, n) for t, n in self.progress if n >= start + high_at * left), None)
         if not low or not high or high[0] <= low[0]:
             return None
         return (high[1] - low[1]) / (high[0] - low[0])
@@ -170,10 +173,13 @@ def kill_and_resume(n: int, folder: Path, args: argparse.Namespace) -> None:
     on_disk = {p.relative_to(staging).as_posix(): p.stat().st_mtime_ns for p in (staging / "reports").rglob("*.pdf")}
     batches = len(records(out, "render"))
     explained = len(records(out, "explain"))
+    killed_rate = watch.rate(n, high_at=0.45)
     print(f"killed at {time.perf_counter() - watch.started:.0f} s: {batches} render batches recorded "
-          f"({len(recorded)} reports), {len(on_disk)} PDFs on disk, {explained} shards explained", flush=True)
+          f"({len(recorded)} reports), {len(on_disk)} PDFs on disk, {explained} shards explained; steady "
+          f"{killed_rate or float('nan'):.2f} PDFs/s (10% to 45%), peak RSS flow {_mib(watch.flow_rss)}, largest "
+          f"worker {_mib(watch.worker_rss)}", flush=True)
     clock = time.perf_counter()
-    code, _ = run_cli(config, out, log, args.every)
+    code, resumed = run_cli(config, out, log, args.every)
     problems = check_counts(out, n) if code in (0, 3) else [f"exit {code}: see {log}"]
     again = [f for f, mtime in on_disk.items() if (out / f).stat().st_mtime_ns != mtime]
     kept = [f for f in recorded if on_disk.get(f) == (out / f).stat().st_mtime_ns]
@@ -182,7 +188,9 @@ def kill_and_resume(n: int, folder: Path, args: argparse.Namespace) -> None:
     workers = manifest["execution"]["render_workers"] + manifest["execution"]["workers"]
     print(f"resumed: exit {code} in {time.perf_counter() - clock:.0f} s; {len(kept)} of {len(recorded)} recorded "
           f"reports kept as they were; {len(again)} PDFs on disk at the kill rendered again (work lost: "
-          f"{len(again) / batch:.2f} batches of {batch}, {workers} workers could render); counts "
+          f"{len(again) / batch:.2f} batches of {batch}, {workers} workers could render); steady "
+          f"{resumed.rate(n, start=len(recorded)) or float('nan'):.2f} PDFs/s, peak RSS flow "
+          f"{_mib(resumed.flow_rss)}, largest worker {_mib(resumed.worker_rss)}; counts "
           f"{'hold' if not problems else 'FAIL: ' + '; '.join(problems)}", flush=True)
 
 
