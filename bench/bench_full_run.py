@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_render_workers import bench_config, records  # noqa: E402
+from bench_render_workers import records  # noqa: E402
+from bench_scale import scale_config  # noqa: E402
 
 
 @dataclass
@@ -148,7 +149,7 @@ def _mib(value: int) -> str:
 
 
 def full_run(n: int, folder: Path, args: argparse.Namespace) -> None:
-    config = bench_config(n, folder, args.samples, args.shard_size, layout="hash-prefix")
+    config = scale_config(n, folder, args.samples, args.shard_size, layout="hash-prefix")
     out = folder / f"run-{n}"
     load = os.getloadavg()[0]
     code, watch = run_cli(config, out, folder / f"run-{n}.log", args.every)
@@ -162,7 +163,7 @@ def full_run(n: int, folder: Path, args: argparse.Namespace) -> None:
 
 
 def kill_and_resume(n: int, folder: Path, args: argparse.Namespace) -> None:
-    config = bench_config(n, folder, args.samples, args.shard_size, layout="hash-prefix")
+    config = scale_config(n, folder, args.samples, args.shard_size, layout="hash-prefix")
     out = folder / f"killed-{n}"
     log = folder / f"killed-{n}.log"
     code, watch = run_cli(config, out, log, args.every, kill_after=n // 2)
