@@ -23,7 +23,7 @@ from tasks.report.pdf import PdfPart, PdfSettings, document_kind, require_fonts,
 from tasks.report.pdf import layout as lay_out
 from tasks.report.pdf_structure import crlf_before_endstream
 from tasks.report.protected_section import figures_from_frame, protected_context
-from tasks.report.summary_lists import failures_section, review_section
+from tasks.report.summary_lists import ACCESSIBLE_LAYOUT, failures_section, review_section
 from tasks.report.summary_stats import decision_codes, distinct_per_group, first_rows
 from tasks.report.text import (
     audit_rows,
@@ -293,10 +293,11 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
                      layout: int = 1, failures: Path | None = None,
                      protected: Mapping[str, Any] | None = None, drift: Mapping[str, Any] | None = None) -> Path:
     """The run summary PDF at ``out_path``. ``quality``: the table's :func:`quality_summary` when the caller has it
-    already (computed here otherwise). ``layout`` 2 (tasks/report/summary_lists.py) lists the most severe review
-    decisions and the first of the run's ``failures`` (its failures.parquet) as short tables, whatever the run's
-    size; ``review_ids`` are then only used for a table without the ``needs_review`` column. Layout 1 is the
-    summary of runs recorded before it (the review list up to ``review_list_limit`` ids, every id attached).
+    already (computed here otherwise). ``layout`` 2 and 3 (tasks/report/summary_lists.py; 3 claims PDF/UA-1 too)
+    list the most severe review decisions and the first of the run's ``failures`` (its failures.parquet) as short
+    tables, whatever the run's size; ``review_ids`` are then only used for a table without the ``needs_review``
+    column. Layout 1 is the summary of runs recorded before it (the review list up to ``review_list_limit`` ids,
+    every id attached).
     ``protected``: the run's protected-feature figures, like ``quality`` (only in runs with protected features:
     tasks/report/protected_section.py). ``drift``: the run's comparison with its baseline (the manifest's
     ``drift``): a drift section, and ``drift`` in the JSON attachment; none without one (older runs' bytes)."""
@@ -378,7 +379,8 @@ def summary_document(explanations: pd.DataFrame, counts: Mapping[str, int], revi
     kind = document_kind("run_summary", "summary.html")
     html = kind.template.render(**context)
     settings = PdfSettings(variant=config.report.pdf_variant, tags=config.report.pdf_tags,
-                           lang=config.report.language, generated_at=run.generated_at)
+                           lang=config.report.language, generated_at=run.generated_at,
+                           accessible=layout >= ACCESSIBLE_LAYOUT)
     attachment = {
         "schema": SUMMARY_SCHEMA,
         "counts": {k: int(v) for k, v in sorted(counts.items())},

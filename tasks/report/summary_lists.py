@@ -1,4 +1,4 @@
-"""The run summary's lists at any scale (summary layout 2): the most severe decisions in review and the first
+"""The run summary's lists at any scale (summary layouts 2 and 3): the most severe decisions in review and the first
 failures as short tables, counts by check and by stage, and a sentence naming the Parquet file with the full list
 (``review.parquet``, ``failures.parquet``). The summary's pages do not grow with the number of decisions.
 
@@ -19,8 +19,12 @@ import pyarrow.parquet as pq
 
 from tasks.report.text import clean_text, fidelity_text, fill, threshold_text
 
-#: The summary layout new runs record (``outputs["summary.pdf"]["layout"]`` in the manifest); absent: 1.
-SUMMARY_LAYOUT = 2
+#: The summary layout new runs record (``outputs["summary.pdf"]["layout"]`` in the manifest); absent: 1. Layout 3
+#: is layout 2 claiming PDF/UA-1 besides PDF/A-3 (tagged runs; tests/report/test_render_conformance.py), so a
+#: run recorded with layout 2 re-renders without the claim, byte for byte.
+SUMMARY_LAYOUT = 3
+#: The first layout whose summary claims PDF/UA-1 (when tagged).
+ACCESSIBLE_LAYOUT = 3
 #: Rows of each top-N table at most (``[report] review_list_limit`` can ask for fewer).
 TOP = 20
 REVIEW_FILE = "review.parquet"

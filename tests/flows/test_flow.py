@@ -102,7 +102,7 @@ def test_reports_and_summary(full_run):
         assert pdf.read_bytes().startswith(b"%PDF") and file_sha256(pdf) == entry["sha256"]
     assert (out / "summary.pdf").read_bytes().startswith(b"%PDF")
     assert manifest["outputs"]["summary.pdf"]["sha256"] == file_sha256(out / "summary.pdf")
-    assert manifest["outputs"]["summary.pdf"]["layout"] == 2  # top-N tables: tasks/report/summary_lists.py
+    assert manifest["outputs"]["summary.pdf"]["layout"] == 3  # top-N tables, PDF/UA-1: tasks/report/summary_lists.py
     from render_support import embedded_files
 
     attached = json.loads(embedded_files(out / "summary.pdf")["run-summary.json"])

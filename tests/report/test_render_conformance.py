@@ -1,6 +1,7 @@
 """The PDFs against an independent checker: customer letters and run summary, en and zh-CN.
 
-Every customer letter must pass PDF/A-3b and PDF/UA-1 (it claims both), the summary PDF/A-3b, with the
+Every customer letter and the run summary, in each of its sections, must pass PDF/A-3b and PDF/UA-1 (they claim
+both), with the
 `page-validation` checker (PyPI; Rust, PDF/A-1/2/3 and PDF/UA-1 rules), with no rule waived. A stream whose data
 ends in a CR byte gets CR LF as its EOL marker before `endstream` (tasks/report/pdf_structure.py:
 crlf_before_endstream), so no reading of the bytes makes its /Length wrong; checked here byte by byte too.
@@ -8,6 +9,7 @@ crlf_before_endstream), so no reading of the bytes makes its /Length wrong; chec
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections import Counter
@@ -16,10 +18,11 @@ from pathlib import Path
 import page
 import pikepdf
 import pytest
-from render_support import demo_config, demo_run, structure_problems, synthetic_inputs
+from render_support import demo_config, demo_run, embedded_files, structure_problems, synthetic_inputs
 
 from tasks.report.pdf_structure import crlf_before_endstream, endstream_eol
 from tasks.report.render import render_customer_reports, render_run_summary
+from tasks.report.summary_lists import SUMMARY_LAYOUT
 
 LANGUAGES = ("en", "zh-CN")
 REPORTS_PER_LANGUAGE = 4
@@ -57,6 +60,16 @@ def failures(path: Path, profile: str) -> list[str]:
     return found
 
 
+def _no_failures(folder: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / "failures.parquet"
+    pq.write_table(pa.table({"customer_id": pa.array([], pa.string()), "stage": pa.array([], pa.string()),
+                             "error": pa.array([], pa.string())}), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[Path], Path]]:
     """A few customer letters (both review states, a Chinese one with its CJK font) and the summary per language."""
@@ -72,7 +85,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[P
         review = sorted(rows.loc[rows["needs_review"], "customer_id"].unique())
         counts = {"decisions_in": REPORTS_PER_LANGUAGE, "reports_made": len(reports), "needs_review": len(review),
                   "failed": 0}
-        summary = render_run_summary(rows, counts, review, config, run, folder / "summary.pdf")
+        summary = render_run_summary(rows, counts, review, config, run, folder / "summary.pdf",
+                                     layout=SUMMARY_LAYOUT, failures=_no_failures(folder))
         out[language] = ([r.path for r in reports], summary)
     return out
 
@@ -98,9 +112,48 @@ def _assert_streams_sound(path: Path) -> None:
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_run_summary_passes_pdfa_3b(rendered, language: str) -> None:
+def test_run_summary_passes_pdfa_3b_and_pdfua_1(rendered, language: str) -> None:
     _, summary = rendered[language]
-    assert failures(summary, "3b") == []
+    assert failures(summary, "3b") == [] and failures(summary, "ua1") == []
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_summary_with_every_section_passes_pdfa_3b_and_pdfua_1(tmp_path: Path, language: str) -> None:
+    """Layout 2's top-N review and failure tables, the prohibited bases (housing protected) and the comparison
+    with a baseline: every rule of both profiles, on every page, with the claims in the XMP."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.inputs.drift_config import DriftConfig
+    from tasks.run.drift import baseline_record, compare, run_profile
+
+    config = demo_config(language)
+    config.features[:] = [f.model_copy(update={"protected": True}) if f.name == "housing" else f
+                          for f in config.features]
+    rows, _ = synthetic_inputs(60, config, seed=5, review_share=0.4)
+    rows["role"], rows["withheld"] = "reason", rows["feature"] == "housing"
+    rows["needs_review"] |= rows.groupby("customer_id")["withheld"].transform("any")
+    rows["review_reasons"] = rows["needs_review"].map({True: "low-fidelity", False: ""})
+    rows.to_parquet(tmp_path / "now.parquet")
+    rows.assign(feature=rows["feature"].where(rows["rank"] != 1, "annual_income")).to_parquet(tmp_path / "base.parquet")
+    drift = {"baseline": baseline_record({"run_id": "night-1", "trigger": {"run_date": "2026-11-20"}},
+                                         tmp_path / "manifest.json", "previous run"),
+             **compare(run_profile(tmp_path / "base.parquet"), run_profile(tmp_path / "now.parquet"),
+                       DriftConfig(min_decisions=10))}
+    lost = tmp_path / "failures.parquet"
+    pq.write_table(pa.table({"customer_id": [f"LOST-{i}" for i in range(12)], "stage": ["explain"] * 12,
+                             "error": ["model raised ValueError"] * 12}), lost)
+    review = sorted(rows.loc[rows["needs_review"], "customer_id"].unique())
+    counts = {"decisions_in": 72, "reports_made": 60, "needs_review": len(review), "failed": 12}
+    path = render_run_summary(rows, counts, review, config, demo_run(config), tmp_path / "summary.pdf",
+                              layout=SUMMARY_LAYOUT, failures=lost, drift=drift)
+    attached = json.loads(embedded_files(path)["run-summary.json"])
+    assert attached["layout"] == 3 and attached["protected"]["features"][0]["reason_decisions"] > 0
+    assert attached["drift"] == drift and attached["failures"]["count"] == 12
+    assert failures(path, "3b") == [] and failures(path, "ua1") == []
+    with pikepdf.open(path) as pdf, pdf.open_metadata(set_pikepdf_as_editor=False) as meta:
+        assert meta.get("pdfuaid:part") == "1" and pdf.Root.MarkInfo.Marked is True
+    _assert_streams_sound(path)
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -138,7 +191,7 @@ def test_letters_claim_what_they_meet(rendered, language: str) -> None:
         assert structure_problems(path) == []
     with pikepdf.open(summary) as pdf:
         assert "/Filter" not in pdf.Root.Metadata.stream_dict
-        assert b"pdfuaid" not in pdf.Root.Metadata.read_bytes()  # the summary does not claim PDF/UA
+        assert b'pdfuaid:part="1"' in pdf.Root.Metadata.read_bytes()  # the summary claims PDF/UA-1 too
 
 
 @pytest.mark.parametrize(("case", "report", "profile", "claims_ua"), [

@@ -167,9 +167,10 @@ def test_a_manifest_with_inline_reports_still_rerenders(published, tmp_path):
     assert (tmp_path / "again" / "summary.pdf").read_bytes() == (out / "summary.pdf").read_bytes()
 
 
-def test_a_summary_recorded_before_the_top_n_tables_keeps_its_layout(published, tmp_path):
+def test_a_summary_recorded_with_an_older_layout_keeps_it(published, tmp_path):
     """A run made before summary layout 2 records no layout with its summary.pdf: it re-renders as layout 1 (the
-    review list by id, every review id attached), byte for byte; layout 2's failures table is checked too."""
+    review list by id, every review id attached), byte for byte; one recorded with layout 2 (before the summary
+    claimed PDF/UA-1) as layout 2; layout 2's failures table is checked too."""
     from tasks.explain.aggregate import read_for_summary
     from tasks.inputs.config import load_config
     from tasks.report.index import review_ids
@@ -180,7 +181,8 @@ def test_a_summary_recorded_before_the_top_n_tables_keeps_its_layout(published, 
     out, config_path, _ = published
     manifest = _copy_run(out, tmp_path / "run")
     data = json.loads(manifest.read_text())
-    assert data["outputs"]["summary.pdf"]["layout"] == 2
+    assert data["outputs"]["summary.pdf"]["layout"] == 3
+    assert b'pdfuaid:part="1"' in (out / "summary.pdf").read_bytes()
 
     config = load_config(config_path)
     old = render_run_summary(read_for_summary(out / "explanations.parquet"), summary_counts(data["counts"]),
@@ -193,8 +195,15 @@ def test_a_summary_recorded_before_the_top_n_tables_keeps_its_layout(published, 
     manifest.write_text(json.dumps(data))
     rerender(manifest, tmp_path / "again")
     assert (tmp_path / "again" / "summary.pdf").read_bytes() == old.read_bytes()
-    data["outputs"]["summary.pdf"]["layout"] = 2
+    two = render_run_summary(read_for_summary(out / "explanations.parquet"), summary_counts(data["counts"]), [],
+                             config, run_info(data, out / "explanations.parquet"), tmp_path / "layout-2.pdf",
+                             layout=2, failures=out / "failures.parquet")
+    assert b"pdfuaid" not in two.read_bytes() and two.read_bytes() != (out / "summary.pdf").read_bytes()
+    shutil.copy(two, manifest.parent / "summary.pdf")
+    data["outputs"]["summary.pdf"].update(layout=2, sha256=file_sha256(two))
     manifest.write_text(json.dumps(data))
+    rerender(manifest, tmp_path / "again-2")
+    assert (tmp_path / "again-2" / "summary.pdf").read_bytes() == two.read_bytes()
     (manifest.parent / "failures.parquet").write_bytes(b"not the run's")
     with pytest.raises(InputError, match=r"run/failures.parquet: failures table SHA-256 changed since the run"):
         rerender(manifest, tmp_path / "again2")
