@@ -31,7 +31,7 @@ PRIOR_RENDER_S = 0.3
 
 
 def render_prior(cores_wanted: float, cores: int | None) -> float:
-    """One render worker's seconds per report until a batch is timed: a quiet core's (:data:`PRIOR_RENDER_S`),
+    """One render worker's seconds per report until a batch is timed: the base prior (:data:`PRIOR_RENDER_S`),
     stretched by how far the run's workers want more cores than the host they share has (``cores``; None: each
     worker is taken to have its own core, as on a cluster). On 2 cores, 2 device workers explaining and 1 render
     worker want 3: a report takes 1.5 times as long, and the render reserve starts no shard it cannot render."""
