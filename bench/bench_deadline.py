@@ -33,6 +33,21 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
+def bench_settings(samples: int, shard_size: int) -> dict:
+    """A bench case's config but its features: inputs ``decisions.parquet``, ``reference.parquet`` and an XGBoost
+    ``model.ubj`` beside it, ids in ``customer_id``, applicants' ``full_name`` and ``decision_date``."""
+    return {
+        "data": {"decisions": "decisions.parquet", "reference": "reference.parquet", "id_column": "customer_id"},
+        "model": {"path": "model.ubj", "classes": ["approved", "declined"], "explain": "declined"},
+        "explain": {"num_samples": samples, "top_k": 3, "seed": 20261122},
+        "run": {"shard_size": shard_size, "torch_threads": 1},
+        "report": {"language": "en", "jurisdiction": "uk", "applicant_fields": ["full_name"],
+                   "date_column": "decision_date", "decision_threshold": 0.5,
+                   "lender": {"name": "Northbridge Bank plc", "address": ["40 Old Broad Street", "London EC2N 1HQ"],
+                              "contact": ["credit.review@northbridge.example"]}},
+    }
+
+
 def german_xgb(folder: Path, samples: int, shard_size: int) -> Path:
     """German credit as decisions, its training rows as the reference, an XGBoost model file, and a config."""
     import pandas as pd
@@ -55,14 +70,7 @@ def german_xgb(folder: Path, samples: int, shard_size: int) -> Path:
     model.fit(data.x[data.train], data.target[data.train])
     model.get_booster().save_model(str(folder / "model.ubj"))
     raw = {
-        "data": {"decisions": "decisions.parquet", "reference": "reference.parquet", "id_column": "customer_id"},
-        "model": {"path": "model.ubj", "classes": ["approved", "declined"], "explain": "declined"},
-        "explain": {"num_samples": samples, "top_k": 3, "seed": 20261122},
-        "run": {"shard_size": shard_size, "torch_threads": 1},
-        "report": {"language": "en", "jurisdiction": "uk", "applicant_fields": ["full_name"],
-                   "date_column": "decision_date", "decision_threshold": 0.5,
-                   "lender": {"name": "Northbridge Bank plc", "address": ["40 Old Broad Street", "London EC2N 1HQ"],
-                              "contact": ["credit.review@northbridge.example"]}},
+        **bench_settings(samples, shard_size),
         "features": [
             {"name": f.name, "label": f.name.replace("_", " "), "kind": f.kind,
              **({"categories": list(f.categories or [])} if f.kind == "categorical" else {"decimals": 0})}
