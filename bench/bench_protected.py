@@ -19,7 +19,8 @@ accounts (share and expenditure left out: they are spending after the card was g
 2. A real ``limelight run`` (its own Prefect server, Dask workers, WeasyPrint) with the features marked: the age
    feature as ``protected = "age"`` (62), the others ``protected = true``.
 3. From the published run, recomputed from ``explanations.parquet`` alone, and checked:
-   - letters stating a protected feature (every letter's embedded JSON): must be 0;
+   - letters stating a protected feature (every letter's embedded JSON), or age as a reason of an applicant aged 62
+     or more: must be 0 (age stated for a younger applicant is allowed, and counted);
    - decisions where one would have been a principal reason, and how many of them are in ``review.parquet``
      with the gate ``protected-basis``: must be all;
    - per feature: the manifest's and the summary's figures against the recomputation: must be equal;
@@ -133,13 +134,17 @@ def recompute(out: Path, case: str, decisions: Path) -> dict:
     would = rows[rows["withheld"].fillna(False).astype(bool) & (rows["role"] == "reason")]
     gated = set(would["customer_id"])
     queue = {r["id"]: r["review_reasons"] for r in pq.read_table(out / "review.parquet").to_pylist()}
-    stating, letters = 0, 0
+    ages = pd.read_parquet(decisions, columns=["customer_id", AGE[case]]).set_index("customer_id")[AGE[case]]
+    prohibited = set(MARKS[case]) - {AGE[case]}
+    stating, letters, age_stated = 0, 0, 0
     for entry in pq.read_table(out / "reports.parquet").to_pylist():
         with pikepdf.open(out / entry["file"]) as pdf:
             document = json.loads(pdf.attachments["explanation.json"].get_file().read_bytes())
         letters += 1
         stated = {f["feature"] for f in document["factors"]}
-        stating += bool(stated & (set(MARKS[case]) - {AGE[case]})) or (entry["id"] in gated and AGE[case] in stated)
+        age_reason = any(f["feature"] == AGE[case] and f["role"] == "reason" for f in document["factors"])
+        age_stated += age_reason  # allowed below 62: age may act in an empirically derived system
+        stating += bool(stated & prohibited) or (age_reason and ages[entry["id"]] >= ELDERLY)
     per_feature = {}
     for name in MARKS[case]:
         mine = would[would["feature"] == name]
@@ -150,7 +155,6 @@ def recompute(out: Path, case: str, decisions: Path) -> dict:
                                           & (rows["feature"] == name)]["customer_id"].nunique()),
         }
     adverse = rows[rows["role"].isin(["reason", "favourable"])]["customer_id"].nunique()
-    ages = pd.read_parquet(decisions, columns=["customer_id", AGE[case]]).set_index("customer_id")[AGE[case]]
     explained = set(rows["customer_id"])
     elderly = {i for i, age in ages.items() if age >= ELDERLY and i in explained}
     declined = elderly & set(rows.loc[rows["model_pred"] >= 0.5, "customer_id"])
@@ -158,6 +162,7 @@ def recompute(out: Path, case: str, decisions: Path) -> dict:
     return {"letters": letters, "stating": stating, "gated": gated, "queue": queue, "per_feature": per_feature,
             "adverse": adverse, "decisions": rows["customer_id"].nunique(),
             "age_rule": {"elderly": len(elderly), "declined": len(declined), "age_would_be_reason": len(age_reason),
+                         "age_stated_below": age_stated,
                          "of_them_in_review": sum("protected-basis" in (queue.get(i) or []) for i in age_reason)}}
 
 
@@ -250,7 +255,8 @@ def main() -> None:
     rule = figures["age_rule"]
     print(f"age rule ({AGE[args.case]} >= {ELDERLY:g}): {rule['elderly']} applicants, {rule['declined']} declined "
           f"(model_pred >= 0.5), {rule['age_would_be_reason']} where age would be a principal reason, "
-          f"{rule['of_them_in_review']} of them in review with protected-basis")
+          f"{rule['of_them_in_review']} of them in review with protected-basis; {rule['age_stated_below']} letters of "
+          f"younger applicants state age as a reason (allowed)")
     ok &= rule["of_them_in_review"] == rule["age_would_be_reason"]
     print(f"review_decisions: manifest {manifest['protected']['review_decisions']}, recomputed {len(gated)}; "
           f"review share {manifest['counts']['needs_review']}/{figures['decisions']}")
