@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from tasks.inputs.config import DEFAULT_AGE_THRESHOLD as ELDERLY  # noqa: E402  (Regulation B: 62 or older)
+
 #: Per case: the features to mark, and the age feature.
 MARKS = {
     "german": {"age_in_years": {"protected": "age"}, "personal_status_and_sex": {"protected": True},
@@ -52,7 +54,6 @@ MARKS = {
     "creditcard": {"age": {"protected": "age"}},
 }
 AGE = {"german": "age_in_years", "creditcard": "age"}
-ELDERLY = 62.0
 
 
 def _cli(args: list[str], state: Path) -> subprocess.CompletedProcess:
@@ -143,8 +144,9 @@ def recompute(out: Path, case: str, decisions: Path) -> dict:
         letters += 1
         stated = {f["feature"] for f in document["factors"]}
         age_reason = any(f["feature"] == AGE[case] and f["role"] == "reason" for f in document["factors"])
-        age_stated += age_reason  # allowed below 62: age may act in an empirically derived system
-        stating += bool(stated & prohibited) or (age_reason and ages[entry["id"]] >= ELDERLY)
+        elderly_applicant = ages[entry["id"]] >= ELDERLY
+        age_stated += age_reason and not elderly_applicant  # allowed: age may act in an empirically derived system
+        stating += bool(stated & prohibited) or (age_reason and elderly_applicant)
     per_feature = {}
     for name in MARKS[case]:
         mine = would[would["feature"] == name]
