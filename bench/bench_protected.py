@@ -106,17 +106,13 @@ def creditcard_xgb(folder: Path, samples: int, shard_size: int) -> Path:
     return config
 
 
-def _german(folder: Path, samples: int, shard_size: int) -> Path:
-    from bench_deadline import german_xgb
-
-    return german_xgb(folder, samples, shard_size)
-
-
 def configs(case: str, folder: Path, samples: int, shard_size: int) -> tuple[Path, Path]:
     """The case's inputs and two configs: unmarked (as init leaves a config without its marks) and marked."""
+    from bench_deadline import german_xgb
+
     from tasks.io import dump_toml
 
-    plain = (_german if case == "german" else creditcard_xgb)(folder, samples, shard_size)
+    plain = (german_xgb if case == "german" else creditcard_xgb)(folder, samples, shard_size)
     raw = tomllib.loads(plain.read_text(encoding="utf-8"))
     for feature in raw["features"]:
         feature.update(MARKS[case].get(feature["name"], {}))

@@ -60,16 +60,6 @@ def failures(path: Path, profile: str) -> list[str]:
     return found
 
 
-def _no_failures(folder: Path) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = folder / "failures.parquet"
-    pq.write_table(pa.table({"customer_id": pa.array([], pa.string()), "stage": pa.array([], pa.string()),
-                             "error": pa.array([], pa.string())}), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[Path], Path]]:
     """A few customer letters (both review states, a Chinese one with its CJK font) and the summary per language."""
@@ -86,7 +76,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[P
         counts = {"decisions_in": REPORTS_PER_LANGUAGE, "reports_made": len(reports), "needs_review": len(review),
                   "failed": 0}
         summary = render_run_summary(rows, counts, review, config, run, folder / "summary.pdf",
-                                     layout=SUMMARY_LAYOUT, failures=_no_failures(folder))
+                                     layout=SUMMARY_LAYOUT)  # no failures.parquet: none failed
         out[language] = ([r.path for r in reports], summary)
     return out
 
