@@ -200,18 +200,34 @@ def returned_review(ids: pa.Array | list[str]) -> dict[str, Any]:
     return {"review_ids": first, "review_count": len(ids)}
 
 
-def keep_only_reports(staging: Path, files: set[str]) -> None:
+def keep_only_reports(staging: Path, files: pa.Array | pa.ChunkedArray) -> None:
     """Remove from the staged reports what is not a finished report of this run (a batch cut at the deadline,
     a killed writer's temporary file), so the published folder holds exactly the index's reports. ``files``
-    are relative to ``staging`` (``reports/...``, in subfolders with a ``[report] layout``)."""
+    (the report index's column) are relative to ``staging`` (``reports/...``, in subfolders with a ``[report]
+    layout``).
+
+    One folder at a time: the index's files, sorted by folder in Arrow, give each folder's names as one slice,
+    so no set or list of every report's path is built in Python (a million reports would hold hundreds of MB)."""
     folder = staging / mf.REPORTS
     folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(folder.rglob("*"), reverse=True):  # deepest first: files, then emptied folders
-        if path.is_dir():
-            if not any(path.iterdir()):
-                path.rmdir()
-        elif path.relative_to(staging).as_posix() not in files:
-            path.unlink()
+    files = pa.chunked_array([files]) if isinstance(files, pa.Array) else files
+    parents = pc.replace_substring_regex(files, pattern="/[^/]*$", replacement="")
+    table = pa.table({"parent": parents, "file": files}).sort_by([("parent", "ascending"), ("file", "ascending")])
+    starts: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for parent, count in zip(*(c.to_pylist() for c in pc.value_counts(table.column("parent")).flatten()),
+                             strict=True):
+        starts[parent] = (offset, count)  # value_counts keeps the sorted column's order
+        offset += count
+    for directory, _, names in os.walk(folder, topdown=False):  # deepest first: files, then emptied folders
+        relative = Path(directory).relative_to(staging).as_posix()
+        first, count = starts.get(relative, (0, 0))
+        indexed = set(table.column("file").slice(first, count).to_pylist())
+        for name in names:
+            if f"{relative}/{name}" not in indexed:
+                os.unlink(os.path.join(directory, name))
+        if directory != str(folder) and not os.listdir(directory):
+            os.rmdir(directory)
 
 
 def audit_trail(*, identity: str, trigger: str, started_by: str | None, run_date: str | None, started: datetime,

@@ -374,7 +374,7 @@ def render(checked: Validated, planned: Planned, explained: Explained, drift: Dr
     if not checked.render:
         return Rendered([], {})
     staging, reports = planned.staging, explained.outputs.reports
-    keep_only_reports(staging, set(reports.column("file").to_pylist()))
+    keep_only_reports(staging, reports.column("file"))
     index_rows = report_index.write_index([reports], staging / mf.REPORT_INDEX)
     queue_rows = write_queue(explained.explanations, reports, checked.config.data.id_column, staging / QUEUE)
     protected, protected_outputs = protected_step(checked.config, explained.explanations, staging)

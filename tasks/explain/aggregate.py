@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from tasks.explain.protected import withheld
 from tasks.inputs.config import Config, FeatureConfig
 from tasks.inputs.protected import PROTECTED_GATE
+from tasks.io import release_unused_memory
 
 if TYPE_CHECKING:  # the engine imports torch; the flow process only needs the schema
     from tasks.engine import Explanations, ReferenceStats
@@ -242,7 +243,11 @@ def read_for_summary(path: str | Path) -> pd.DataFrame:
     """``explanations.parquet`` with the id column and :data:`SUMMARY_COLUMNS` only: the texts, values and weights
     of every factor (most of the file) are not read into memory for a run's figures."""
     names = pq.read_schema(path).names
-    return pd.read_parquet(path, columns=[names[0], *(c for c in SUMMARY_COLUMNS if c in names)])
+    table = pq.read_table(path, columns=[names[0], *(c for c in SUMMARY_COLUMNS if c in names)], use_threads=False)
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)  # each column's Arrow buffers freed as converted
+    del table
+    release_unused_memory()  # the flow process renders the summary next: its peak (docs/performance.md)
+    return frame
 
 
 def review_reason_counts(reasons: pd.Series, gates: Sequence[str] = REVIEW_REASONS) -> dict[str, int]:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from tasks.errors import InputError
 from tasks.inputs.config import Config
-from tasks.io import atomic_path
+from tasks.io import atomic_path, release_unused_memory
 from tasks.run.manifest import EXPLANATIONS, check_sha256
 from tasks.run.manifest import REPORT_INDEX as INDEX
 
@@ -90,6 +90,7 @@ def write_index(tables: Iterable[pa.Table], target: Path) -> int:
             if table.num_rows:
                 writer.write_table(table.cast(SCHEMA))
                 total += table.num_rows
+    release_unused_memory()  # the writer's pages, freed: the flow process goes on to the queue and the summary
     return total
 
 

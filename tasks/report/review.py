@@ -68,6 +68,11 @@ def _number(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
+#: The explanations' columns the queue reads (those present): not the texts and values of every factor.
+QUEUE_SOURCE_COLUMNS = ("rank", "role", "feature", "label", "weight", "review_reasons", "fidelity", "stability",
+                        "model_pred", "prediction_gap", "withheld")
+
+
 def queue_table(explanations: pa.Table, reports: pa.Table, id_column: str) -> pa.Table:
     """One row per reported decision whose explanation needs review, in the explanations' order.
 
@@ -76,13 +81,14 @@ def queue_table(explanations: pa.Table, reports: pa.Table, id_column: str) -> pa
     ``withheld`` protected feature; its gate ``protected-basis`` is among the review reasons).
     """
     flagged = explanations.filter(pc.fill_null(explanations.column("needs_review"), False))
-    letters = {i: (f, s) for i, f, s in zip(reports.column("id").to_pylist(), reports.column("file").to_pylist(),
-                                            reports.column("sha256").to_pylist(), strict=True)}
-    columns = [c for c in (id_column, "rank", "role", "feature", "label", "weight", "review_reasons", "fidelity",
-                           "stability", "model_pred", "prediction_gap", "withheld") if c in flagged.column_names]
+    columns = [c for c in (id_column, *QUEUE_SOURCE_COLUMNS) if c in flagged.column_names]
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in flagged.select(columns).to_pylist():
         groups.setdefault(str(row[id_column]), []).append(row)
+    # the letters of the decisions in review only: a dict of every report would be O(N) Python objects
+    in_review = reports.filter(pc.is_in(reports.column("id"), value_set=pa.array(list(groups), pa.string())))
+    letters = {i: (f, s) for i, f, s in zip(in_review.column("id").to_pylist(), in_review.column("file").to_pylist(),
+                                            in_review.column("sha256").to_pylist(), strict=True)}
     rows = []
     for decision_id, records in groups.items():
         if decision_id not in letters:  # no letter (its render failed): it is in failures.parquet, not queued
@@ -107,12 +113,25 @@ def queue_table(explanations: pa.Table, reports: pa.Table, id_column: str) -> pa
     return pa.Table.from_pylist(rows, schema=QUEUE_SCHEMA)
 
 
+def flagged_rows(explanations: Path, id_column: str, batch_rows: int = 8_192) -> pa.Table:
+    """The rows of ``explanations.parquet`` that need review, with the queue's columns only, read batch by batch:
+    the flow process holds the review share of the run, not the whole table (the texts of every factor)."""
+    source = pq.ParquetFile(explanations)
+    names = source.schema_arrow.names
+    columns = [c for c in (id_column, "needs_review", *QUEUE_SOURCE_COLUMNS) if c in names]
+    parts = [batch.filter(pc.fill_null(batch.column("needs_review"), False))
+             for batch in source.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)]
+    schema = source.schema_arrow
+    return pa.Table.from_batches(parts, pa.schema([schema.field(c) for c in columns]))
+
+
 def write_queue(explanations: Path, reports: pa.Table, id_column: str, target: Path) -> int:
     """Write ``review.parquet`` (atomically) from the run's explanations and report index; returns its rows."""
-    from tasks.io import write_table_atomic
+    from tasks.io import release_unused_memory, write_table_atomic
 
-    table = queue_table(pq.read_table(explanations), reports, id_column)
+    table = queue_table(flagged_rows(explanations, id_column), reports, id_column)
     write_table_atomic(table, target)
+    release_unused_memory()  # the pages the scan freed: the flow process renders the summary next
     return table.num_rows
 
 

@@ -1,9 +1,10 @@
-"""flows/output.py: the few failed or unreached ids put in the selection's order, the most frequent first reasons."""
+"""flows/output.py: the few failed or unreached ids put in the selection's order, the most frequent first reasons,
+only the indexed reports kept."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flows.output import failures_table, in_order, top_first_reasons
+from flows.output import failures_table, in_order, keep_only_reports, top_first_reasons
 
 
 def test_ids_are_put_in_the_selections_order_repeats_together_strangers_last():
@@ -41,3 +42,21 @@ def test_the_flow_returns_the_first_review_ids_and_counts_them_all():
         returned = returned_review(given)
         assert returned["review_ids"] == ids[:RETURNED_REVIEW_IDS] and returned["review_count"] == len(ids)
     assert returned_review(pa.array([], pa.string())) == {"review_ids": [], "review_count": 0}
+
+
+def test_only_the_indexed_reports_are_kept_in_every_folder_and_emptied_folders_go(tmp_path):
+    staged = ["reports/ab/cd/C-1.pdf", "reports/ab/cd/C-2.pdf", "reports/ab/ef/C-3.pdf", "reports/ab/C-4.pdf",
+              "reports/zz/C-5.pdf", "reports/zz/.C-6.pdf.tmp", "reports/ab/cd/C-7.pdf", "reports/cut/C-8.pdf",
+              "reports/C-9.pdf"]
+    for name in staged:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"%PDF")
+    (tmp_path / "reports" / "empty" / "deeper").mkdir(parents=True)
+    indexed = ["reports/zz/C-5.pdf", "reports/ab/cd/C-2.pdf", "reports/ab/C-4.pdf", "reports/ab/ef/C-3.pdf",
+               "reports/C-9.pdf"]
+    keep_only_reports(tmp_path, pa.chunked_array([indexed[:2], indexed[2:]]))
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "reports").rglob("*"))
+    assert left == ["reports/C-9.pdf", "reports/ab", "reports/ab/C-4.pdf", "reports/ab/cd", "reports/ab/cd/C-2.pdf",
+                    "reports/ab/ef", "reports/ab/ef/C-3.pdf", "reports/zz", "reports/zz/C-5.pdf"]
+    keep_only_reports(tmp_path, pa.array([], pa.string()))  # nothing indexed: nothing kept, the folder stays
+    assert list((tmp_path / "reports").iterdir()) == []

@@ -291,3 +291,18 @@ def test_a_kill_mid_apply_loses_and_duplicates_nothing(published, reviewed, tmp_
     assert (out / "reports.parquet").read_bytes() == (reference / "reports.parquet").read_bytes()
     if step == "logged":  # re-rendering costs ~15 s: once is enough
         assert rerender(out / "manifest.json", tmp_path / "again").reports == DECISIONS
+
+
+def test_the_queue_reads_only_the_flagged_rows_and_its_columns_batch_by_batch(tmp_path):
+    import pyarrow as pa
+
+    from tasks.report.review import flagged_rows
+
+    table = pa.table({"loan": ["a", "a", "b", "b", "c", "d"], "rank": [1, 2, 1, 2, 1, 1],
+                      "needs_review": [True, True, False, False, None, True], "feature": list("xyzxyz"),
+                      "condition": ["long text"] * 6, "weight": [0.3, 0.1, 0.2, 0.1, 0.4, 0.5]})
+    path = tmp_path / "explanations.parquet"
+    pq.write_table(table, path, row_group_size=4)
+    rows = flagged_rows(path, "loan", batch_rows=2)
+    assert rows.column_names == ["loan", "needs_review", "rank", "feature", "weight"]  # no text of every factor
+    assert rows.to_pydict()["loan"] == ["a", "a", "d"]  # a missing flag is not in review
