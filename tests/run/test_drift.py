@@ -139,3 +139,18 @@ def test_baseline_profile_from_the_manifest_or_the_parquet(tmp_path):
     assert baseline_profile(manifest)[1]["decisions"] == 7
     with pytest.raises(InputError, match="--baseline .*missing.json: not found"):
         baseline_profile(tmp_path / "missing.json")
+
+
+def test_reasons_are_counted_once_per_decision_whatever_its_id_holds(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = ["a\x1fdebt", "a\x1fdebt", "a\x1fdebt", "b", "b", "c\x1f"]
+    table = pa.table({"loan": ids, "rank": [1, 2, 3, 1, 2, 1], "role": ["reason"] * 5 + ["favourable"],
+                      "feature": ["income", "income", "debt", "debt", "age", "income"],
+                      "fidelity": [0.9] * 6, "needs_review": [False] * 6})
+    path = tmp_path / "explanations.parquet"
+    pq.write_table(table, path)
+    profile = run_profile(path)
+    assert profile["reasons"] == {"age": 1, "debt": 2, "income": 1}  # a's income twice: once; c's is favourable
+    assert (profile["decisions"], profile["declines"]) == (3, 3)
