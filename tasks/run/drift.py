@@ -132,7 +132,7 @@ def _reason_counts(named: pa.RecordBatch, id_column: str) -> dict[str, int]:
     pairs = pc.unique(pc.binary_join_element_wise(named.column(id_column).cast(pa.large_string()),
                                                   named.column("feature").cast(pa.large_string()),
                                                   pa.scalar("\x1f", pa.large_string())))
-    counted = pc.value_counts(pc.replace_substring_regex(pairs, "(?s)^.*\x1f", "")).flatten()
+    counted = pc.value_counts(pc.replace_substring_regex(pc.drop_null(pairs), "(?s)^.*\x1f", "")).flatten()
     return dict(zip(*(c.to_pylist() for c in counted), strict=True))
 
 
