@@ -117,11 +117,10 @@ def flagged_rows(explanations: Path, id_column: str, batch_rows: int = 8_192) ->
     """The rows of ``explanations.parquet`` that need review, with the queue's columns only, read batch by batch:
     the flow process holds the review share of the run, not the whole table (the texts of every factor)."""
     source = pq.ParquetFile(explanations)
-    names = source.schema_arrow.names
-    columns = [c for c in (id_column, "needs_review", *QUEUE_SOURCE_COLUMNS) if c in names]
+    schema = source.schema_arrow
+    columns = [c for c in (id_column, "needs_review", *QUEUE_SOURCE_COLUMNS) if c in schema.names]
     parts = [batch.filter(pc.fill_null(batch.column("needs_review"), False))
              for batch in source.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)]
-    schema = source.schema_arrow
     return pa.Table.from_batches(parts, pa.schema([schema.field(c) for c in columns]))
 
 
