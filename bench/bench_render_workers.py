@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
@@ -97,6 +99,30 @@ def run_until(command: list[str], stop: Callable[[], bool], log: Path, poll: flo
     return time.perf_counter() - clock
 
 
+def _tag(process: psutil.Process) -> str:
+    """What a process is, from its command line (a worker's nanny and its child share the ``--name``)."""
+    line = process.cmdline()
+    if "--name" in line:
+        return line[line.index("--name") + 1]
+    text = " ".join(line)
+    return "scheduler" if " scheduler" in text else "prefect server" if "prefect" in text or "uvicorn" in text \
+        else "other"
+
+
+def cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds of this process ("flow") and every process below it, summed per role."""
+    me = psutil.Process()
+    totals: dict[str, float] = {"flow": sum(me.cpu_times()[:2])}
+    for child in me.children(recursive=True):
+        try:
+            chain = [child, *child.parents()]
+            tag = next((t for t in (_tag(p) for p in chain if p.pid != me.pid) if t != "other"), "other")
+            totals[tag] = totals.get(tag, 0.0) + sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+    return totals
+
+
 def records(out: Path, kind: str) -> list[Path]:
     """The staging folder's records of ``kind`` (explain / render) under ``out``."""
     return sorted(out.glob(f".limelight-staging-*/records/{kind}-*.json"))
@@ -123,9 +149,13 @@ def measure(config: Path, primed: Path, folder: Path, n: int, port: int) -> dict
     shutil.copytree(primed, out, symlinks=True)
     load = os.getloadavg()[0]
     with dask_cluster(folder, n, port) as address:
-        clock = time.perf_counter()
+        cpu_before, clock = cpu_seconds(), time.perf_counter()
         summary = limelight_flow(config_path=str(config), out=str(out), cluster=address)
         wall = time.perf_counter() - clock
+        cpu_after = cpu_seconds()
+    used = {tag: cpu_after[tag] - cpu_before.get(tag, 0.0) for tag in cpu_after}
+    print(f"{n} render workers, CPU seconds over the resumed run ({wall:.1f} s wall, {os.cpu_count()} CPUs): "
+          + ", ".join(f"{tag} {seconds:.1f}" for tag, seconds in sorted(used.items())), flush=True)
     resumed = summary["resumed"] or {}
     made = summary["counts"]["reports_made"]
     span = summary["seconds"]["explain"] + summary["seconds"]["render"]  # explain: shards taken from records
