@@ -1,10 +1,12 @@
 """Render rate of a run on 1 and 2 render-only Dask workers, side by side (the explain work done once, before).
 
     PYTHONPATH=. .venv/bin/python bench/bench_render_workers.py [--decisions 2000] [--workers 1,2] [--samples 300]
+                  [--rounds 1] [--dask-defaults]
 
 A bank's cluster on loopback, every worker a process started as on another host: ``dask scheduler``, one device
 worker (``dask worker --nthreads 1 --resources DEVICE=1``) and N render-only workers (``dask worker --nthreads 1
---resources RENDER=1``). The output folder is on the disk they all share (docs/operations.md).
+--resources RENDER=1 --preload tasks.report.render``), all with limelight's Dask settings (``DASK_CONFIG=config/dask``;
+``--dask-defaults``: Dask's own). The output folder is on the disk they all share (docs/operations.md).
 
 The explain work is done once: ``limelight run --cluster`` over a demo portfolio of ``--decisions`` decisions
 (plain LIME, ``--samples`` samples) is stopped with SIGKILL to its process group as soon as every shard's record
@@ -14,7 +16,9 @@ N render workers: the shards come from their records, so what runs is the render
 then the summary and the publication. Printed per N: the reports, the flow's render span (from the shards taken
 from their records to the last report), reports/s over it, the whole resumed run's wall time, the reports each
 worker rendered, and the time relative to N=1 (target: 2 workers <= 0.55x on a 2-core machine). Other jobs on
-the machine slow both alike only when they last the whole script: the load average is printed beside the figures.
+the machine slow both alike only when they last the whole script: the load average is printed beside the figures,
+and ``--rounds 2`` measures 1, 2, 1, 2 and compares the sums. Printed too: each process's CPU seconds over each
+resumed run (the flow, the Prefect server, the scheduler, each worker with its nanny), where the two cores went.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_scale import scale_config  # noqa: E402
 
+from flows.cluster import DASK_SETTINGS, RENDER_PRELOAD  # noqa: E402
+
 
 def _dask(*args: str) -> list[str]:
     executable = Path(sys.executable).with_name("dask")
@@ -47,15 +53,20 @@ def _dask(*args: str) -> list[str]:
 
 
 @contextmanager
-def dask_cluster(folder: Path, render_workers: int, port: int) -> Iterator[str]:
-    """``dask scheduler`` + one DEVICE worker + ``render_workers`` RENDER-only workers, as subprocesses."""
+def dask_cluster(folder: Path, render_workers: int, port: int, settings: bool = True) -> Iterator[str]:
+    """``dask scheduler`` + one DEVICE worker + ``render_workers`` RENDER-only workers, as subprocesses, started
+    as docs/operations.md says: with limelight's Dask settings (``DASK_CONFIG=config/dask``; ``settings=False``:
+    Dask's defaults), render workers importing the report step as they start (``--preload``)."""
     from distributed import Client
 
     address = f"tcp://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
     env.update({"CUDA_VISIBLE_DEVICES": "", "DASK_LOGGING__DISTRIBUTED": "warning", "PYTHONPATH": str(REPO),
                 "PREFECT_HOME": str(folder / "worker-home")})
-    workers = {"device-0": "DEVICE=1", **{f"render-{i}": "RENDER=1" for i in range(render_workers)}}
+    if settings:
+        env["DASK_CONFIG"] = str(DASK_SETTINGS)
+    workers = {"device-0": ["DEVICE=1"],
+               **{f"render-{i}": ["RENDER=1", "--preload", RENDER_PRELOAD] for i in range(render_workers)}}
     log = open(folder / f"cluster-{port}.log", "wb")  # noqa: SIM115
     processes = [subprocess.Popen(_dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"),
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)]
@@ -63,7 +74,7 @@ def dask_cluster(folder: Path, render_workers: int, port: int) -> Iterator[str]:
         time.sleep(1.0)
         for name, resource in workers.items():
             processes.append(subprocess.Popen(
-                _dask("worker", address, "--nthreads", "1", "--resources", resource, "--name", name,
+                _dask("worker", address, "--nthreads", "1", "--resources", *resource, "--name", name,
                       "--no-dashboard", "--host", "127.0.0.1"),
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         with Client(address, timeout=60, set_as_default=False) as client:
@@ -141,14 +152,15 @@ def prime(config: Path, out: Path, address: str, shards: int, folder: Path) -> f
     return seconds
 
 
-def measure(config: Path, primed: Path, folder: Path, n: int, port: int) -> dict[str, object]:
+def measure(config: Path, primed: Path, folder: Path, n: int, port: int, settings: bool = True,
+            round_: int = 1) -> dict[str, object]:
     """Resume a copy of the primed run on a fresh cluster with ``n`` render workers; the flow's own timings."""
     from flows.pipeline import limelight_flow
 
-    out = folder / f"out-{n}"
+    out = folder / f"out-{n}-{round_}"
     shutil.copytree(primed, out, symlinks=True)
     load = os.getloadavg()[0]
-    with dask_cluster(folder, n, port) as address:
+    with dask_cluster(folder, n, port, settings) as address:
         cpu_before, clock = cpu_seconds(), time.perf_counter()
         summary = limelight_flow(config_path=str(config), out=str(out), cluster=address)
         wall = time.perf_counter() - clock
@@ -159,7 +171,7 @@ def measure(config: Path, primed: Path, folder: Path, n: int, port: int) -> dict
     resumed = summary["resumed"] or {}
     made = summary["counts"]["reports_made"]
     span = summary["seconds"]["explain"] + summary["seconds"]["render"]  # explain: shards taken from records
-    return {"render workers": n, "reports": made, "shards reused": resumed.get("shards"),
+    return {"round": round_, "render workers": n, "reports": made, "shards reused": resumed.get("shards"),
             "render s": round(span, 1), "reports/s": round(made / span, 2), "resumed run s": round(wall, 1),
             "per worker": " ".join(str(v) for v in sorted(summary["rendered_by"].values(), reverse=True)),
             "load before": round(load, 1), "load after": round(os.getloadavg()[0], 1)}
@@ -171,6 +183,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="render-only worker counts, side by side")
     parser.add_argument("--samples", type=int, default=300, help="LIME samples per decision (explain is not timed)")
     parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure the worker counts in turn this many times (1, 2, 1, 2, ...): a machine whose "
+                             "speed drifts slows both alike; the ratio is of the summed render times")
+    parser.add_argument("--dask-defaults", action="store_true",
+                        help="start the cluster with Dask's own settings, not config/dask (for comparison)")
     args = parser.parse_args()
 
     from flows.server import apply_quiet_env, free_port
@@ -188,16 +205,17 @@ def main() -> None:
         folder = Path(tmp)
         config = scale_config(args.decisions, folder, args.samples, args.shard_size, layout="flat")
         primed = folder / "primed"
-        with dask_cluster(folder, 1, free_port()) as address:
+        with dask_cluster(folder, 1, free_port(), not args.dask_defaults) as address:
             seconds = prime(config, primed, address, math.ceil(args.decisions / args.shard_size), folder)
         print(f"explained once in {seconds:.0f} s (run killed, its reports dropped)", flush=True)
-        rows = [measure(config, primed, folder, n, free_port()) for n in counts]
-    frame = pd.DataFrame(rows).set_index("render workers")
+        rows = [measure(config, primed, folder, n, free_port(), not args.dask_defaults, r)
+                for r in range(1, args.rounds + 1) for n in counts]
+    frame = pd.DataFrame(rows).set_index(["round", "render workers"])
     print(frame.to_string())
-    base = rows[0]["render s"]
-    for row in rows[1:]:
-        print(f"{row['render workers']} render workers: {row['render s'] / base:.2f}x the render time of "  # type: ignore[operator]
-              f"{rows[0]['render workers']} (target <= 0.55x for 2 vs 1)")
+    spans = frame["render s"].groupby(level="render workers").sum()
+    for n in counts[1:]:
+        print(f"{n} render workers: {spans[n] / spans[counts[0]]:.2f}x the render time of {counts[0]} "
+              f"({args.rounds} round(s) summed; target <= 0.55x for 2 vs 1)")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other jobs on the machine inflate wall times)")
 
 

@@ -36,6 +36,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from tasks.errors import LimelightError
@@ -220,6 +221,23 @@ def worker_env(plan: DevicePlan, device: str | None, torch_threads: int) -> dict
 RENDER_PRELOAD = "tasks.report.render"
 
 
+#: limelight's Dask settings (Dask's bookkeeping at a pace for long single-threaded tasks): a folder, so that
+#: workers started by hand read it with DASK_CONFIG=<this folder> (docs/operations.md, "Worker settings").
+DASK_SETTINGS = Path(__file__).resolve().parents[1] / "config" / "dask"
+
+
+def apply_dask_settings(folder: Path = DASK_SETTINGS) -> dict[str, Any]:
+    """Make the settings in ``folder``'s YAML files Dask's defaults in this process, before a local cluster
+    starts (its nannies hand this process's configuration to the workers they spawn). A value set by the user
+    (a DASK_* variable, ~/.config/dask) keeps precedence. Returns the settings."""
+    import dask.config
+    import distributed  # noqa: F401  (its own defaults first, so that ours replace them)
+
+    settings = dask.config.collect(paths=[str(folder)], env={})
+    dask.config.update_defaults(settings)
+    return settings
+
+
 def cluster_kwargs(plan: DevicePlan, torch_threads: int = 1) -> dict[str, Any]:
     """SpecCluster arguments: a loopback scheduler without dashboard, one Nanny per device (resources DEVICE
     and RENDER), and the render pool's Nannies (RENDER only, no GPU, one thread)."""
@@ -228,6 +246,7 @@ def cluster_kwargs(plan: DevicePlan, torch_threads: int = 1) -> dict[str, Any]:
 
     if plan.kind == "cluster":
         raise ValueError("an existing cluster is not started here")
+    apply_dask_settings()
     memory = max(1, MEMORY_LIMIT // max(1, plan.workers + plan.render_workers))
 
     def nanny(resources: dict[str, int], env: dict[str, str], preload: list[str]) -> dict[str, Any]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from flows.cluster import (
+    DASK_SETTINGS,
     RENDER_RESOURCE,
     RESOURCE,
     DeviceError,
     DevicePlan,
+    apply_dask_settings,
     check_cluster,
     cluster_kwargs,
     parse_nvidia_smi,
@@ -161,6 +164,48 @@ def test_cpu_workers_hide_gpus():
     with SpecCluster(**cluster_kwargs(DevicePlan("cpu", ("cpu0",)))) as cluster, Client(cluster) as client:
         seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ[DEVICE_ENV]))
     assert list(seen.values()) == [("", "cpu")]
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    return {k: v for key, value in tree.items()
+            for k, v in (_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+                         ).items()}
+
+
+def test_dask_settings_name_real_keys():
+    """A misspelt key would be a setting that silently does nothing."""
+    import dask.config
+    import distributed
+    import yaml
+
+    ours = _leaves(dask.config.collect(paths=[str(DASK_SETTINGS)], env={}))
+    dask_own = _leaves(yaml.safe_load((Path(distributed.__file__).parent / "distributed.yaml").read_text()))
+    assert {"distributed.worker.profile.enabled", "distributed.admin.tick.interval"} <= set(ours)
+    for key, value in ours.items():
+        assert key in dask_own, f"config/dask: {key} is not a Dask setting"
+        assert value != dask_own[key], f"config/dask: {key} is Dask's own default"
+
+
+def test_a_user_s_dask_setting_wins_over_limelight_s():
+    import dask.config
+
+    apply_dask_settings()
+    with dask.config.set({"distributed.admin.tick.interval": "7ms"}):
+        settings = apply_dask_settings()
+        assert dask.config.get("distributed.admin.tick.interval") == "7ms"
+        assert dask.config.get("distributed.worker.profile.enabled") is False
+    assert settings["distributed"]["admin"]["tick"]["interval"] == "1s"
+    assert dask.config.get("distributed.admin.tick.interval") == "1s"
+
+
+def test_local_workers_run_with_limelight_s_dask_settings():
+    import dask.config
+    from distributed import Client, SpecCluster
+
+    with SpecCluster(**cluster_kwargs(DevicePlan("cpu", ("cpu0",)))) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: (dask.config.get("distributed.worker.profile.enabled"),
+                                   dask.config.get("distributed.admin.tick.interval")))
+    assert list(seen.values()) == [(False, "1s")]
 
 
 def test_existing_cluster_needs_device_workers():
