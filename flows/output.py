@@ -30,6 +30,7 @@ from flows.cluster import DevicePlan
 from flows.work import ShardOutputs
 from tasks.errors import InputError
 from tasks.explain.worker import Failure, ShardResult
+from tasks.io import release_unused_memory
 from tasks.report import index as report_index
 from tasks.run import manifest as mf
 from tasks.run.info import RunInfo
@@ -146,15 +147,24 @@ def in_order(ids: Sequence[str], selected_ids: pa.Array | None) -> list[str]:
     return [ids[i] for i in _selection_order(pa.array(ids, pa.string()), selected_ids)]
 
 
+#: Explanation rows read at a time by :func:`top_first_reasons` (one row group of the merged file).
+TOP_REASONS_BATCH_ROWS = 16_384
+
+
 def top_first_reasons(explanations: str, count: int = 5) -> list[tuple[str, int]]:
     """The ``count`` features most often the first reason in an explanations file, with how often (ties: the
-    first seen first). Streamed by batch: memory holds one batch, whatever the number of decisions."""
+    first seen first). Streamed by batch: memory holds one batch, whatever the number of decisions, and Arrow's
+    freed pages go back after each (in batches of 65,536 rows, kept, they raised the flow process's peak by 21 MB
+    at the end of a million decisions: docs/performance.md, "Memory at scale")."""
     counts: dict[str, int] = {}
     handle = pq.ParquetFile(explanations)
-    for batch in handle.iter_batches(batch_size=65_536, columns=["feature", "rank"], use_threads=False):
+    for batch in handle.iter_batches(batch_size=TOP_REASONS_BATCH_ROWS, columns=["feature", "rank"],
+                                     use_threads=False):
         firsts = pc.filter(batch.column("feature"), pc.equal(batch.column("rank"), 1))
         for item in pc.value_counts(firsts).to_pylist():  # in the order first seen
             counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        del batch, firsts
+        release_unused_memory()
     return sorted(counts.items(), key=lambda item: -item[1])[:count]  # stable: ties stay first seen first
 
 

@@ -3,6 +3,7 @@ only the indexed reports kept."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from flows.output import failures_table, in_order, keep_only_reports, top_first_reasons
 
@@ -22,7 +23,9 @@ def test_the_failures_table_follows_the_selection():
     assert failures_table([], "loan", None).num_rows == 0
 
 
-def test_top_first_reasons_count_rank_one_rows_across_row_groups(tmp_path):
+@pytest.mark.parametrize("batch_rows", [16_384, 3])
+def test_top_first_reasons_count_rank_one_rows_across_row_groups(tmp_path, monkeypatch, batch_rows):
+    monkeypatch.setattr("flows.output.TOP_REASONS_BATCH_ROWS", batch_rows)  # 3: batches across row groups
     path = tmp_path / "explanations.parquet"
     features = ["income", "debt", "age", "debt", "income", "debt", "term", "age", "age"]
     ranks = [1, 1, 1, 1, 2, 1, 1, 1, 1]
