@@ -55,10 +55,10 @@ NOT_CACHED = {"cache_policy": NO_CACHE, "persist_result": False}
 @dataclass
 class Selection:
     """The decisions a run explains: ``selected`` (global positions, in order) of which ``planned`` go to
-    the workers (the others failed at input); ``shards`` cut ``planned``."""
+    the workers (the others failed at input); ``shards`` cut ``planned``. Every row in order is a ``range``."""
 
-    selected: np.ndarray
-    planned: np.ndarray
+    selected: np.ndarray | range
+    planned: np.ndarray | range
     shards: list[Shard]
     input_failures: dict[int, str]
     sizes: RunSizes  # shard and render-batch sizes, grown with the decisions (tasks/plan/sizing.py)
@@ -89,14 +89,17 @@ def plan_task(config: Config, index: DecisionsIndex, limit: int | None, ids_file
         positions = select_day(index, config, run_date, limit, ids_file)
     else:
         positions = select_positions(index, limit, ids_file, config.data.id_column)
-    selected = np.arange(index.num_rows, dtype=np.int64) if positions is None else positions
-    row_failures = row_failures or {}
-    bad = np.isin(selected, np.fromiter(row_failures, np.int64, count=len(row_failures)))
-    planned = selected[~bad] if bad.any() else selected
-    failures = {int(p): row_failures[int(p)] for p in selected[bad]}
+    # "every row in order" is a range, not 8 bytes per decision held for the whole run (docs/performance.md)
+    selected: np.ndarray | range = range(index.num_rows) if positions is None else positions
+    planned, failures = selected, {}
+    if row_failures:
+        chosen = np.asarray(selected, dtype=np.int64)
+        bad = np.isin(chosen, np.fromiter(row_failures, np.int64, count=len(row_failures)))
+        if bad.any():
+            planned, failures = chosen[~bad], {int(p): row_failures[int(p)] for p in chosen[bad]}
     sizes = run_sizes(len(planned), config.run.shard_size)
     # without failures, "every row in order" (positions None) plans without a list
-    shards = plan_shards(index, sizes.shard_size, planned if bad.any() else positions)
+    shards = plan_shards(index, sizes.shard_size, planned if failures else positions)
     return Selection(selected, planned, shards, failures, sizes)
 
 

@@ -297,7 +297,7 @@ def explain(request: Request, checked: Validated, planned: Planned) -> Explained
     return _account(checked, planned, outputs, ledger.close())
 
 
-def _planned_ids(index: DecisionsIndex, positions: np.ndarray, shard: Shard) -> list[str]:
+def _planned_ids(index: DecisionsIndex, positions: np.ndarray | range, shard: Shard) -> list[str]:
     """The ids of a shard's decisions (its slice of the planned selection), in order."""
     rows = positions[shard.first : shard.first + shard.size]
     return [str(i) for i in index.ids.take(pa.array(rows, pa.int64())).to_pylist()]
@@ -319,7 +319,7 @@ def _account(checked: Validated, planned: Planned, outputs: ShardOutputs, accoun
     unreached += outputs.unrendered
     selected_ids = None  # the selection's ids in order: only to order the (few) failures and not-reached ids
     if failures or unreached:
-        selected_ids = index.ids.take(pa.array(selection.selected, pa.int64())).combine_chunks()
+        selected_ids = index.ids.take(pa.array(np.asarray(selection.selected, np.int64))).combine_chunks()
     not_reached = in_order(unreached, selected_ids) if selected_ids is not None else []
     exclude = {f[0] for f in outputs.render_failures} | set(outputs.unrendered)  # explained, not reported
     review_ids = outputs.review_ids

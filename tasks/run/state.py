@@ -46,17 +46,27 @@ RECORDS = "records"
 PUBLISHED = (EXPLANATIONS, REPORTS, REPORT_INDEX, SUMMARY, FAILURES, NOT_REACHED, MANIFEST)
 
 
-def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarray,
+#: Positions of a ``range`` selection hashed at a time by :func:`run_identity`.
+IDENTITY_CHUNK = 1 << 16
+
+
+def run_identity(*, mode: str, checksums: Mapping[str, str], selection: np.ndarray | range,
                  extra: Mapping[str, Any] | None = None) -> str:
     """SHA-256 naming "the same run": same inputs (by checksum), mode and selected decisions, in order.
 
     The output path is not part of it (a run's staging folder lives in its output folder), so a staged
-    run can be carried to another folder.
+    run can be carried to another folder. The positions are hashed as int64 bytes; a ``range`` (every row in
+    order) chunk by chunk, to the same digest as its array.
     """
     digest = hashlib.sha256()
     facts = {"mode": mode, "checksums": dict(sorted(checksums.items())), **(extra or {})}
     digest.update(json.dumps(facts, sort_keys=True).encode("utf-8"))
-    digest.update(np.ascontiguousarray(selection, dtype=np.int64).tobytes())
+    if isinstance(selection, range):
+        for start in range(0, len(selection), IDENTITY_CHUNK):
+            part = selection[start : start + IDENTITY_CHUNK]
+            digest.update(np.arange(part.start, part.stop, part.step, dtype=np.int64).tobytes())
+    else:
+        digest.update(np.ascontiguousarray(selection, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 

@@ -28,6 +28,14 @@ def test_identity_changes_with_any_input_and_the_selection():
     assert identity(mode="explain") != same and identity(extra={"render": False}) != same
 
 
+def test_every_row_in_order_as_a_range_is_the_same_run_as_its_array(monkeypatch):
+    """A run planned before selections became ranges resumes: the same digest, chunk boundaries included."""
+    monkeypatch.setattr("tasks.run.state.IDENTITY_CHUNK", 7)
+    for n in (0, 1, 7, 20):
+        assert identity(selection=range(n)) == identity(selection=np.arange(n, dtype=np.int64))
+    assert identity(selection=range(5)) == identity()  # the array of the first test
+
+
 @pytest.fixture
 def run(small_demo):
     from tasks.inputs.config import load_config
