@@ -229,12 +229,14 @@ DASK_SETTINGS = Path(__file__).resolve().parents[1] / "config" / "dask"
 def apply_dask_settings(folder: Path = DASK_SETTINGS) -> dict[str, Any]:
     """Make the settings in ``folder``'s YAML files Dask's defaults in this process, before a local cluster
     starts (its nannies hand this process's configuration to the workers they spawn). A value set by the user
-    (a DASK_* variable, ~/.config/dask) keeps precedence. Returns the settings."""
+    (a DASK_* variable, ~/.config/dask) keeps precedence. Once per process (a served deployment runs many
+    nights). Returns the settings."""
     import dask.config
     import distributed  # noqa: F401  (its own defaults first, so that ours replace them)
 
     settings = dask.config.collect(paths=[str(folder)], env={})
-    dask.config.update_defaults(settings)
+    if settings not in dask.config.defaults:
+        dask.config.update_defaults(settings)
     return settings
 
 
