@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import atexit
 import functools
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUS = Path("/proc/self/status")
+from flow_memory import status_kib  # bench/, this script's folder
+
 CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def status_kib(field_name: str) -> int:
-    match = re.search(rf"^{field_name}:\s+(\d+)", STATUS.read_text(), re.MULTILINE)
-    return int(match.group(1)) if match else 0
 
 
 @dataclass
